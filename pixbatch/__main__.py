@@ -1,0 +1,3 @@
+from pixbatch.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""The ``pixbatch`` command: root group, global options and ``main()``.
+
+Heavy imports (torch, models) happen inside the commands so ``pixbatch --help`` stays instant."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from pixbatch import __version__
+from pixbatch.cli.report import App
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PIXBATCH"})
+@click.version_option(__version__, "--version", prog_name="pixbatch")
+@click.option("-v", "--verbose", count=True, help="More detail on stderr (repeat for more).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+              help="Where models run. [env: PIXBATCH_DEVICE]")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, device: str, as_json: bool) -> None:
+    """Stream folders of images through image-to-image neural networks."""
+    ctx.obj = App(verbosity=-1 if quiet else verbose, device=device, as_json=as_json)
+
+
+def _register() -> None:
+    from pixbatch.cli.models import models
+    from pixbatch.cli.upscale import upscale
+
+    cli.add_command(upscale)
+    cli.add_command(models)
+
+
+_register()
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so writers finish or delete their temporary files.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = cli.main(prog_name="pixbatch", standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted: finished outputs are complete; run the same command again to resume",
+                   err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,55 @@
+"""Option groups shared by the image commands (upscale now; segment and stylize reuse them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pixbatch.io.decode import DEFAULT_MAX_PIXELS
+
+
+def _apply(options):
+    def decorator(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorator
+
+
+io_options = _apply([
+    click.argument("src", nargs=-1, required=True, type=click.Path(path_type=Path)),
+    click.argument("dst", nargs=1, type=click.Path(path_type=Path, file_okay=False)),
+    click.option("--glob", default=None, metavar="PATTERN",
+                 help="Only files whose path (relative to the folder) or name matches, e.g. '*.png'."),
+    click.option("--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp", "tiff"]), default="same",
+                 show_default=True, help="Output format; 'same' keeps PNG/JPEG/WebP/TIFF and writes others as PNG."),
+    click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality."),
+    click.option("--png-compression", type=click.IntRange(0, 9), default=1, show_default=True,
+                 help="zlib level for PNG/TIFF: 1 is fast and near the size of 6; 0 stores raw."),
+    click.option("--suffix", default="", show_default=True, help="Appended to each output's file stem."),
+    click.option("--skip-existing/--overwrite", default=True, show_default=True,
+                 help="Resume by skipping outputs that exist, or replace them."),
+    click.option("--workers", type=click.IntRange(min=0), default=None,
+                 help="Decoding processes (default: about half the cores; 0 decodes in the main process)."),
+    click.option("--writers", type=click.IntRange(min=1), default=None, help="Encoding threads (default: auto)."),
+    click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
+                 help="Refuse inputs above this many pixels (decompression bombs); 0 = no limit."),
+])
+
+run_options = _apply([
+    click.option("--tile", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Tile size in input px (0 = automatic: whole image when it fits the memory budget)."),
+    click.option("--tile-overlap", type=click.IntRange(min=0), default=None,
+                 help="Context around each tile in input px (default: the model's receptive field, "
+                      "so tiled output equals whole-image output)."),
+    click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Model inputs per batch (0 = automatic, from the memory budget)."),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                 show_default=True, help="auto: bf16/fp16 on a GPU when the model supports it, fp32 on the CPU."),
+    click.option("--compile/--no-compile", "compile_", default=None,
+                 help="torch.compile the model (default: on a GPU for jobs of 32+ images)."),
+    click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+                 help="Run convolutions in NHWC memory layout."),
+])

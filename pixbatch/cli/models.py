@@ -1,0 +1,68 @@
+"""``pixbatch models``: what is built in, and what a checkpoint file is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command(short_help="List built-in models or describe a checkpoint file.")
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--pattern", default="*", show_default=True, help="Filter built-in names, e.g. 'edsr*'.")
+@click.pass_obj
+def models(app, checkpoint: Path | None, pattern: str) -> None:
+    """Without an argument, list the built-in models; with CHECKPOINT, describe that file
+    (architecture, scale, parameters, channels, supported dtypes, receptive field)."""
+    from pixbatch.models import (
+        DEFAULT_SR_MODELS,
+        UnknownModelError,
+        UnsupportedModelError,
+        create_model,
+        list_models,
+    )
+    from pixbatch.models._registry import build_registered, builtin_weights
+
+    if checkpoint is not None:
+        try:
+            info = create_model(checkpoint).info
+        except (UnknownModelError, UnsupportedModelError, FileNotFoundError) as exc:
+            app.fail_start(str(exc))
+        d = info.as_dict()
+        if app.as_json:
+            click.echo(json.dumps(d, indent=2))
+            return
+        dtypes = ["fp32"] + (["bf16"] if info.supports_bf16 else []) + (["fp16"] if info.supports_fp16 else [])
+        rows = [
+            ("file", str(checkpoint)), ("architecture", info.arch),
+            ("origin", "pixbatch checkpoint" if info.source == "checkpoint" else "foreign (recognised by spandrel)"),
+            ("scale", f"x{info.scale}"), ("parameters", f"{info.params:,}"),
+            ("channels", f"{info.in_channels} -> {info.out_channels}"), ("dtypes", ", ".join(dtypes)),
+            ("size multiple", str(info.size_multiple)),
+            ("receptive field", f"{info.receptive_field} px" if info.receptive_field is not None else "unbounded"),
+        ]
+        if info.training:
+            rows.append(("trained with", info.training.get("command", "?")))
+        for k, v in rows:
+            click.echo(f"{k:>16}: {v}")
+        return
+    defaults = {v: k for k, v in DEFAULT_SR_MODELS.items()}
+    entries = []
+    for name in list_models(pattern):
+        module = build_registered(name)
+        params = sum(p.numel() for p in module.parameters())
+        entries.append({"name": name, "arch": type(module).__name__, "scale": int(module.scale), "params": params,
+                        "weights": builtin_weights(name) is not None,
+                        "default_for_scale": defaults.get(name)})
+    if app.as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    click.echo(f"{'name':<20} {'arch':<9} {'scale':>5} {'params':>12}  weights")
+    for e in entries:
+        note = "shipped" if e["weights"] else "-"
+        if e["default_for_scale"]:
+            note += f" (default for --scale {e['default_for_scale']})"
+        click.echo(f"{e['name']:<20} {e['arch']:<9} {'x' + str(e['scale']):>5} {e['params']:>12,}  {note}")
+    click.echo("\nAny checkpoint spandrel recognises (ESRGAN, Real-ESRGAN compact, SwinIR, ...) also works: "
+               "--model PATH. Describe one with `pixbatch models PATH`.")

@@ -1,0 +1,50 @@
+"""Shared state of one invocation, the summary and the exit codes.
+
+Exit codes: 0 all done; 1 could not start (one clear message); 2 usage error (Click);
+123 some inputs failed (the rest were processed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+import click
+
+EXIT_OK, EXIT_STARTUP, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 123
+
+
+@dataclass
+class App:
+    verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
+    device: str = "auto"
+    as_json: bool = False
+
+    @property
+    def progress(self) -> bool:
+        return self.verbosity >= 0 and sys.stderr.isatty()
+
+    def log(self, message: str) -> None:
+        """An error or note on stderr, shown even with -q."""
+        click.echo(message, err=True)
+
+    def info(self, message: str) -> None:
+        if self.verbosity >= 1:
+            click.echo(message, err=True)
+
+    def fail_start(self, message: str) -> None:
+        click.echo(f"error: {message}", err=True)
+        sys.exit(EXIT_STARTUP)
+
+    def finish(self, report) -> None:
+        """Print the summary (stdout) and exit with the report's code."""
+        if self.as_json:
+            click.echo(json.dumps(report.as_dict(), indent=2))
+        elif self.verbosity >= 0:
+            d = report.as_dict()
+            line = (f"done {d['done']}, skipped {d['skipped']}, failed {d['failed']} in {d['seconds']:.1f} s"
+                    f" ({d['images_per_s']:.2f} images/s, {d['output_mp_per_s']:.2f} MP/s out)")
+            click.echo(line)
+            if report.fp32_reruns:
+                click.echo(f"{report.fp32_reruns} tile(s) were not finite in reduced precision and ran again in fp32")
+        sys.exit(report.exit_code)

@@ -1,0 +1,1 @@
+"""Discovery, decoding, encoding, metadata and atomic writes."""

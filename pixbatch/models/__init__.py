@@ -1,0 +1,93 @@
+"""Models: built-in architectures by family, the registry, and checkpoint loading.
+
+``create_model(name_or_path)`` returns a :class:`LoadedModel`: the module plus a :class:`ModelInfo`
+descriptor (scale, channels, supported dtypes, size multiple, receptive field for tiling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from torch import nn
+
+from pixbatch.models._registry import (
+    UnknownModelError,
+    UnsupportedModelError,
+    build_registered,
+    builtin_weights,
+    list_models,
+    register_model,
+)
+
+__all__ = [
+    "DEFAULT_SR_MODELS",
+    "LoadedModel",
+    "ModelInfo",
+    "UnknownModelError",
+    "UnsupportedModelError",
+    "create_model",
+    "default_model_for_scale",
+    "list_models",
+    "register_model",
+]
+
+# The model `pixbatch upscale` uses when no --model is given, per scale.
+DEFAULT_SR_MODELS = {2: "edsr_tiny_x2", 3: "edsr_tiny_x3", 4: "edsr_tiny_x4"}
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the engine needs to know about a model, whoever trained it."""
+
+    name: str
+    arch: str
+    source: str  # "builtin" (shipped weights), "untrained", "checkpoint" (ours), "foreign"
+    scale: int
+    in_channels: int
+    out_channels: int
+    params: int
+    supports_fp16: bool
+    supports_bf16: bool
+    size_multiple: int
+    receptive_field: int | None  # radius in input pixels; None when it could not be bounded
+    path: str | None = None
+    training: dict | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    info: ModelInfo
+
+
+def default_model_for_scale(scale: int) -> str:
+    if scale not in DEFAULT_SR_MODELS:
+        raise UnknownModelError(
+            f"no built-in model for scale {scale}; built-in scales are "
+            f"{', '.join(map(str, sorted(DEFAULT_SR_MODELS)))} (or pass --model)"
+        )
+    return DEFAULT_SR_MODELS[scale]
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    return Path(name_or_path).suffix.lower() in CHECKPOINT_SUFFIXES or Path(name_or_path).exists()
+
+
+def create_model(name_or_path: str | Path, *, pretrained: bool = True, **kwargs) -> LoadedModel:
+    """Build a registered model (with its shipped weights when there are some) or load a checkpoint file."""
+    from pixbatch.models import checkpoint
+
+    name = str(name_or_path)
+    if looks_like_path(name):
+        return checkpoint.load_checkpoint(Path(name))
+    module = build_registered(name, **kwargs)
+    weights = builtin_weights(name) if pretrained and not kwargs else None
+    if weights is not None:
+        loaded = checkpoint.load_checkpoint(weights)
+        return LoadedModel(loaded.module, ModelInfo(**{**loaded.info.as_dict(), "source": "builtin"}))
+    return LoadedModel(module.eval(), checkpoint.describe_native(name, module, source="untrained"))

@@ -1,0 +1,100 @@
+"""Checkpoint files: ours (safetensors + config in the metadata) and foreign ones (via spandrel).
+
+Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pixbatch.models import LoadedModel, ModelInfo
+from pixbatch.models._registry import UnsupportedModelError, build_registered
+
+METADATA_KEY = "pixbatch.config"
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def describe_native(name: str, module: nn.Module, *, source: str, path: str | None = None,
+                    training: dict | None = None) -> ModelInfo:
+    return ModelInfo(
+        name=name,
+        arch=type(module).__name__,
+        source=source,
+        scale=int(module.scale),
+        in_channels=3,
+        out_channels=3,
+        params=count_params(module),
+        supports_fp16=True,
+        supports_bf16=True,
+        size_multiple=1,
+        receptive_field=int(module.receptive_field),
+        path=path,
+        training=training,
+    )
+
+
+def save_checkpoint(module: nn.Module, path: Path, *, name: str, kwargs: dict | None = None,
+                    training: dict | None = None) -> None:
+    """Write a safetensors checkpoint whose metadata is enough to rebuild the model; atomically."""
+    from safetensors.torch import save_file
+
+    config = {"name": name, "kwargs": kwargs or {}, "scale": int(module.scale), "value_range": [0.0, 1.0],
+              "training": training or {}}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(config)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a checkpoint, loaded without unpickling code."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        tensors = {}
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+        return tensors, metadata
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle with code in it, a TorchScript archive, or not a checkpoint
+        raise UnsupportedModelError(
+            f"{path}: cannot be read as plain weights ({type(exc).__name__}); pixbatch only loads "
+            "safetensors or state dicts that torch.load(weights_only=True) accepts"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise UnsupportedModelError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    return obj, {}
+
+
+def load_checkpoint(path: Path) -> LoadedModel:
+    tensors, metadata = read_state_dict(path)
+    if METADATA_KEY in metadata:
+        config = json.loads(metadata[METADATA_KEY])
+        module = build_registered(config["name"], **config.get("kwargs", {}))
+        module.load_state_dict(tensors, strict=True)
+        info = describe_native(config["name"], module, source="checkpoint", path=str(path),
+                               training=config.get("training") or None)
+        return LoadedModel(module.eval(), info)
+    from pixbatch.models.foreign.spandrel_loader import load_foreign
+
+    return load_foreign(tensors, path)

@@ -1,0 +1,1 @@
+"""Device and precision choice, model preparation, tiling, batching and the pipeline."""

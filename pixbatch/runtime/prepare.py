@@ -1,0 +1,60 @@
+"""Prepare a model to run: device, channels-last, autocast dtype, torch.compile, fp32 guard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pixbatch.models import LoadedModel, ModelInfo
+
+
+@dataclass
+class Runner:
+    """Calls the model on an NCHW float32 batch in [0, 1] and returns float32 NCHW output.
+
+    ``dtype`` is the autocast dtype; ``run_fp32`` is the eager full-precision path used to redo
+    samples whose reduced-precision output is not finite. Inputs whose sizes are not a multiple
+    of the model's ``size_multiple`` are reflect-padded at the bottom/right and cropped back."""
+
+    module: nn.Module
+    info: ModelInfo
+    device: torch.device
+    dtype: torch.dtype
+    channels_last: bool
+    compiled: nn.Module | None = None
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, self.compiled or self.module, self.dtype)
+
+    def run_fp32(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, self.module, torch.float32)
+
+    def _run(self, x: torch.Tensor, fn: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = self.info.size_multiple
+        ph, pw = -h % m, -w % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        x = x.contiguous(memory_format=self.memory_format)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            y = fn(x)
+        s = self.info.scale
+        return y[..., : h * s, : w * s].float()
+
+
+def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype, *,
+                  channels_last: bool = True, compile: bool = False) -> Runner:
+    module = loaded.module.eval().to(device)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    compiled = torch.compile(module, dynamic=False) if compile else None
+    return Runner(module, loaded.info, device, dtype, channels_last, compiled)

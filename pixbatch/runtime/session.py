@@ -1,0 +1,47 @@
+"""Turn command-line choices into a prepared Runner, or one clear StartupError."""
+
+from __future__ import annotations
+
+import torch
+
+from pixbatch.runtime.device import StartupError, resolve_device, resolve_precision
+from pixbatch.runtime.prepare import Runner, prepare_model
+
+COMPILE_MIN_JOBS = 32  # torch.compile pays for its start-up (tens of seconds) on GPU jobs this large
+
+
+def load_model_for_scale(model_name: str | None, scale: int | None):
+    from pixbatch.models import (
+        UnknownModelError,
+        UnsupportedModelError,
+        create_model,
+        default_model_for_scale,
+    )
+
+    try:
+        name = model_name or default_model_for_scale(scale or 4)
+        loaded = create_model(name)
+    except (UnknownModelError, UnsupportedModelError, FileNotFoundError) as exc:
+        raise StartupError(str(exc)) from None
+    info = loaded.info
+    if info.source == "untrained":
+        raise StartupError(f"{info.name} has no trained weights in this package; pass a checkpoint "
+                           "with --model PATH, or a model listed with weights by `pixbatch models`")
+    if scale is not None and scale != info.scale:
+        raise StartupError(f"{info.name} upscales by {info.scale}, not {scale}; drop --scale or choose "
+                           "another model")
+    return loaded
+
+
+def load_runner(app, model_name: str | None, scale: int | None, precision: str, compile_: bool | None,
+                channels_last: bool, *, n_jobs: int) -> Runner:
+    device = resolve_device(app.device)
+    loaded = load_model_for_scale(model_name, scale)
+    dtype = resolve_precision(precision, device, loaded.info)
+    if compile_ is None:
+        compile_ = device.type == "cuda" and n_jobs >= COMPILE_MIN_JOBS
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    app.info(f"model {loaded.info.name} ({loaded.info.arch}, x{loaded.info.scale}, {loaded.info.params:,} "
+             f"parameters) on {device}, {str(dtype).removeprefix('torch.')}, compile={compile_}")
+    return prepare_model(loaded, device, dtype, channels_last=channels_last, compile=compile_)

@@ -1,0 +1,1 @@
+"""Training: data, degradations, losses and the training loop."""

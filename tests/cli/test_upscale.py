@@ -1,0 +1,255 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+from PIL import Image
+
+from pixbatch.cli import cli
+from pixbatch.io.decode import decode_image
+from pixbatch.io.encode import encode_png16
+from tests.conftest import COMPACT, exif_with, gradient_rgb, requires_data, srgb_icc
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture()
+def mixed(tmp_path):
+    """A folder with every kind of image, and every kind of bad file."""
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    rgb = gradient_rgb(24, 32)
+    Image.fromarray(rgb).save(src / "photo.jpg", quality=95, icc_profile=srgb_icc(),
+                              exif=exif_with(6, t270="holiday"))
+    Image.fromarray(rgb[:, :, 0]).save(src / "gray.png")
+    rgba = np.dstack([rgb, np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (24, 1))])
+    Image.fromarray(rgba).save(src / "logo.png")
+    Image.fromarray(rgba[:, :, [0, 3]], "LA").save(src / "la.png")
+    pal = Image.fromarray(rgb).quantize(16)
+    pal.save(src / "pal.png", transparency=0)
+    Image.fromarray(rgb).convert("CMYK").save(src / "cmyk.jpg")
+    deep = (rgb.astype(np.uint16) * 257 + 3)
+    (src / "deep.png").write_bytes(encode_png16(deep, icc=srgb_icc()))
+    tifffile.imwrite(src / "deep_gray.tif", deep[:, :, 0])
+    tifffile.imwrite(src / "deep_rgba.tif", np.dstack([deep, deep[:, :, :1]]), photometric="rgb",
+                     extrasamples=["unassalpha"])
+    Image.fromarray(rgb).save(src / "sub" / "nested.webp", quality=90)
+    # bad files
+    (src / "empty.png").write_bytes(b"")
+    (src / "text.jpg").write_text("hello, I am not a picture")
+    good = (src / "gray.png").read_bytes()
+    (src / "truncated.png").write_bytes(good[: len(good) // 2])
+    Image.new("L", (400, 300)).save(src / "bomb.png")
+    return src
+
+
+EXPECTED = {  # output name: (mode, bits, (width, height) before scaling)
+    "photo.jpg": ("RGB", 8, (24, 32)),  # EXIF orientation 6: upright it is 24 wide, 32 high
+    "gray.png": ("L", 8, (32, 24)),
+    "logo.png": ("RGBA", 8, (32, 24)),
+    "la.png": ("LA", 8, (32, 24)),
+    "pal.png": ("RGBA", 8, (32, 24)),
+    "cmyk.jpg": ("RGB", 8, (32, 24)),
+    "deep.png": ("RGB", 16, (32, 24)),
+    "deep_gray.tif": ("L", 16, (32, 24)),
+    "deep_rgba.tif": ("RGBA", 16, (32, 24)),
+    "sub/nested.webp": ("RGB", 8, (32, 24)),
+}
+
+
+def test_mixed_folder(mixed, tmp_path, tiny_checkpoint):
+    out = tmp_path / "out"
+    code, stdout, stderr = run("--device", "cpu", "upscale", mixed, out, "--model", tiny_checkpoint,
+                               "--max-pixels", 100_000, "--workers", 1)
+    assert code == 123, stderr
+    errors = sorted(line for line in stderr.splitlines() if line.startswith("error:"))
+    assert errors == sorted([
+        f"error: {mixed / 'bomb.png'}: image is 400x300 = 0.12 MP, above the limit of 0.1 MP (possible "
+        "decompression bomb); raise it with --max-pixels",
+        f"error: {mixed / 'empty.png'}: empty file",
+        f"error: {mixed / 'text.jpg'}: not an image (unrecognised format)",
+        *[e for e in errors if e.startswith(f"error: {mixed / 'truncated.png'}: truncated or corrupt file")],
+    ])
+    assert len(errors) == 4
+    assert stdout.startswith("done 10, skipped 0, failed 4 in ")
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == sorted(EXPECTED)
+    for name, (mode, bits, (w, h)) in EXPECTED.items():
+        arr, meta = decode_image(out / name)
+        assert (meta.mode, meta.bits) == (mode, bits), name
+        assert arr.shape[:2] == (h * 2, w * 2), name
+    with Image.open(out / "photo.jpg") as im:
+        assert im.info["icc_profile"] == srgb_icc()
+        assert 0x0112 not in im.getexif() and im.getexif()[270] == "holiday"
+    assert decode_image(out / "deep.png")[1].icc == srgb_icc()
+
+
+def test_inputs_are_never_modified_and_rerun_skips(mixed, tmp_path, tiny_checkpoint):
+    before = {p: p.read_bytes() for p in mixed.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    args = ("--device", "cpu", "upscale", mixed, out, "--model", tiny_checkpoint, "--workers", 0)
+    run(*args, "--glob", "*.png")
+    code, stdout, _ = run(*args, "--glob", "*.png")
+    assert code == 123  # the bad PNGs still fail
+    assert stdout.startswith("done 0, skipped 6, failed 2")  # 8 PNGs: empty, truncated
+    assert {p: p.read_bytes() for p in mixed.rglob("*") if p.is_file()} == before
+
+
+def test_resume_does_only_missing_work(tmp_path, tiny_checkpoint):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(gradient_rgb(16, 16, seed=i)).save(src / f"{i}.png")
+    out = tmp_path / "out"
+    args = ("--device", "cpu", "--json", "upscale", src, out, "--model", tiny_checkpoint)
+    code, stdout, _ = run(*args)
+    assert code == 0 and json.loads(stdout)["done"] == 5
+    (out / "3.png").unlink()
+    (out / ".1.png.pixbatch-999999999-dead.tmp").write_bytes(b"left by a killed run")
+    mtime = (out / "0.png").stat().st_mtime_ns
+    code, stdout, _ = run(*args)
+    summary = json.loads(stdout)
+    assert code == 0 and (summary["done"], summary["skipped"], summary["failed"]) == (1, 4, 0)
+    assert (out / "0.png").stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in out.iterdir()) == [f"{i}.png" for i in range(5)]
+    code, stdout, _ = run(*args[:3], "upscale", src, out, "--model", tiny_checkpoint, "--overwrite")
+    assert json.loads(stdout)["done"] == 5
+
+
+def test_killed_run_leaves_no_partial_file_and_resumes(tmp_path, tiny_checkpoint):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(24):
+        Image.fromarray(gradient_rgb(160, 160, seed=i)).save(src / f"{i:02d}.png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pixbatch", "--device", "cpu", "upscale", str(src), str(out),
+           "--model", str(tiny_checkpoint), "--png-compression", "9", "--workers", "0", "--writers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and any(p.suffix == ".png" for p in out.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = sorted(p for p in out.iterdir() if not p.name.startswith("."))
+    assert 0 < len(finished) < 24
+    for p in finished:  # whatever has its final name is complete
+        assert decode_image(p)[0].shape == (320, 320, 3)
+    rerun = subprocess.run(cmd[:3] + ["--json"] + cmd[3:], capture_output=True, text=True, timeout=300)
+    summary = json.loads(rerun.stdout)
+    assert rerun.returncode == 0 and summary["done"] == 24 - len(finished)
+    assert summary["skipped"] == len(finished)
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:02d}.png" for i in range(24)]
+
+
+def test_sigterm_unwinds_cleanly(tmp_path, tiny_checkpoint):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(24):
+        Image.fromarray(gradient_rgb(160, 160, seed=i)).save(src / f"{i:02d}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "--device", "cpu", "upscale", str(src), str(out),
+                             "--model", str(tiny_checkpoint), "--png-compression", "9", "--workers", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (out.exists() and any(p.suffix == ".png" for p in out.iterdir())):
+        assert proc.poll() is None
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "run the same command again to resume" in stderr
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_unwritable_destination_stops_before_any_work(tmp_path, tiny_checkpoint):
+    src = tmp_path / "a.png"
+    Image.fromarray(gradient_rgb(8, 8)).save(src)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, stdout, stderr = run("upscale", src, blocker / "out", "--model", tiny_checkpoint)
+    assert code == 1 and stdout == ""
+    assert stderr.startswith(f"error: cannot write to {blocker / 'out'}: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "edsr_tiny_x5"], "error: unknown model 'edsr_tiny_x5'; did you mean edsr_tiny_x4"),
+        (["--model", "edsr_baseline_x4"], "error: edsr_baseline_x4 has no trained weights in this package"),
+        (["--model", "missing.safetensors"], "error: checkpoint not found: missing.safetensors"),
+        (["--scale", "5"], "error: no built-in model for scale 5; built-in scales are 2, 3, 4"),
+    ],
+)
+def test_startup_errors(tmp_path, args, message):
+    src = tmp_path / "a.png"
+    Image.fromarray(gradient_rgb(8, 8)).save(src)
+    code, _, stderr = run("upscale", src, tmp_path / "out", *args)
+    assert code == 1 and stderr.startswith(message), stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_scale_must_match_the_model(tmp_path, tiny_checkpoint):
+    src = tmp_path / "a.png"
+    Image.fromarray(gradient_rgb(8, 8)).save(src)
+    code, _, stderr = run("upscale", src, tmp_path / "out", "--model", tiny_checkpoint, "--scale", "4")
+    assert code == 1 and "upscales by 2, not 4" in stderr
+
+
+def test_usage_error_is_exit_2(tmp_path):
+    assert run("upscale", tmp_path)[0] == 2
+    assert run("upscale", tmp_path, tmp_path / "o", "--precision", "fp8")[0] == 2
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("png", ".png"), ("jpg", ".jpg"), ("webp", ".webp"), ("tiff", ".tif")])
+def test_output_formats_and_suffix(tmp_path, tiny_checkpoint, fmt, suffix):
+    src = tmp_path / "a.png"
+    Image.fromarray(gradient_rgb(10, 12)).save(src)
+    code, _, _ = run("upscale", src, tmp_path / "out", "--model", tiny_checkpoint, "--format", fmt,
+                     "--suffix", "_x2", "--quality", "80")
+    assert code == 0
+    arr, _ = decode_image(tmp_path / "out" / f"a_x2{suffix}")
+    assert arr.shape == (20, 24, 3)
+
+
+def test_tiled_cli_output_equals_whole(tmp_path, tiny_checkpoint):
+    src = tmp_path / "big.png"
+    (src).write_bytes(encode_png16(gradient_rgb(70, 90).astype(np.uint16) * 257))
+    run("upscale", src, tmp_path / "whole", "--model", tiny_checkpoint)
+    run("upscale", src, tmp_path / "tiled", "--model", tiny_checkpoint, "--tile", "24", "--batch-size", "3")
+    a = decode_image(tmp_path / "whole" / "big.png")[0].astype(np.int64)
+    b = decode_image(tmp_path / "tiled" / "big.png")[0].astype(np.int64)
+    assert np.abs(a - b).max() <= 1  # 16-bit output: at most one rounding step (< 1e-4 of full scale)
+
+
+def test_models_command(tiny_checkpoint):
+    code, stdout, _ = run("models")
+    assert code == 0 and "edsr_tiny_x4" in stdout and "srresnet_x4" in stdout
+    code, stdout, _ = run("--json", "models", tiny_checkpoint)
+    info = json.loads(stdout)
+    assert code == 0 and info["arch"] == "EDSR" and info["scale"] == 2 and info["source"] == "checkpoint"
+
+
+@requires_data
+def test_foreign_checkpoint_end_to_end(tmp_path):
+    src = tmp_path / "a.jpg"
+    Image.fromarray(gradient_rgb(20, 30)).save(src)
+    code, stdout, stderr = run("--json", "upscale", src, tmp_path / "out", "--model", COMPACT)
+    assert code == 0, stderr
+    assert json.loads(stdout)["settings"]["arch"] == "RealESRGAN Compact"
+    assert decode_image(tmp_path / "out" / "a.jpg")[0].shape == (80, 120, 3)
+    code, stdout, _ = run("models", COMPACT)
+    assert "RealESRGAN Compact" in stdout and "receptive field: 18 px" in stdout
+
+
+def test_version():
+    code, stdout, _ = run("--version")
+    assert code == 0 and stdout.startswith("pixbatch, version ")

@@ -1,0 +1,63 @@
+"""Shared fixtures: real image files of every kind, small checkpoints, the shared data folder."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("PIXBATCH_SHARED_DATA", REPO.parent / "shared" / "data"))
+COMPACT = DATA / "weights" / "realesr-animevideov3.pth"
+
+requires_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+
+
+def gradient_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth photo-like RGB image with some texture, uint8 HWC."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([xx / max(w - 1, 1), yy / max(h - 1, 1), (xx + yy) / max(h + w - 2, 1)], -1) * 200 + 20
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@functools.cache
+def srgb_icc() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def exif_with(orientation: int, **tags) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for tag, value in tags.items():
+        exif[int(tag.removeprefix("t"))] = value
+    return exif.tobytes()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A small x2 EDSR in our checkpoint format (random but fixed weights; fast on the CPU)."""
+    from pixbatch.models._registry import build_registered
+    from pixbatch.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    kwargs = {"n_resblocks": 2, "n_feats": 8}
+    module = build_registered("edsr_tiny_x2", **kwargs)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny_x2.safetensors"
+    save_checkpoint(module, path, name="edsr_tiny_x2", kwargs=kwargs, training={"note": "test fixture"})
+    return path
+
+
+def write_png_bytes(arr: np.ndarray, mode: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, "PNG", **kw)
+    return buf.getvalue()

@@ -1,0 +1,98 @@
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pixbatch.models import UnknownModelError, UnsupportedModelError, create_model, list_models
+from pixbatch.models._registry import build_registered
+from pixbatch.models.checkpoint import save_checkpoint
+from pixbatch.models.foreign.spandrel_loader import probe_receptive_field
+from pixbatch.models.sr.edsr import icnr_
+from tests.conftest import COMPACT, requires_data
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_runs_and_trains(name):
+    torch.manual_seed(0)
+    small = {"n_resblocks": 1, "n_feats": 8}  # the architecture's code paths, at test size
+    model = build_registered(name, **small)
+    x = torch.rand(2, 3, 7, 9)
+    y = model(x)
+    s = model.scale
+    assert y.shape == (2, 3, 7 * s, 9 * s) and torch.isfinite(y).all()
+    y.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_list_models_filters():
+    assert list_models("edsr_baseline*") == ["edsr_baseline_x2", "edsr_baseline_x3", "edsr_baseline_x4",
+                                             "edsr_baseline_x8"]
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(UnknownModelError, match="did you mean edsr_tiny_x4"):
+        create_model("edsr_tiny_x5")
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_icnr_starts_as_nearest_neighbour_upsampling(scale):
+    conv = nn.Conv2d(4, 4 * scale * scale, 3, padding=1, bias=False)
+    icnr_(conv.weight, scale)
+    x = torch.rand(1, 4, 6, 5)
+    y = F.pixel_shuffle(conv(x), scale)
+    nearest = F.interpolate(y[:, :, ::scale, ::scale], scale_factor=scale, mode="nearest")
+    torch.testing.assert_close(y, nearest)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(1)
+    kwargs = {"n_resblocks": 2, "n_feats": 16}
+    model = build_registered("edsr_tiny_x3", **kwargs).eval()
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(model, path, name="edsr_tiny_x3", kwargs=kwargs, training={"steps": 7})
+    loaded = create_model(path)
+    assert loaded.info.source == "checkpoint" and loaded.info.scale == 3 and loaded.info.training == {"steps": 7}
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), model(x), rtol=0, atol=0)
+
+
+def test_untrained_builtin_is_reported_as_such():
+    assert create_model("edsr_baseline_x4").info.source == "untrained"
+
+
+def test_pickled_code_is_never_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("open('pwned', 'w').write('x')",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"params": Evil()}, f)
+    with pytest.raises(UnsupportedModelError, match="cannot be read as plain weights"):
+        create_model(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unrecognised_state_dict(tmp_path):
+    path = tmp_path / "odd.pth"
+    torch.save({"some.weight": torch.zeros(3, 3)}, path)
+    with pytest.raises(UnsupportedModelError, match="unrecognised architecture"):
+        create_model(path)
+
+
+def test_analytic_receptive_field_bounds_the_measured_one():
+    model = build_registered("edsr_tiny_x4", n_resblocks=2, n_feats=8).eval()
+    measured = probe_receptive_field(model, 4)
+    assert measured is not None and measured <= model.receptive_field <= measured + 1
+
+
+@requires_data
+def test_foreign_compact_model_is_recognised():
+    info = create_model(COMPACT).info
+    assert info.source == "foreign" and info.arch == "RealESRGAN Compact"
+    assert (info.scale, info.in_channels, info.out_channels, info.size_multiple) == (4, 3, 3, 1)
+    assert info.receptive_field == 18 and info.supports_bf16
