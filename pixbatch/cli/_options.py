@@ -27,7 +27,7 @@ io_options = _apply([
                  show_default=True, help="Output format; 'same' keeps PNG/JPEG/WebP/TIFF and writes others as PNG."),
     click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality."),
     click.option("--png-compression", type=click.IntRange(0, 9), default=1, show_default=True,
-                 help="zlib level for PNG/TIFF: 1 is fast and near the size of 6; 0 stores raw."),
+                 help="zlib level for PNG/TIFF: 1 encodes ~4x faster than 6 for ~15% larger files; 0 stores raw."),
     click.option("--suffix", default="", show_default=True, help="Appended to each output's file stem."),
     click.option("--skip-existing/--overwrite", default=True, show_default=True,
                  help="Resume by skipping outputs that exist, or replace them."),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -51,14 +51,12 @@ def save_checkpoint(module: nn.Module, path: Path, *, name: str, kwargs: dict | 
               "training": training or {}}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(config)})
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

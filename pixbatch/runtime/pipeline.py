@@ -30,7 +30,8 @@ from pixbatch.runtime.prepare import Runner
 from pixbatch.runtime.tiling import Window, plan_windows
 
 MIN_TILE = 16
-CPU_PIXEL_BUDGET = 512 * 512  # input pixels per batch on the CPU: bounds RAM, costs no speed
+CPU_PIXEL_BUDGET = 512 * 512  # input pixels per window on the CPU: bounds RAM, costs no speed
+CPU_BATCH_PIXELS = 256 * 256  # batching larger inputs is slower on the CPU (measured), tiny ones still batch
 
 
 @dataclass
@@ -123,7 +124,7 @@ class _Unit:
 def planes_from_pixels(pixels: torch.Tensor, bits: int) -> torch.Tensor:
     """HWC uint8/uint16 -> (K, 3, H, W) float32 model input. Alpha images give two planes: colour
     premultiplied by alpha (so transparent pixels cannot bleed dark fringes into edges) and alpha."""
-    x = pixels.permute(2, 0, 1).float().div_(255.0 if bits == 8 else 65535.0)
+    x = pixels.permute(2, 0, 1).float().div_(255.0 if bits == 8 else 65535.0)  # full precision for 16-bit
     c = x.shape[0]
     color, alpha = (x[:-1], x[-1:]) if c in (2, 4) else (x, None)
     color = color.expand(3, -1, -1) if color.shape[0] == 1 else color
@@ -144,7 +145,8 @@ def pixels_from_planes(y: torch.Tensor, mode: str, bits: int) -> torch.Tensor:
     out = color if alpha is None else torch.cat([color, alpha])
     maxv = 255.0 if bits == 8 else 65535.0
     q = out.clamp_(0, 1).mul_(maxv).round_()
-    return q.permute(1, 2, 0).to(torch.uint8 if bits == 8 else torch.uint16)
+    # 16-bit values travel as int32 (uint16 has only limited CUDA support); the host stores them as uint16.
+    return q.permute(1, 2, 0).to(torch.uint8 if bits == 8 else torch.int32)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -178,7 +180,7 @@ class Engine:
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
         probe = torch.rand(1, 3, 128, 128, device=dev)
-        self.runner.run_fp32(probe) if self.runner.dtype == torch.float32 else self.runner(probe)
+        self.runner.run_eager(probe)  # eager: no compilation for a throw-away shape
         per_px = max((torch.cuda.max_memory_allocated(dev) - base) / probe[0, 0].numel(), 1.0)
         free, _ = torch.cuda.mem_get_info(dev)
         return max(int(free * 0.5 / per_px), 64 * 64)
@@ -188,7 +190,8 @@ class Engine:
         return max(MIN_TILE * 4, side // 8 * 8)
 
     def _batch_limit(self, h: int, w: int) -> int:
-        by_budget = max(1, self.budget // max(h * w, 1))
+        budget = self.budget if self.runner.device.type == "cuda" else min(self.budget, CPU_BATCH_PIXELS)
+        by_budget = max(1, budget // max(h * w, 1))
         return min(by_budget, self.max_planes) if not self.opts.batch_size else self.max_planes
 
     # -- queueing ------------------------------------------------------------------------------
@@ -443,6 +446,8 @@ def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: Upscale
                 fail(job.src, error)
                 continue
             h, w = pixels.shape[:2]
+            if pixels.dtype == torch.uint16:
+                pixels = pixels.to(torch.int32)  # uint16 has only limited support on CUDA
             try:
                 planes = planes_from_pixels(pixels.to(runner.device, non_blocking=True), meta.bits)
                 out = np.empty((h * scale, w * scale, pixels.shape[2]), np.uint8 if meta.bits == 8 else np.uint16)

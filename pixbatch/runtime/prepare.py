@@ -33,6 +33,9 @@ class Runner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, self.compiled or self.module, self.dtype)
 
+    def run_eager(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, self.module, self.dtype)
+
     def run_fp32(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, self.module, torch.float32)
 

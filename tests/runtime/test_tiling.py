@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from pixbatch.models import create_model
-from pixbatch.models._registry import build_registered
 from pixbatch.runtime.pipeline import Report, upscale_tensor
 from pixbatch.runtime.prepare import prepare_model
 from pixbatch.runtime.tiling import plan_windows
