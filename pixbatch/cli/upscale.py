@@ -38,8 +38,8 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
 
     try:
         plan = plan_jobs(list(src), dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
-        check_destination(dst)
         runner = load_runner(app, model_name, scale, precision, compile_, channels_last, n_jobs=len(plan.todo))
+        check_destination(dst)
     except StartupError as exc:
         app.fail_start(str(exc))
     opts = UpscaleOptions(

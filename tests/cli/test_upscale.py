@@ -194,7 +194,16 @@ def test_startup_errors(tmp_path, args, message):
     Image.fromarray(gradient_rgb(8, 8)).save(src)
     code, _, stderr = run("upscale", src, tmp_path / "out", *args)
     assert code == 1 and stderr.startswith(message), stderr
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_asking_for_a_missing_gpu_is_a_startup_error(tmp_path, tiny_checkpoint):
+    src = tmp_path / "a.png"
+    Image.fromarray(gradient_rgb(8, 8)).save(src)
+    code, _, stderr = run("--device", "cuda", "upscale", src, tmp_path / "out", "--model", tiny_checkpoint)
+    assert code == 1
+    assert stderr == "error: --device cuda was asked for, but no CUDA GPU is available; use --device cpu\n"
 
 
 def test_scale_must_match_the_model(tmp_path, tiny_checkpoint):
