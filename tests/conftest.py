@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import functools
-import io
 import os
-from pathlib import Path
 
-import numpy as np
-import pytest
 import torch
-from PIL import Image
+
+# Without a GPU, Triton kernels run in Triton's CPU interpreter (slow, exact); this must be set
+# before any kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import functools  # noqa: E402
+import io  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PIXBATCH_SHARED_DATA", REPO.parent / "shared" / "data"))

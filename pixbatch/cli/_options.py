@@ -52,4 +52,6 @@ run_options = _apply([
                  help="torch.compile the model (default: on a GPU for jobs of 32+ images)."),
     click.option("--channels-last/--no-channels-last", default=True, show_default=True,
                  help="Run convolutions in NHWC memory layout."),
+    click.option("--kernels", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True,
+                 help="Fused Triton conv+PixelShuffle kernels (GPU); auto uses them where they measure faster."),
 ])

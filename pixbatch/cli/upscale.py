@@ -19,7 +19,7 @@ from pixbatch.cli._options import io_options, run_options
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
             workers, writers, max_pixels, tile, tile_overlap, batch_size, precision, compile_, channels_last,
-            scale, model_name) -> None:
+            kernels, scale, model_name) -> None:
     """Upscale every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree. Existing outputs are skipped, so an interrupted run resumes
@@ -38,7 +38,8 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
 
     try:
         plan = plan_jobs(list(src), dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
-        runner = load_runner(app, model_name, scale, precision, compile_, channels_last, n_jobs=len(plan.todo))
+        runner = load_runner(app, model_name, scale, precision, compile_, channels_last, n_jobs=len(plan.todo),
+                             kernels=kernels)
         check_destination(dst)
     except StartupError as exc:
         app.fail_start(str(exc))

@@ -432,7 +432,7 @@ def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: Upscale
     report.settings = {
         "model": runner.info.name, "arch": runner.info.arch, "scale": runner.info.scale,
         "device": str(runner.device), "precision": str(runner.dtype).removeprefix("torch."),
-        "channels_last": runner.channels_last, "compile": runner.compiled is not None,
+        "channels_last": runner.channels_last, "compile": runner.compiled is not None, "kernels": runner.kernels,
         "tile": engine.tile, "tile_overlap": engine.overlap, "workers": workers, "writers": writers,
     }
     loader = DataLoader(_DecodeSet(jobs, opts.max_pixels), batch_size=None, shuffle=False,

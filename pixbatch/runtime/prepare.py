@@ -25,6 +25,7 @@ class Runner:
     dtype: torch.dtype
     channels_last: bool
     compiled: nn.Module | None = None
+    kernels: str = "torch"  # what runs the upsamplers: "torch", or "triton (N fused)"
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -53,11 +54,58 @@ class Runner:
 
 
 def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype, *,
-                  channels_last: bool = True, compile: bool = False) -> Runner:
+                  channels_last: bool = True, compile: bool = False, kernels: str = "auto") -> Runner:
+    """Move the model to the device and layout, substitute fused kernels, and compile if asked.
+
+    ``kernels``: "torch" keeps the model's own layers; "triton" fuses every conv -> PixelShuffle;
+    "auto" fuses on CUDA only if the fused model measures faster on this device (never slower)."""
     module = loaded.module.eval().to(device)
     for p in module.parameters():
         p.requires_grad_(False)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
+    label = "torch"
+    if kernels != "torch":
+        from pixbatch.ops.conv_pixel_shuffle import triton_enabled
+        from pixbatch.runtime.fuse import fuse_upsamplers
+
+        usable = triton_enabled() and (device.type == "cuda" or _interpreting())
+        if kernels == "triton" and not usable:
+            raise ValueError("--kernels triton needs a CUDA GPU and triton (and PIXBATCH_TRITON not 0)")
+        if usable:
+            fused, n = fuse_upsamplers(module)
+            if n and (kernels == "triton" or _measured_faster(fused, module, loaded.info, device, dtype)):
+                module, label = fused, f"triton ({n} fused)"
     compiled = torch.compile(module, dynamic=False) if compile else None
-    return Runner(module, loaded.info, device, dtype, channels_last, compiled)
+    return Runner(module, loaded.info, device, dtype, channels_last, compiled, label)
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _measured_faster(candidate: nn.Module, baseline: nn.Module, info: ModelInfo, device: torch.device,
+                     dtype: torch.dtype, size: int = 256) -> bool:
+    """Time both models on one realistic input with CUDA events (median of 10, after warm-up and
+    Triton's autotuning); keep the candidate only if it is faster."""
+    if device.type != "cuda":
+        return False
+    x = torch.rand(1, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+
+    def median_ms(m: nn.Module) -> float:
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            for _ in range(3):
+                m(x)
+            times = []
+            for _ in range(10):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                m(x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        return sorted(times)[len(times) // 2]
+
+    return median_ms(candidate) < median_ms(baseline)

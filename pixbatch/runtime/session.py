@@ -34,7 +34,7 @@ def load_model_for_scale(model_name: str | None, scale: int | None):
 
 
 def load_runner(app, model_name: str | None, scale: int | None, precision: str, compile_: bool | None,
-                channels_last: bool, *, n_jobs: int) -> Runner:
+                channels_last: bool, *, n_jobs: int, kernels: str = "auto") -> Runner:
     device = resolve_device(app.device)
     loaded = load_model_for_scale(model_name, scale)
     dtype = resolve_precision(precision, device, loaded.info)
@@ -44,4 +44,7 @@ def load_runner(app, model_name: str | None, scale: int | None, precision: str, 
         torch.backends.cudnn.benchmark = True
     app.info(f"model {loaded.info.name} ({loaded.info.arch}, x{loaded.info.scale}, {loaded.info.params:,} "
              f"parameters) on {device}, {str(dtype).removeprefix('torch.')}, compile={compile_}")
-    return prepare_model(loaded, device, dtype, channels_last=channels_last, compile=compile_)
+    try:
+        return prepare_model(loaded, device, dtype, channels_last=channels_last, compile=compile_, kernels=kernels)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None

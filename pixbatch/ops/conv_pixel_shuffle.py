@@ -1,0 +1,141 @@
+"""conv3x3 -> PixelShuffle (-> activation) (+ nearest-upsampled residual), fused.
+
+``conv_pixel_shuffle_ref`` is the definition (PyTorch ops); ``conv_pixel_shuffle`` runs the Triton
+kernel on CUDA when it supports the case and the reference otherwise (and everywhere when
+``PIXBATCH_TRITON=0``). It is registered as the custom op ``pixbatch::conv_pixel_shuffle`` so that
+torch.compile keeps it as one node of its graph instead of tracing into Triton.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ACTIVATIONS = ("none", "relu", "prelu", "leaky_relu")
+
+
+def conv_pixel_shuffle_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, r: int,
+                           act: str = "none", alpha: torch.Tensor | None = None, slope: float = 0.01,
+                           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """act(pixel_shuffle(conv2d(x, weight, bias, padding=1), r)) + nearest_upsample(residual, r)."""
+    y = F.conv2d(x, weight, bias, padding=1)
+    y = F.pixel_shuffle(y, r) if r > 1 else y
+    if act == "relu":
+        y = F.relu(y)
+    elif act == "prelu":
+        y = F.prelu(y, alpha)
+    elif act == "leaky_relu":
+        y = F.leaky_relu(y, slope)
+    if residual is not None:
+        y = y + (F.interpolate(residual, scale_factor=r, mode="nearest") if r > 1 else residual)
+    return y
+
+
+def triton_enabled() -> bool:
+    """Kernels are on unless PIXBATCH_TRITON=0, and need triton importable."""
+    if os.environ.get("PIXBATCH_TRITON", "1") == "0":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return (x.is_cuda or interpreting) and triton_enabled()
+
+
+@torch.library.custom_op("pixbatch::conv_pixel_shuffle", mutates_args=())
+def _conv_pixel_shuffle_op(x: torch.Tensor, weight: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor | None,
+                           b_packed: torch.Tensor | None, r: int, act: str, alpha: torch.Tensor | None, slope: float,
+                           residual: torch.Tensor | None) -> torch.Tensor:
+    if _use_triton(x):
+        from pixbatch.kernels.conv_pixel_shuffle import UnsupportedCase, conv3x3_pixel_shuffle
+
+        try:
+            return conv3x3_pixel_shuffle(x, w_packed, None if b_packed is None else b_packed.to(x.dtype), r,
+                                         act=act, alpha=alpha, slope=slope, residual=residual)
+        except UnsupportedCase:
+            pass
+    y = conv_pixel_shuffle_ref(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), r, act,
+                               None if alpha is None else alpha.to(x.dtype), slope, residual)
+    return y.contiguous(memory_format=torch.channels_last)
+
+
+@_conv_pixel_shuffle_op.register_fake
+def _(x, weight, w_packed, bias, b_packed, r, act, alpha, slope, residual):
+    n, _, h, w = x.shape
+    c = weight.shape[0] // (r * r)
+    return x.new_empty((n, c, h * r, w * r)).contiguous(memory_format=torch.channels_last)
+
+
+def conv_pixel_shuffle(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, r: int, act: str = "none",
+                       alpha: torch.Tensor | None = None, slope: float = 0.01, residual: torch.Tensor | None = None,
+                       *, packed: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+    """Functional form; pass ``packed`` (from ``pack_weight``) to avoid repacking on every call."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {act!r}")
+    if packed is None:
+        packed = pack_weight(weight, bias, r)
+    return _conv_pixel_shuffle_op(x, weight, packed[0], bias, packed[1], r, act, alpha, slope, residual)
+
+
+def pack_weight(weight: torch.Tensor, bias: torch.Tensor | None, r: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reorder output channels from PixelShuffle's (c, i, j) to (i, j, c) and lay K out tap by tap."""
+    c_out_total, c_in = weight.shape[:2]
+    c = c_out_total // (r * r)
+    packed = weight.reshape(c, r, r, c_in, 3, 3).permute(4, 5, 3, 1, 2, 0).reshape(9 * c_in, c_out_total)
+    b = None if bias is None else bias.reshape(c, r, r).permute(1, 2, 0).reshape(-1)
+    return packed.contiguous(), None if b is None else b.contiguous()
+
+
+class ConvPixelShuffle(nn.Module):
+    """A Conv2d(3x3, padding 1) followed by PixelShuffle(r), an optional activation and an optional
+    nearest-upsampled residual, computed by one kernel. Built from the modules it replaces."""
+
+    def __init__(self, conv: nn.Conv2d, r: int, act: str = "none", alpha: torch.Tensor | None = None,
+                 slope: float = 0.01, residual: bool = False) -> None:
+        super().__init__()
+        if not is_fusable_conv(conv):
+            raise ValueError("only 3x3 convolutions with stride 1, padding 1, no dilation and no groups fuse")
+        self.r, self.act, self.slope, self.residual = r, act, float(slope), residual
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.alpha = None if alpha is None else nn.Parameter(alpha.detach().clone(), requires_grad=False)
+        w_packed, b_packed = pack_weight(self.weight.data, None if self.bias is None else self.bias.data, r)
+        self.register_buffer("w_packed", w_packed, persistent=False)
+        self.register_buffer("b_packed", b_packed, persistent=False)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = _autocast_dtype(x)
+        if dtype is not None:
+            x = x.to(dtype)
+            residual = None if residual is None else residual.to(dtype)
+        return _conv_pixel_shuffle_op(x, self.weight, self.w_packed, self.bias, self.b_packed, self.r, self.act,
+                                      self.alpha, self.slope, residual)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]} -> {self.weight.shape[0] // self.r ** 2}, r={self.r}, act={self.act}"
+
+
+def is_fusable_conv(conv: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would give a convolution here (custom ops are not autocast-aware)."""
+    device = x.device.type
+    try:
+        if torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+    except TypeError:  # older torch: no per-device form
+        if device == "cuda" and torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
+    return None
