@@ -110,13 +110,25 @@ class ConvPixelShuffle(nn.Module):
         w_packed, b_packed = pack_weight(self.weight.data, None if self.bias is None else self.bias.data, r)
         self.register_buffer("w_packed", w_packed, persistent=False)
         self.register_buffer("b_packed", b_packed, persistent=False)
+        self._packed_as: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def _packed(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The packed weights in the compute dtype, converted once rather than on every call."""
+        if dtype == self.w_packed.dtype:
+            return self.w_packed, self.b_packed
+        cached = self._packed_as.get(dtype)
+        if cached is None or cached[0].device != self.w_packed.device:
+            cached = (self.w_packed.to(dtype), None if self.b_packed is None else self.b_packed.to(dtype))
+            self._packed_as[dtype] = cached
+        return cached
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         dtype = _autocast_dtype(x)
         if dtype is not None:
             x = x.to(dtype)
             residual = None if residual is None else residual.to(dtype)
-        return _conv_pixel_shuffle_op(x, self.weight, self.w_packed, self.bias, self.b_packed, self.r, self.act,
+        w_packed, b_packed = self._packed(x.dtype)
+        return _conv_pixel_shuffle_op(x, self.weight, w_packed, self.bias, b_packed, self.r, self.act,
                                       self.alpha, self.slope, residual)
 
     def extra_repr(self) -> str:

@@ -127,3 +127,15 @@ def test_torch_compile_keeps_the_op_in_one_graph():
     torch._dynamo.reset()
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), f(x))
+
+
+def test_module_follows_autocast_like_the_layers_it_replaces():
+    conv = torch.nn.Conv2d(8, 12, 3, padding=1).to(DEVICE)
+    fused = ConvPixelShuffle(conv, 2, act="relu")
+    x = torch.randn(1, 8, 5, 6, device=DEVICE)
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        got = fused(x)
+        expected = torch.relu(torch.nn.functional.pixel_shuffle(conv(x), 2))
+    assert got.dtype == expected.dtype == torch.bfloat16
+    _check(got, expected.double(), torch.bfloat16)
+    assert list(fused._packed_as) == [torch.bfloat16]  # weights converted once, then reused
