@@ -36,7 +36,8 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
         dtypes = ["fp32"] + (["bf16"] if info.supports_bf16 else []) + (["fp16"] if info.supports_fp16 else [])
         rows = [
             ("file", str(checkpoint)), ("architecture", info.arch),
-            ("origin", "pixbatch checkpoint" if info.source == "checkpoint" else "foreign (recognised by spandrel)"),
+            ("origin", "pixbatch checkpoint" if info.source == "checkpoint"
+             else f"foreign (recognised by {info.recognised_by})"),
             ("scale", f"x{info.scale}"), ("parameters", f"{info.params:,}"),
             ("channels", f"{info.in_channels} -> {info.out_channels}"), ("dtypes", ", ".join(dtypes)),
             ("size multiple", str(info.size_multiple)),

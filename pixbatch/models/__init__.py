@@ -54,6 +54,7 @@ class ModelInfo:
     receptive_field: int | None  # radius in input pixels; None when it could not be bounded
     path: str | None = None
     training: dict | None = None
+    recognised_by: str | None = None  # for foreign checkpoints: "pixbatch" (native implementation) or "spandrel"
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -25,6 +25,7 @@ def count_params(module: nn.Module) -> int:
 
 def describe_native(name: str, module: nn.Module, *, source: str, path: str | None = None,
                     training: dict | None = None) -> ModelInfo:
+    rf = module.receptive_field
     return ModelInfo(
         name=name,
         arch=type(module).__name__,
@@ -36,7 +37,7 @@ def describe_native(name: str, module: nn.Module, *, source: str, path: str | No
         supports_fp16=True,
         supports_bf16=True,
         size_multiple=1,
-        receptive_field=int(module.receptive_field),
+        receptive_field=None if rf is None else int(rf),
         path=path,
         training=training,
     )
@@ -93,6 +94,27 @@ def load_checkpoint(path: Path) -> LoadedModel:
         info = describe_native(config["name"], module, source="checkpoint", path=str(path),
                                training=config.get("training") or None)
         return LoadedModel(module.eval(), info)
+    native = _recognise_native(tensors)
+    if native is not None:  # a published architecture we implement ourselves, with its original keys
+        name, kwargs, tensors = native
+        module = build_registered(name, **kwargs)
+        module.load_state_dict(tensors, strict=True)
+        info = describe_native(name, module, source="foreign", path=str(path))
+        return LoadedModel(module.eval(), ModelInfo(**{**info.as_dict(), "name": path.name,
+                                                       "recognised_by": "pixbatch"}))
     from pixbatch.models.foreign.spandrel_loader import load_foreign
 
     return load_foreign(tensors, path)
+
+
+def _recognise_native(tensors: dict) -> tuple[str, dict, dict] | None:
+    from pixbatch.models.sr import imdn
+
+    for prefix in ("", "module."):
+        stripped = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        if len(stripped) != len(tensors):
+            continue
+        found = imdn.recognise(stripped)
+        if found is not None:
+            return found[0], found[1], stripped
+    return None

@@ -2,7 +2,7 @@
 
     python -m pixbatch.train.sr --data DIR [--data DIR ...] --arch edsr_tiny_x4 --steps 3000 --out x4.safetensors
 
-HR crops are degraded with antialiased bicubic downscaling and augmented with the 8 dihedral
+HR crops are degraded with MATLAB-compatible bicubic downscaling and augmented with the 8 dihedral
 transforms; L1 loss, Adam with a one-cycle schedule, gradient clipping; reproducible with --seed.
 """
 
@@ -40,9 +40,11 @@ def load_images(folders: list[Path], min_side: int) -> list[torch.Tensor]:
 
 
 def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """Bicubic downscaling with antialiasing (HR in [0, 1], NCHW), clamped like a saved image."""
-    lr = F.interpolate(hr, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
-    return lr.clamp(0, 1)
+    """MATLAB-compatible bicubic downscaling (HR in [0, 1], NCHW), rounded to 8-bit levels like the
+    LR images of the standard benchmarks."""
+    from pixbatch.train.degrade import imresize
+
+    return imresize(hr, 1 / scale).mul_(255).round_().clamp_(0, 255).div_(255)
 
 
 def random_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:

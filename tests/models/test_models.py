@@ -13,10 +13,13 @@ from pixbatch.models.sr.edsr import icnr_
 from tests.conftest import COMPACT, requires_data
 
 
+SMALL = {"imdn": {"nf": 64, "num_modules": 1}}  # per family (IMDN at its real width); default below
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_runs_and_trains(name):
     torch.manual_seed(0)
-    small = {"n_resblocks": 1, "n_feats": 8}  # the architecture's code paths, at test size
+    small = SMALL.get(name.split("_")[0], {"n_resblocks": 1, "n_feats": 8})  # every code path, at test size
     model = build_registered(name, **small)
     x = torch.rand(2, 3, 7, 9)
     y = model(x)

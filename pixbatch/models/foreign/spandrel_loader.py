@@ -40,6 +40,7 @@ def load_foreign(state_dict: dict, path: Path) -> LoadedModel:
         size_multiple=multiple,
         receptive_field=probe_receptive_field(module, int(descriptor.scale), multiple),
         path=str(path),
+        recognised_by="spandrel",
     )
     return LoadedModel(module, info)
 

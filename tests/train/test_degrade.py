@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixbatch.train.degrade import imresize, imresize_uint8, modcrop, resize_matrix
+from tests.conftest import DATA, requires_data
+
+
+@requires_data
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_reproduces_the_standard_set5_lr_images_bit_for_bit(scale):
+    for hr_path in sorted((DATA / "sr" / "set5").glob("*.png")):
+        hr = modcrop(np.asarray(Image.open(hr_path).convert("RGB")), scale)
+        lr = np.asarray(Image.open(DATA / "sr" / "set5" / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png"))
+        ours = imresize_uint8(hr, 1 / scale)
+        assert ours.shape == lr.shape and np.array_equal(ours, lr), hr_path.name
+
+
+def test_rows_sum_to_one_and_constants_survive():
+    for n, out, s in [(10, 5, 0.5), (9, 3, 1 / 3), (7, 28, 4.0), (13, 4, 0.25)]:
+        m = resize_matrix(n, out, s)
+        assert m.shape == (out, n) and np.allclose(m.sum(1), 1)
+    x = torch.full((1, 3, 12, 16), 0.3, dtype=torch.float64)
+    assert torch.allclose(imresize(x, 0.25), torch.full((1, 3, 3, 4), 0.3, dtype=torch.float64))
+
+
+def test_upscaling_matches_known_cubic_weights():
+    # upscaling by 2: output pixel 7 (1-based) sits at input coordinate 3.75, so it takes inputs 2..5 at
+    # distances 1.75, 0.75, 0.25, 1.25; cubic(a=-0.5) gives (hand-computed) these weights
+    m = resize_matrix(8, 16, 2.0)
+    np.testing.assert_allclose(m[6, 1:5], [-0.0234375, 0.2265625, 0.8671875, -0.0703125])
+    assert m[6, 0] == 0 and not m[6, 5:].any()

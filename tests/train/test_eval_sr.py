@@ -1,0 +1,65 @@
+"""``pixbatch eval sr`` reproduces published numbers with the authors' own checkpoints."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pixbatch.cli import cli
+from pixbatch.models import create_model
+from pixbatch.runtime.prepare import prepare_model
+from pixbatch.train.evaluate import evaluate_sr, mean_metrics
+from tests.conftest import DATA, requires_data
+
+SET5 = DATA / "sr" / "set5"
+# Hui et al. 2019 (IMDN), Set5, Y channel: PSNR / SSIM
+PUBLISHED = {2: (38.00, 0.9605), 3: (34.36, 0.9270), 4: (32.21, 0.8948)}
+
+
+@requires_data
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_imdn_reproduces_published_set5(scale):
+    loaded = create_model(DATA / "weights" / f"imdn_x{scale}.pth")
+    assert loaded.info.arch == "IMDN" and loaded.info.recognised_by == "pixbatch" and loaded.info.scale == scale
+    runner = prepare_model(loaded, torch.device("cpu"), torch.float32, kernels="torch")
+    results = evaluate_sr(runner, SET5)
+    model, bicubic = mean_metrics([r.model for r in results]), mean_metrics([r.bicubic for r in results])
+    assert abs(model["psnr_y"] - PUBLISHED[scale][0]) < 0.05, model
+    assert abs(model["ssim_y"] - PUBLISHED[scale][1]) < 0.0005, model
+    assert abs(bicubic["psnr_y"] - {2: 33.66, 3: 30.39, 4: 28.42}[scale]) < 0.05, bicubic
+
+
+@requires_data
+def test_cli_with_given_lr_images_and_json(tmp_path):
+    out = tmp_path / "r.json"
+    args = ["--json", "eval", "sr", "--model", str(DATA / "weights" / "imdn_x4.pth"), "--hr", str(SET5),
+            "--lr", str(SET5 / "LR_bicubic" / "X4"), "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary == json.loads(out.read_text())
+    assert [i["name"] for i in summary["images"]] == ["baby", "bird", "butterfly", "head", "woman"]
+    assert round(summary["mean"]["model"]["psnr_y"], 2) == 32.21  # the given LR = our MATLAB-bicubic LR
+
+
+@requires_data
+def test_imdn_works_in_upscale(tmp_path):
+    src = SET5 / "LR_bicubic" / "X2" / "birdx2.png"
+    result = CliRunner().invoke(cli, ["upscale", str(src), str(tmp_path), "--model", str(DATA / "weights" / "imdn_x2.pth")])
+    assert result.exit_code == 0, result.stderr
+    from PIL import Image
+
+    assert Image.open(tmp_path / "birdx2.png").size == (288, 288)
+
+
+def test_eval_reports_a_missing_lr_image(tmp_path, tiny_checkpoint):
+    from PIL import Image
+
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "lr").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "hr" / "a.png")
+    result = CliRunner().invoke(cli, ["eval", "sr", "--model", str(tiny_checkpoint), "--hr", str(tmp_path / "hr"),
+                                      "--lr", str(tmp_path / "lr")])
+    assert result.exit_code == 1
+    assert "no LR image for a in" in result.stderr
