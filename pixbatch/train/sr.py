@@ -1,26 +1,50 @@
 """Train a super-resolution model on self-supervised pairs cut from any folder of images.
 
-    python -m pixbatch.train.sr --data DIR [--data DIR ...] --arch edsr_tiny_x4 --steps 3000 --out x4.safetensors
-
-HR crops are degraded with MATLAB-compatible bicubic downscaling and augmented with the 8 dihedral
-transforms; L1 loss, Adam with a one-cycle schedule, gradient clipping; reproducible with --seed.
+HR crops are degraded with MATLAB-compatible bicubic downscaling (rounded to 8 bits like a saved LR
+image) and augmented with the 8 dihedral transforms. L1, MSE or perceptual loss; Adam with a
+one-cycle schedule; AMP; gradient clipping; checkpoint/resume; progressive resizing from a model of a
+smaller scale (``--init``). CLI: ``pixbatch train sr`` (``python -m pixbatch.train.sr`` is the same).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import shlex
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class SrTrainConfig:
+    data: list[Path]
+    arch: str  # registered name, e.g. edsr_tiny_x4
+    out: Path
+    steps: int = 3000
+    batch_size: int = 16
+    patch: int = 48  # LR patch size in px
+    lr: float = 1e-3  # peak learning rate
+    loss: str = "l1"  # l1 | mse | perceptual
+    pixel_weight: float = 0.1  # perceptual loss: weight of the pixel L1 term
+    vgg_weights: Path | None = None
+    init: Path | None = None  # progressive resizing: start from this (smaller-scale) checkpoint
+    freeze_steps: int = 0  # with --init: train only the new upsampler for this many steps
+    amp: bool | None = None  # None: bf16 where it is fast (GPU, or a CPU with native bf16)
+    seed: int = 0
+    threads: int = 0
+    val_every: int = 250
+    save_every: int = 1000
+    resume: bool = False
+    command: str = field(default="", repr=False)
 
 
 def load_images(folders: list[Path], min_side: int) -> list[torch.Tensor]:
@@ -29,13 +53,13 @@ def load_images(folders: list[Path], min_side: int) -> list[torch.Tensor]:
 
     images = []
     for folder in folders:
-        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        for path in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("RGB"))
             if min(arr.shape[:2]) >= min_side:
                 images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
     if not images:
-        raise SystemExit(f"no training images of at least {min_side} px in {', '.join(map(str, folders))}")
+        raise ValueError(f"no training images of at least {min_side} px in {', '.join(map(str, folders))}")
     return images
 
 
@@ -70,60 +94,186 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1 / max(mse, 1e-12))
 
 
-def main(argv: list[str] | None = None) -> None:
+class PerceptualLoss(nn.Module):
+    """L1 between VGG16 activations before its first three max-pools (weights 0.2/0.7/0.1), plus a
+    small pixel L1 term. VGG weights come from a local file only, never from the network."""
+
+    LAYERS = (3, 8, 15)  # relu1_2, relu2_2, relu3_3
+    WEIGHTS = (0.2, 0.7, 0.1)
+
+    def __init__(self, weights_path: Path | None, pixel_weight: float = 0.1) -> None:
+        super().__init__()
+        from torchvision.models import vgg16
+
+        path = weights_path or find_cached_vgg16()
+        if path is None:
+            raise FileNotFoundError(
+                "the perceptual loss needs VGG16 ImageNet weights: pass --vgg-weights PATH (a torchvision "
+                "vgg16-*.pth file) or put it in the torch hub cache; pixbatch never downloads them")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        vgg = vgg16(weights=None)
+        vgg.load_state_dict(state)
+        self.features = vgg.features[: self.LAYERS[-1] + 1].eval()
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.pixel_weight = pixel_weight
+
+    def _feats(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out, x = [], (x - self.mean) / self.std
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.LAYERS:
+                out.append(x)
+        return out
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        loss = self.pixel_weight * F.l1_loss(sr, hr)
+        for w, a, b in zip(self.WEIGHTS, self._feats(sr), self._feats(hr)):
+            loss = loss + w * F.l1_loss(a, b)
+        return loss
+
+
+def find_cached_vgg16() -> Path | None:
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(cache.glob("vgg16-*.pth")) if cache.is_dir() else []
+    return found[0] if found else None
+
+
+def make_loss(cfg: SrTrainConfig) -> nn.Module:
+    if cfg.loss == "l1":
+        return nn.L1Loss()
+    if cfg.loss == "mse":
+        return nn.MSELoss()
+    if cfg.loss == "perceptual":
+        return PerceptualLoss(cfg.vgg_weights, cfg.pixel_weight)
+    raise ValueError(f"unknown loss {cfg.loss!r}; use l1, mse or perceptual")
+
+
+def init_from_smaller_scale(net: nn.Module, path: Path) -> list[str]:
+    """Progressive resizing: copy every tensor whose name and shape match (strict=False semantics),
+    then re-apply ICNR to the upsampler convs that did not come from the checkpoint. Returns their names."""
+    from pixbatch.models.checkpoint import read_state_dict
+    from pixbatch.models.sr.edsr import icnr_
+
+    source, _ = read_state_dict(Path(path))
+    own = net.state_dict()
+    copied = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict(copied, strict=False)
+    fresh = [k for k in own if k not in copied]
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d) and f"{name}.weight" in fresh and "upsampler" in name:
+            r = int(round((module.out_channels / module.in_channels) ** 0.5))
+            icnr_(module.weight, r)
+            nn.init.zeros_(module.bias)
+    return fresh
+
+
+def _amp_dtype(cfg: SrTrainConfig, device: torch.device) -> torch.dtype | None:
+    from pixbatch.runtime.device import cpu_has_native_bf16
+
+    if cfg.amp is False:
+        return None
+    fast = device.type == "cuda" or cpu_has_native_bf16()
+    return torch.bfloat16 if (cfg.amp or fast) else None
+
+
+def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: bool = True) -> dict:
+    """Train and save ``cfg.out`` (safetensors with the recipe in its metadata). Returns the recipe."""
+    from tqdm import tqdm
+
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, action="append", required=True)
-    p.add_argument("--arch", required=True, help="registered model name, e.g. edsr_tiny_x4")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--patch", type=int, default=48, help="LR patch size in px")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
-    p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args(argv)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    model = create_model(cfg.arch, pretrained=False)
+    net, scale = model.module.to(device).train(), model.info.scale
+    fresh = init_from_smaller_scale(net, cfg.init) if cfg.init else []
+    hr_patch = cfg.patch * scale
+    images = load_images(cfg.data, hr_patch)
+    val_lr, val_hr = (t.to(device) for t in sample_batch(images, 32, hr_patch, scale, random.Random(cfg.seed + 1)))
+    loss_fn = make_loss(cfg).to(device)
+    amp = _amp_dtype(cfg, device)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    model = create_model(args.arch, pretrained=False)
-    net, scale = model.module.train(), model.info.scale
-    hr_patch = args.patch * scale
-    images = load_images(args.data, hr_patch)
-    # Fixed validation crops, never trained on the same draw.
-    val_lr, val_hr = sample_batch(images, 32, hr_patch, scale, random.Random(args.seed + 1))
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    state_path = Path(str(cfg.out) + ".state")
+    start_step, seconds = 0, 0.0
+    if cfg.resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        rng.setstate(state["python_rng"])
+        start_step, seconds = int(state["step"]), float(state["seconds"])
 
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
-    start = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        lr, hr = sample_batch(images, args.batch_size, hr_patch, scale, rng)
-        loss = F.l1_loss(net(lr), hr)
+    def set_frozen(frozen: bool) -> None:
+        for name, p in net.named_parameters():
+            p.requires_grad_(not frozen or name in fresh)
+
+    def save_state(step: int) -> None:
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "python_rng": rng.getstate(), "step": step,
+                    "seconds": seconds + time.perf_counter() - t0}, tmp)
+        tmp.replace(state_path)
+
+    t0 = time.perf_counter()
+    val = bic = float("nan")
+    bar = tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps, disable=not progress,
+               file=sys.stderr, dynamic_ncols=True, unit="step")
+    for step in bar:
+        set_frozen(bool(fresh) and step <= cfg.freeze_steps)
+        lr_img, hr_img = (t.to(device) for t in sample_batch(images, cfg.batch_size, hr_patch, scale, rng))
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            sr = net(lr_img)
+        loss = loss_fn(sr.float(), hr_img)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step % 250 == 0 or step == args.steps:
+        if step % cfg.val_every == 0 or step == cfg.steps:
             net.eval()
             with torch.no_grad():
                 val = psnr(net(val_lr), val_hr)
                 bic = psnr(F.interpolate(val_lr, scale_factor=scale, mode="bicubic"), val_hr)
             net.train()
-            print(f"step {step}/{args.steps} loss {loss.item():.4f} val PSNR {val:.2f} dB "
-                  f"(bicubic {bic:.2f}) {time.perf_counter() - start:.0f}s", flush=True)
-    recipe = {
-        "command": "python -m pixbatch.train.sr " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "data": [str(d) for d in args.data], "steps": args.steps, "batch_size": args.batch_size,
-        "lr_patch": args.patch, "peak_lr": args.lr, "loss": "l1", "seed": args.seed,
-        "seconds": round(time.perf_counter() - start), "val_psnr_rgb": round(val, 2), "val_bicubic": round(bic, 2),
-    }
-    save_checkpoint(net.eval(), args.out, name=args.arch, training=recipe)
-    print(f"saved {args.out}")
+            bar.set_postfix_str(f"loss {loss.item():.4f} val {val:.2f} dB (bicubic {bic:.2f})")
+            if not progress:
+                print(f"step {step}/{cfg.steps} loss {loss.item():.4f} val PSNR {val:.2f} dB (bicubic {bic:.2f}) "
+                      f"{seconds + time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        elif step % 10 == 0:
+            bar.set_postfix_str(f"loss {loss.item():.4f} val {val:.2f} dB", refresh=False)
+        if step % cfg.save_every == 0 and step < cfg.steps:
+            save_state(step)
+    bar.close()
+    recipe = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "data" else v)
+              for k, v in asdict(cfg).items() if k not in ("out", "resume", "command")}
+    recipe.update(command=cfg.command, seconds=round(seconds + time.perf_counter() - t0), device=str(device),
+                  amp=str(amp).removeprefix("torch.") if amp else "off",
+                  val_psnr_rgb=round(val, 2), val_bicubic=round(bic, 2))
+    save_checkpoint(net.eval(), cfg.out, name=cfg.arch, training=recipe)
+    state_path.unlink(missing_ok=True)
+    return recipe
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pixbatch.train.sr ARGS`` = ``pixbatch train sr ARGS``."""
+    from pixbatch.cli import cli
+
+    args = sys.argv[1:] if argv is None else argv
+    cli.main(args=["train", "sr", *args], prog_name="pixbatch", standalone_mode=True)
+
+
+def command_line(args: list[str]) -> str:
+    return "pixbatch train sr " + shlex.join(args)
 
 
 if __name__ == "__main__":

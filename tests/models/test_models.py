@@ -12,7 +12,6 @@ from pixbatch.models.foreign.spandrel_loader import probe_receptive_field
 from pixbatch.models.sr.edsr import icnr_
 from tests.conftest import COMPACT, requires_data
 
-
 SMALL = {"imdn": {"nf": 64, "num_modules": 1}}  # per family (IMDN at its real width); default below
 
 

@@ -1,0 +1,110 @@
+"""Training: smoke run, reproducibility, resume, progressive resizing, perceptual loss."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load_file
+
+from pixbatch.cli import cli
+from pixbatch.models import create_model
+from pixbatch.train.sr import PerceptualLoss, SrTrainConfig, init_from_smaller_scale, train_sr
+from tests.conftest import gradient_rgb
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(4):
+        Image.fromarray(gradient_rgb(72, 80, seed=i)).save(folder / f"{i}.png")
+    return folder
+
+
+def _cfg(photos, out, **kw):
+    base = {"data": [photos], "arch": "edsr_tiny_x2", "out": out, "steps": 6, "batch_size": 2, "patch": 12,
+            "val_every": 3, "save_every": 3, "amp": False, "threads": 1}
+    return SrTrainConfig(**{**base, **kw})
+
+
+def test_cli_trains_and_writes_a_usable_checkpoint(photos, tmp_path):
+    out = tmp_path / "m.safetensors"
+    args = ["--device", "cpu", "train", "sr", "--data", str(photos), "--arch", "edsr_tiny", "--scale", "2",
+            "--steps", "4", "--batch-size", "2", "--patch", "12", "--val-every", "2", "--no-amp"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"saved {out}: validation PSNR ")
+    info = create_model(out).info
+    assert info.source == "checkpoint" and info.scale == 2 and info.training["steps"] == 4
+    assert info.training["loss"] == "l1" and not (tmp_path / "m.safetensors.state").exists()
+
+
+def test_seed_makes_cpu_training_reproducible(photos, tmp_path):
+    train_sr(_cfg(photos, tmp_path / "a.safetensors"), torch.device("cpu"), progress=False)
+    train_sr(_cfg(photos, tmp_path / "b.safetensors"), torch.device("cpu"), progress=False)
+    a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train_sr(_cfg(photos, tmp_path / "c.safetensors", seed=1), torch.device("cpu"), progress=False)
+    c = load_file(tmp_path / "c.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_continues_exactly(photos, tmp_path, monkeypatch):
+    full = tmp_path / "full.safetensors"
+    train_sr(_cfg(photos, full), torch.device("cpu"), progress=False)
+    part = tmp_path / "part.safetensors"
+    import pixbatch.models.checkpoint as ckpt
+
+    # interrupt the second run right after its step-3 state is written: the final save fails
+    monkeypatch.setattr(ckpt, "save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train_sr(_cfg(photos, part, steps=6), torch.device("cpu"), progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "part.safetensors.state").is_file()
+    state = torch.load(tmp_path / "part.safetensors.state", weights_only=True)
+    assert state["step"] == 3
+    # resume from step 3: must end where the uninterrupted run ended
+    state_path = tmp_path / "part.safetensors.state"
+    train_sr(_cfg(photos, part, resume=True), torch.device("cpu"), progress=False)
+    a, b = load_file(full), load_file(part)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not state_path.exists()
+
+
+def test_progressive_init_copies_all_but_the_new_upsampler(photos, tmp_path):
+    x2 = tmp_path / "x2.safetensors"
+    train_sr(_cfg(photos, x2), torch.device("cpu"), progress=False)
+    net = create_model("edsr_tiny_x4", pretrained=False).module
+    fresh = init_from_smaller_scale(net, x2)
+    assert fresh == ["upsampler.2.weight", "upsampler.2.bias"]  # the second x2 step is new
+    src = load_file(x2)
+    assert torch.equal(net.head.weight, src["head.weight"]) and torch.equal(net.tail.weight, src["tail.weight"])
+    w = net.upsampler[2].weight
+    assert torch.equal(w[0::4], w[1::4])  # ICNR re-applied to the new layer
+    out = tmp_path / "x4.safetensors"
+    recipe = train_sr(_cfg(photos, out, arch="edsr_tiny_x4", init=x2, freeze_steps=3), torch.device("cpu"),
+                      progress=False)
+    assert recipe["init"] == str(x2) and create_model(out).info.scale == 4
+
+
+def test_perceptual_loss_needs_local_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    with pytest.raises(FileNotFoundError, match="never downloads them"):
+        PerceptualLoss(None)
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    path = tmp_path / "vgg16-local.pth"
+    torch.save(vgg16(weights=None).state_dict(), path)
+    loss = PerceptualLoss(path)
+    x = torch.rand(1, 3, 32, 32)
+    assert loss(x, x).item() == 0 and loss(x, x.flip(-1)).item() > 0
+
+
+def test_unknown_arch_is_a_startup_error(photos, tmp_path):
+    result = CliRunner().invoke(cli, ["train", "sr", "--data", str(photos), "--arch", "nope", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "unknown model 'nope'" in result.stderr
+    assert json.dumps  # keep the import used
