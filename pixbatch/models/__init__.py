@@ -79,13 +79,15 @@ def looks_like_path(name_or_path: str) -> bool:
     return Path(name_or_path).suffix.lower() in CHECKPOINT_SUFFIXES or Path(name_or_path).exists()
 
 
-def create_model(name_or_path: str | Path, *, pretrained: bool = True, **kwargs) -> LoadedModel:
-    """Build a registered model (with its shipped weights when there are some) or load a checkpoint file."""
+def create_model(name_or_path: str | Path, *, pretrained: bool = True, scale: int | None = None,
+                 **kwargs) -> LoadedModel:
+    """Build a registered model (with its shipped weights when there are some) or load a checkpoint file.
+    ``scale`` chooses the branch of a multi-scale checkpoint (CARN-M); other files ignore it."""
     from pixbatch.models import checkpoint
 
     name = str(name_or_path)
     if looks_like_path(name):
-        return checkpoint.load_checkpoint(Path(name))
+        return checkpoint.load_checkpoint(Path(name), scale)
     module = build_registered(name, **kwargs)
     weights = builtin_weights(name) if pretrained and not kwargs else None
     if weights is not None:

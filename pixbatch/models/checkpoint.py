@@ -85,7 +85,8 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     return obj, {}
 
 
-def load_checkpoint(path: Path) -> LoadedModel:
+def load_checkpoint(path: Path, scale: int | None = None) -> LoadedModel:
+    """Load any checkpoint; ``scale`` picks the branch of multi-scale models (CARN-M; default 4)."""
     tensors, metadata = read_state_dict(path)
     if METADATA_KEY in metadata:
         config = json.loads(metadata[METADATA_KEY])
@@ -94,7 +95,7 @@ def load_checkpoint(path: Path) -> LoadedModel:
         info = describe_native(config["name"], module, source="checkpoint", path=str(path),
                                training=config.get("training") or None)
         return LoadedModel(module.eval(), info)
-    native = _recognise_native(tensors)
+    native = _recognise_native(tensors, scale)
     if native is not None:  # a published architecture we implement ourselves, with its original keys
         name, kwargs, tensors = native
         module = build_registered(name, **kwargs)
@@ -107,14 +108,15 @@ def load_checkpoint(path: Path) -> LoadedModel:
     return load_foreign(tensors, path)
 
 
-def _recognise_native(tensors: dict) -> tuple[str, dict, dict] | None:
-    from pixbatch.models.sr import imdn
+def _recognise_native(tensors: dict, scale: int | None = None) -> tuple[str, dict, dict] | None:
+    """Published architectures implemented here, recognised from their keys and shapes."""
+    from pixbatch.models.sr import carn, imdn
 
     for prefix in ("", "module."):
         stripped = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
         if len(stripped) != len(tensors):
             continue
-        found = imdn.recognise(stripped)
+        found = imdn.recognise(stripped) or carn.recognise(stripped, scale)
         if found is not None:
             return found[0], found[1], stripped
     return None

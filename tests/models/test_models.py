@@ -12,7 +12,7 @@ from pixbatch.models.foreign.spandrel_loader import probe_receptive_field
 from pixbatch.models.sr.edsr import icnr_
 from tests.conftest import COMPACT, requires_data
 
-SMALL = {"imdn": {"nf": 64, "num_modules": 1}}  # per family (IMDN at its real width); default below
+SMALL = {"imdn": {"nf": 64, "num_modules": 1}, "carn": {"channels": 16}}  # per family; default below
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -25,7 +25,11 @@ def test_every_model_runs_and_trains(name):
     s = model.scale
     assert y.shape == (2, 3, 7 * s, 9 * s) and torch.isfinite(y).all()
     y.square().mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # frozen parameters (CARN-M's mean shift) and the other scales' branches of a multi-scale upsampler
+    # (CARN-M) are not expected to learn here
+    unused = {f"upsample.up{k}." for k in (2, 3, 4) if k != s} if name.startswith("carn_m") else set()
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and not n.startswith(tuple(unused)) and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not missing
 
 
@@ -98,3 +102,34 @@ def test_foreign_compact_model_is_recognised():
     assert info.source == "foreign" and info.arch == "RealESRGAN Compact"
     assert (info.scale, info.in_channels, info.out_channels, info.size_multiple) == (4, 3, 3, 1)
     assert info.receptive_field == 18 and info.supports_bf16
+
+
+def test_carn_m_is_one_model_for_every_scale(tmp_path):
+    """A checkpoint in the original key layout (plain state dict) is recognised, and the scale is
+    chosen at load time from the same weights."""
+    torch.manual_seed(0)
+    model = build_registered("carn_m_x4").eval()
+    path = tmp_path / "carn_m.pth"
+    torch.save(model.state_dict(), path)
+    assert {"entry.weight", "b1.b1.body.0.weight", "upsample.up3.body.0.weight", "sub_mean.shifter.bias"} <= set(
+        model.state_dict())
+    x = torch.rand(1, 3, 6, 7)
+    for scale in (2, 3, 4):
+        loaded = create_model(path, scale=scale)
+        assert loaded.info.arch == "CARNM" and loaded.info.scale == scale and loaded.info.recognised_by == "pixbatch"
+        model.scale = scale
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.module(x), model(x), rtol=0, atol=0)
+    assert create_model(path).info.scale == 4
+
+
+def test_imdn_keys_with_module_prefix_are_recognised(tmp_path):
+    torch.manual_seed(0)
+    model = build_registered("imdn_x3", nf=64, num_modules=2).eval()
+    path = tmp_path / "imdn.pth"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
+    loaded = create_model(path)
+    assert loaded.info.arch == "IMDN" and loaded.info.scale == 3 and loaded.info.receptive_field is None
+    x = torch.rand(1, 3, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), model(x), rtol=0, atol=0)
