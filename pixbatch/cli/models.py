@@ -50,8 +50,11 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
         return
     defaults = {v: k for k, v in DEFAULT_SR_MODELS.items()}
     entries = []
+    import torch
+
     for name in list_models(pattern):
-        module = build_registered(name)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation work
+            module = build_registered(name)
         params = sum(p.numel() for p in module.parameters())
         entries.append({"name": name, "arch": type(module).__name__, "scale": int(module.scale), "params": params,
                         "weights": builtin_weights(name) is not None,

@@ -104,11 +104,26 @@ def test_inputs_are_never_modified_and_rerun_skips(mixed, tmp_path, tiny_checkpo
     assert {p: p.read_bytes() for p in mixed.rglob("*") if p.is_file()} == before
 
 
+def photo_folder(folder, n, size, name="{i}.png"):
+    """n small PNG photos named by ``name``."""
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(gradient_rgb(size, size, seed=i)).save(folder / name.format(i=i))
+    return folder
+
+
+def start_and_wait_for_first_output(cmd, out, **kw):
+    """Start a run and return once its first output has its final name (it is mid-job then)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and any(p.suffix == ".png" for p in out.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    return proc
+
+
 def test_resume_does_only_missing_work(tmp_path, tiny_checkpoint):
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(5):
-        Image.fromarray(gradient_rgb(16, 16, seed=i)).save(src / f"{i}.png")
+    src = photo_folder(tmp_path / "in", 5, 16)
     out = tmp_path / "out"
     args = ("--device", "cpu", "--json", "upscale", src, out, "--model", tiny_checkpoint)
     code, stdout, _ = run(*args)
@@ -126,18 +141,11 @@ def test_resume_does_only_missing_work(tmp_path, tiny_checkpoint):
 
 
 def test_killed_run_leaves_no_partial_file_and_resumes(tmp_path, tiny_checkpoint):
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(24):
-        Image.fromarray(gradient_rgb(160, 160, seed=i)).save(src / f"{i:02d}.png")
+    src = photo_folder(tmp_path / "in", 24, 160, name="{i:02d}.png")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pixbatch", "--device", "cpu", "upscale", str(src), str(out),
            "--model", str(tiny_checkpoint), "--png-compression", "9", "--workers", "0", "--writers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (out.exists() and any(p.suffix == ".png" for p in out.iterdir())):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.005)
+    proc = start_and_wait_for_first_output(cmd, out)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = sorted(p for p in out.iterdir() if not p.name.startswith("."))
@@ -152,17 +160,11 @@ def test_killed_run_leaves_no_partial_file_and_resumes(tmp_path, tiny_checkpoint
 
 
 def test_sigterm_unwinds_cleanly(tmp_path, tiny_checkpoint):
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(24):
-        Image.fromarray(gradient_rgb(160, 160, seed=i)).save(src / f"{i:02d}.png")
+    src = photo_folder(tmp_path / "in", 24, 160, name="{i:02d}.png")
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "--device", "cpu", "upscale", str(src), str(out),
-                             "--model", str(tiny_checkpoint), "--png-compression", "9", "--workers", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (out.exists() and any(p.suffix == ".png" for p in out.iterdir())):
-        assert proc.poll() is None
-        time.sleep(0.005)
+    proc = start_and_wait_for_first_output(
+        [sys.executable, "-m", "pixbatch", "--device", "cpu", "upscale", str(src), str(out),
+         "--model", str(tiny_checkpoint), "--png-compression", "9", "--workers", "0"], out, text=True)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130

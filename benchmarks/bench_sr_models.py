@@ -1,0 +1,67 @@
+"""Time per 512x512 output of the shipped SR models (and published ones, for scale), next to quality.
+
+    python benchmarks/bench_sr_models.py
+
+For each model: milliseconds to produce one 512x512 output (input 512/scale) in eager fp32 NCHW and in
+pixbatch's default fast path for this device (channels-last, auto precision), measured with
+torch.utils.benchmark in the same run, plus Set5 Y-PSNR from `pixbatch eval sr` when the data is there.
+Writes benchmarks/results/sr_models_<device>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.benchmark import Timer
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def ms(fn) -> float:
+    fn()
+    return Timer("f()", globals={"f": fn}).blocked_autorange(min_run_time=1.0).median * 1e3
+
+
+def main() -> None:
+    from bench_pipeline import cpu_name
+
+    from pixbatch.models import DEFAULT_SR_MODELS, create_model
+    from pixbatch.runtime.device import resolve_device, resolve_precision
+    from pixbatch.runtime.prepare import prepare_model
+    from pixbatch.train.evaluate import evaluate_sr, mean_metrics
+
+    device = resolve_device("auto")
+    names = list(DEFAULT_SR_MODELS.values())
+    names += [str(p) for p in (DATA / "weights" / "imdn_x4.pth", DATA / "weights" / "realesr-animevideov3.pth") if p.is_file()]
+    rows = []
+    for name in names:
+        loaded = create_model(name)
+        s = loaded.info.scale
+        x = torch.rand(1, 3, round(512 / s), round(512 / s), device=device)
+        eager = prepare_model(loaded, device, torch.float32, channels_last=False, kernels="torch")
+        fast_dtype = resolve_precision("auto", device, loaded.info)
+        fast = prepare_model(create_model(name), device, fast_dtype)
+        row = {"model": Path(name).stem, "scale": s, "params": loaded.info.params,
+               "eager_fp32_nchw_ms": ms(lambda r=eager, x=x: r(x)), "fast_path_ms": ms(lambda r=fast, x=x: r(x)),
+               "fast_path": f"channels-last, {str(fast_dtype).removeprefix('torch.')}, kernels={fast.kernels}"}
+        if (DATA / "sr" / "set5").is_dir() and "realesr" not in name:  # the GAN model has no PSNR to report
+            m = mean_metrics([r.model for r in evaluate_sr(eager, DATA / "sr" / "set5")])
+            row.update(set5_psnr_y=round(m["psnr_y"], 2), set5_ssim_y=round(m["ssim_y"], 4))
+        rows.append(row)
+        print(f"{row['model']:<22} x{s} {row['params']:>9,} params  eager {row['eager_fp32_nchw_ms']:8.1f} ms  "
+              f"fast {row['fast_path_ms']:8.1f} ms ({row['fast_path']})  Set5 {row.get('set5_psnr_y', '-')}")
+    dev = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
+    out = REPO / "benchmarks" / "results" / f"sr_models_{device.type}.json"
+    out.write_text(json.dumps({"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                               "python": platform.python_version(), "output": "512x512", "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
