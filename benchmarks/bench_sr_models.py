@@ -1,6 +1,6 @@
 """Time per 512x512 output of the shipped SR models (and published ones, for scale), next to quality.
 
-    python benchmarks/bench_sr_models.py
+    python benchmarks/bench_sr_models.py [MODEL ...] [--out FILE]
 
 For each model: milliseconds to produce one 512x512 output (input 512/scale) in eager fp32 NCHW and in
 pixbatch's default fast path for this device (channels-last, auto precision), measured with
@@ -29,6 +29,8 @@ def ms(fn) -> float:
 
 
 def main() -> None:
+    import argparse
+
     from bench_pipeline import cpu_name
 
     from pixbatch.models import DEFAULT_SR_MODELS, create_model
@@ -36,9 +38,13 @@ def main() -> None:
     from pixbatch.runtime.prepare import prepare_model
     from pixbatch.train.evaluate import evaluate_sr, mean_metrics
 
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", help="models or checkpoints (default: shipped + published ones)")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
     device = resolve_device("auto")
-    names = list(DEFAULT_SR_MODELS.values())
-    names += [str(p) for p in (DATA / "weights" / "imdn_x4.pth", DATA / "weights" / "realesr-animevideov3.pth") if p.is_file()]
+    names = args.models or list(DEFAULT_SR_MODELS.values()) + [
+        str(q) for q in (DATA / "weights" / "imdn_x4.pth", DATA / "weights" / "realesr-animevideov3.pth") if q.is_file()]
     rows = []
     for name in names:
         loaded = create_model(name)
@@ -57,7 +63,7 @@ def main() -> None:
         print(f"{row['model']:<22} x{s} {row['params']:>9,} params  eager {row['eager_fp32_nchw_ms']:8.1f} ms  "
               f"fast {row['fast_path_ms']:8.1f} ms ({row['fast_path']})  Set5 {row.get('set5_psnr_y', '-')}")
     dev = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
-    out = REPO / "benchmarks" / "results" / f"sr_models_{device.type}.json"
+    out = args.out or REPO / "benchmarks" / "results" / f"sr_models_{device.type}.json"
     out.write_text(json.dumps({"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads(),
                                "python": platform.python_version(), "output": "512x512", "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +20,8 @@ def train_group() -> None:
 @click.option("--arch", required=True, help="A registered model, e.g. edsr_tiny_x4, or a family with --scale "
                                             "(edsr_baseline --scale 2).")
 @click.option("--scale", type=click.IntRange(min=2), default=None, help="Scale, when --arch names a family.")
+@click.option("--model-kwargs", default="{}", metavar="JSON",
+              help='Architecture arguments, e.g. \'{"n_resblocks": 16, "n_feats": 48}\' (stored in the checkpoint).')
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.safetensors).")
 @click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
@@ -40,7 +43,7 @@ def train_group() -> None:
               help="Write OUT.state (for --resume) this often.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state if it exists.")
 @click.pass_obj
-def train_sr_command(app, data, arch, scale, out, steps, batch_size, patch, lr, loss, pixel_weight, vgg_weights,
+def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_size, patch, lr, loss, pixel_weight, vgg_weights,
                      init, freeze_steps, amp, seed, threads, val_every, save_every, resume) -> None:
     """Train on self-supervised pairs: random HR crops, MATLAB-bicubic LR, random dihedral
     augmentation; Adam with a one-cycle schedule, gradient clipping, ICNR-initialised upsamplers.
@@ -56,12 +59,18 @@ def train_sr_command(app, data, arch, scale, out, steps, batch_size, patch, lr, 
     name = arch if scale is None or arch.endswith(f"_x{scale}") else f"{arch}_x{scale}"
     if name not in list_models():
         app.fail_start(str(UnknownModelError(f"unknown model {name!r}; see `pixbatch models`")))
+    try:
+        kwargs = json.loads(model_kwargs)
+    except ValueError:
+        kwargs = None
+    if not isinstance(kwargs, dict):
+        app.fail_start(f"--model-kwargs must be a JSON object, got {model_kwargs!r}")
     if Path(sys.argv[0]).name in ("sr.py", "pixbatch.train.sr"):  # python -m pixbatch.train.sr ARGS
         argv = sys.argv[1:]
     else:  # pixbatch [global options] train sr ARGS
         argv = sys.argv[sys.argv.index("sr") + 1:] if "sr" in sys.argv else []
     cfg = SrTrainConfig(
-        data=list(data), arch=name, out=out, steps=steps, batch_size=batch_size, patch=patch, lr=lr, loss=loss,
+        data=list(data), arch=name, out=out, model_kwargs=kwargs, steps=steps, batch_size=batch_size, patch=patch, lr=lr, loss=loss,
         pixel_weight=pixel_weight, vgg_weights=vgg_weights, init=init, freeze_steps=freeze_steps, amp=amp,
         seed=seed, threads=threads, val_every=val_every, save_every=save_every, resume=resume,
         command=command_line(argv),

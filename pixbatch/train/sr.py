@@ -29,6 +29,7 @@ class SrTrainConfig:
     data: list[Path]
     arch: str  # registered name, e.g. edsr_tiny_x4
     out: Path
+    model_kwargs: dict = field(default_factory=dict)  # architecture arguments, e.g. {"n_resblocks": 16}
     steps: int = 3000
     batch_size: int = 16
     patch: int = 48  # LR patch size in px
@@ -191,7 +192,7 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    model = create_model(cfg.arch, pretrained=False)
+    model = create_model(cfg.arch, pretrained=False, **cfg.model_kwargs)
     net, scale = model.module.to(device).train(), model.info.scale
     fresh = init_from_smaller_scale(net, cfg.init) if cfg.init else []
     hr_patch = cfg.patch * scale
@@ -259,7 +260,7 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     recipe.update(command=cfg.command, seconds=round(seconds + time.perf_counter() - t0), device=str(device),
                   amp=str(amp).removeprefix("torch.") if amp else "off",
                   val_psnr_rgb=round(val, 2), val_bicubic=round(bic, 2))
-    save_checkpoint(net.eval(), cfg.out, name=cfg.arch, training=recipe)
+    save_checkpoint(net.eval(), cfg.out, name=cfg.arch, kwargs=cfg.model_kwargs, training=recipe)
     state_path.unlink(missing_ok=True)
     return recipe
 

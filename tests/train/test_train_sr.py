@@ -108,3 +108,16 @@ def test_unknown_arch_is_a_startup_error(photos, tmp_path):
     result = CliRunner().invoke(cli, ["train", "sr", "--data", str(photos), "--arch", "nope", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "unknown model 'nope'" in result.stderr
     assert json.dumps  # keep the import used
+
+
+def test_model_kwargs_are_stored_so_the_checkpoint_rebuilds_itself(photos, tmp_path):
+    out = tmp_path / "small.safetensors"
+    args = ["--device", "cpu", "train", "sr", "--data", str(photos), "--arch", "edsr_tiny_x2", "--steps", "2",
+            "--batch-size", "2", "--patch", "12", "--no-amp", "--model-kwargs", '{"n_resblocks": 1, "n_feats": 8}']
+    result = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    info = create_model(out).info
+    assert info.params == sum(p.numel() for p in create_model("edsr_tiny_x2", pretrained=False, n_resblocks=1,
+                                                                n_feats=8).module.parameters())
+    bad = CliRunner().invoke(cli, [*args[:-1], "[1, 2]", "--out", str(tmp_path / "x.safetensors")])
+    assert bad.exit_code == 1 and "--model-kwargs must be a JSON object, got '[1, 2]'" in bad.stderr
