@@ -66,10 +66,10 @@ def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
         module = module.to(memory_format=torch.channels_last)
     label = "torch"
     if kernels != "torch":
-        from pixbatch.ops.conv_pixel_shuffle import triton_enabled
+        from pixbatch.ops.conv_pixel_shuffle import triton_enabled, triton_interpreting
         from pixbatch.runtime.fuse import fuse_upsamplers
 
-        usable = triton_enabled() and (device.type == "cuda" or _interpreting())
+        usable = triton_enabled() and (device.type == "cuda" or triton_interpreting())
         if kernels == "triton" and not usable:
             raise ValueError("--kernels triton needs a CUDA GPU and triton (and PIXBATCH_TRITON not 0)")
         if usable:
@@ -78,12 +78,6 @@ def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
                 module, label = fused, f"triton ({n} fused)"
     compiled = torch.compile(module, dynamic=False) if compile else None
     return Runner(module, loaded.info, device, dtype, channels_last, compiled, label)
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _measured_faster(candidate: nn.Module, baseline: nn.Module, info: ModelInfo, device: torch.device,

@@ -8,7 +8,6 @@ smaller scale (``--init``). CLI: ``pixbatch train sr`` (``python -m pixbatch.tra
 
 from __future__ import annotations
 
-import math
 import random
 import shlex
 import sys
@@ -20,8 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -51,6 +48,8 @@ class SrTrainConfig:
 def load_images(folders: list[Path], min_side: int) -> list[torch.Tensor]:
     """All RGB images of the folders as uint8 CHW tensors (small sets fit in memory)."""
     from PIL import Image
+
+    from pixbatch.io.discover import IMAGE_SUFFIXES
 
     images = []
     for folder in folders:
@@ -91,8 +90,10 @@ def sample_batch(images: list[torch.Tensor], batch: int, hr_patch: int, scale: i
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = F.mse_loss(a.clamp(0, 1), b).item()
-    return 10 * math.log10(1 / max(mse, 1e-12))
+    """RGB PSNR of [0, 1] tensors, through the one PSNR definition in pixbatch.train.metrics."""
+    from pixbatch.train.metrics import psnr as psnr_np
+
+    return psnr_np(a.clamp(0, 1).float().cpu().numpy(), b.float().cpu().numpy(), max_val=1.0)
 
 
 class PerceptualLoss(nn.Module):
