@@ -23,6 +23,7 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
         list_models,
     )
     from pixbatch.models._registry import build_registered, builtin_weights
+    from pixbatch.models.checkpoint import count_params
 
     if checkpoint is not None:
         try:
@@ -55,7 +56,7 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
     for name in list_models(pattern):
         with torch.device("meta"):  # shapes only: no memory, no initialisation work
             module = build_registered(name)
-        params = sum(p.numel() for p in module.parameters())
+        params = count_params(module)
         entries.append({"name": name, "arch": type(module).__name__, "scale": int(module.scale), "params": params,
                         "weights": builtin_weights(name) is not None,
                         "default_for_scale": defaults.get(name)})

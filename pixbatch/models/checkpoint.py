@@ -24,7 +24,7 @@ def count_params(module: nn.Module) -> int:
 
 
 def describe_native(name: str, module: nn.Module, *, source: str, path: str | None = None,
-                    training: dict | None = None) -> ModelInfo:
+                    training: dict | None = None, recognised_by: str | None = None) -> ModelInfo:
     rf = module.receptive_field
     return ModelInfo(
         name=name,
@@ -40,6 +40,7 @@ def describe_native(name: str, module: nn.Module, *, source: str, path: str | No
         receptive_field=None if rf is None else int(rf),
         path=path,
         training=training,
+        recognised_by=recognised_by,
     )
 
 
@@ -100,9 +101,8 @@ def load_checkpoint(path: Path, scale: int | None = None) -> LoadedModel:
         name, kwargs, tensors = native
         module = build_registered(name, **kwargs)
         module.load_state_dict(tensors, strict=True)
-        info = describe_native(name, module, source="foreign", path=str(path))
-        return LoadedModel(module.eval(), ModelInfo(**{**info.as_dict(), "name": path.name,
-                                                       "recognised_by": "pixbatch"}))
+        info = describe_native(path.name, module, source="foreign", path=str(path), recognised_by="pixbatch")
+        return LoadedModel(module.eval(), info)
     from pixbatch.models.foreign.spandrel_loader import load_foreign
 
     return load_foreign(tensors, path)

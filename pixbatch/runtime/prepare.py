@@ -74,14 +74,14 @@ def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
             raise ValueError("--kernels triton needs a CUDA GPU and triton (and PIXBATCH_TRITON not 0)")
         if usable:
             fused, n = fuse_upsamplers(module)
-            if n and (kernels == "triton" or _measured_faster(fused, module, loaded.info, device, dtype)):
+            if n and (kernels == "triton" or _measured_faster(fused, module, device, dtype)):
                 module, label = fused, f"triton ({n} fused)"
     compiled = torch.compile(module, dynamic=False) if compile else None
     return Runner(module, loaded.info, device, dtype, channels_last, compiled, label)
 
 
-def _measured_faster(candidate: nn.Module, baseline: nn.Module, info: ModelInfo, device: torch.device,
-                     dtype: torch.dtype, size: int = 256) -> bool:
+def _measured_faster(candidate: nn.Module, baseline: nn.Module, device: torch.device, dtype: torch.dtype,
+                     size: int = 256) -> bool:
     """Time both models on one realistic input with CUDA events (median of 10, after warm-up and
     Triton's autotuning); keep the candidate only if it is faster."""
     if device.type != "cuda":

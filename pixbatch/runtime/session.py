@@ -20,7 +20,7 @@ def load_model_for_scale(model_name: str | None, scale: int | None):
 
     try:
         name = model_name or default_model_for_scale(scale or 4)
-        loaded = create_model(name, scale=scale) if model_name else create_model(name)
+        loaded = create_model(name, scale=scale)  # scale picks a multi-scale file's branch; names ignore it
     except (UnknownModelError, UnsupportedModelError, FileNotFoundError) as exc:
         raise StartupError(str(exc)) from None
     info = loaded.info

@@ -1,6 +1,5 @@
 """Training: smoke run, reproducibility, resume, progressive resizing, perceptual loss."""
 
-import json
 
 import pytest
 import torch
@@ -107,7 +106,6 @@ def test_perceptual_loss_needs_local_weights(tmp_path, monkeypatch):
 def test_unknown_arch_is_a_startup_error(photos, tmp_path):
     result = CliRunner().invoke(cli, ["train", "sr", "--data", str(photos), "--arch", "nope", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "unknown model 'nope'" in result.stderr
-    assert json.dumps  # keep the import used
 
 
 def test_model_kwargs_are_stored_so_the_checkpoint_rebuilds_itself(photos, tmp_path):

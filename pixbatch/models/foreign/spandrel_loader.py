@@ -9,6 +9,7 @@ from torch import nn
 
 from pixbatch.models import LoadedModel, ModelInfo
 from pixbatch.models._registry import UnsupportedModelError
+from pixbatch.models.checkpoint import count_params
 
 
 def load_foreign(state_dict: dict, path: Path) -> LoadedModel:
@@ -34,7 +35,7 @@ def load_foreign(state_dict: dict, path: Path) -> LoadedModel:
         scale=int(descriptor.scale),
         in_channels=int(descriptor.input_channels),
         out_channels=int(descriptor.output_channels),
-        params=sum(p.numel() for p in module.parameters()),
+        params=count_params(module),
         supports_fp16=bool(descriptor.supports_half),
         supports_bf16=bool(descriptor.supports_bfloat16),
         size_multiple=multiple,
