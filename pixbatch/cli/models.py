@@ -16,6 +16,7 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
     """Without an argument, list the built-in models; with CHECKPOINT, describe that file
     (architecture, scale, parameters, channels, supported dtypes, receptive field)."""
     from pixbatch.models import (
+        DEFAULT_SEG_MODEL,
         DEFAULT_SR_MODELS,
         UnknownModelError,
         UnsupportedModelError,
@@ -39,7 +40,9 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
             ("file", str(checkpoint)), ("architecture", info.arch),
             ("origin", "pixbatch checkpoint" if info.source == "checkpoint"
              else f"foreign (recognised by {info.recognised_by})"),
-            ("scale", f"x{info.scale}"), ("parameters", f"{info.params:,}"),
+            ("task", f"super-resolution x{info.scale}" if info.task == "sr"
+             else f"segmentation, {info.out_channels} {'logit' if info.out_channels == 1 else 'classes'}"),
+            ("parameters", f"{info.params:,}"),
             ("channels", f"{info.in_channels} -> {info.out_channels}"), ("dtypes", ", ".join(dtypes)),
             ("size multiple", str(info.size_multiple)),
             ("receptive field", f"{info.receptive_field} px" if info.receptive_field is not None else "unbounded"),
@@ -57,17 +60,22 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
         with torch.device("meta"):  # shapes only: no memory, no initialisation work
             module = build_registered(name)
         params = count_params(module)
-        entries.append({"name": name, "arch": type(module).__name__, "scale": int(module.scale), "params": params,
+        task = getattr(module, "task", "sr")
+        entries.append({"name": name, "arch": type(module).__name__, "task": task, "scale": int(module.scale),
+                        "classes": int(module.out_channels) if task == "seg" else None, "params": params,
                         "weights": builtin_weights(name) is not None,
                         "default_for_scale": defaults.get(name)})
     if app.as_json:
         click.echo(json.dumps(entries, indent=2))
         return
-    click.echo(f"{'name':<20} {'arch':<9} {'scale':>5} {'params':>12}  weights")
+    click.echo(f"{'name':<20} {'arch':<11} {'task':>7} {'params':>12}  weights")
     for e in entries:
         note = "shipped" if e["weights"] else "-"
         if e["default_for_scale"]:
             note += f" (default for --scale {e['default_for_scale']})"
-        click.echo(f"{e['name']:<20} {e['arch']:<9} {'x' + str(e['scale']):>5} {e['params']:>12,}  {note}")
+        elif e["name"] == DEFAULT_SEG_MODEL:
+            note += " (default for segment)"
+        task = f"x{e['scale']}" if e["task"] == "sr" else "segment"
+        click.echo(f"{e['name']:<20} {e['arch']:<11} {task:>7} {e['params']:>12,}  {note}")
     click.echo("\nAny checkpoint spandrel recognises (ESRGAN, Real-ESRGAN compact, SwinIR, ...) also works: "
                "--model PATH. Describe one with `pixbatch models PATH`.")

@@ -21,6 +21,7 @@ from pixbatch.models._registry import (
 )
 
 __all__ = [
+    "DEFAULT_SEG_MODEL",
     "DEFAULT_SR_MODELS",
     "LoadedModel",
     "ModelInfo",
@@ -34,6 +35,7 @@ __all__ = [
 
 # The model `pixbatch upscale` uses when no --model is given, per scale.
 DEFAULT_SR_MODELS = {2: "edsr_tiny_x2", 3: "edsr_tiny_x3", 4: "edsr_tiny_x4"}
+DEFAULT_SEG_MODEL = "unet_drive"  # `pixbatch segment` without --model
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 
 
@@ -55,6 +57,7 @@ class ModelInfo:
     path: str | None = None
     training: dict | None = None
     recognised_by: str | None = None  # for foreign checkpoints: "pixbatch" (native implementation) or "spandrel"
+    task: str = "sr"  # "sr" (image -> image x scale) or "seg" (image -> out_channels logits per pixel)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -54,4 +54,5 @@ def build_registered(name: str, **kwargs) -> nn.Module:
 
 def _import_families() -> None:
     # Importing a family module registers its variants.
+    from pixbatch.models.seg import resnet_unet, segnet, unet  # noqa: F401
     from pixbatch.models.sr import carn, edsr, imdn  # noqa: F401

@@ -31,16 +31,17 @@ def describe_native(name: str, module: nn.Module, *, source: str, path: str | No
         arch=type(module).__name__,
         source=source,
         scale=int(module.scale),
-        in_channels=3,
-        out_channels=3,
+        in_channels=int(getattr(module, "in_channels", 3)),
+        out_channels=int(getattr(module, "out_channels", 3)),
         params=count_params(module),
         supports_fp16=True,
         supports_bf16=True,
-        size_multiple=1,
+        size_multiple=int(getattr(module, "size_multiple", 1)),
         receptive_field=None if rf is None else int(rf),
         path=path,
         training=training,
         recognised_by=recognised_by,
+        task=getattr(module, "task", "sr"),
     )
 
 

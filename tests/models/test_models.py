@@ -12,7 +12,8 @@ from pixbatch.models.foreign.spandrel_loader import probe_receptive_field
 from pixbatch.models.sr.edsr import icnr_
 from tests.conftest import COMPACT, requires_data
 
-SMALL = {"imdn": {"nf": 64, "num_modules": 1}, "carn": {"channels": 16}}  # per family; default below
+SMALL = {"imdn": {"nf": 64, "num_modules": 1}, "carn": {"channels": 16},  # per family; default below
+         "unet": {"base": 4, "depth": 2}, "segnet": {"width": 0.05}, "resnet34": {}}
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -23,7 +24,7 @@ def test_every_model_runs_and_trains(name):
     x = torch.rand(2, 3, 7, 9)
     y = model(x)
     s = model.scale
-    assert y.shape == (2, 3, 7 * s, 9 * s) and torch.isfinite(y).all()
+    assert y.shape == (2, getattr(model, "out_channels", 3), 7 * s, 9 * s) and torch.isfinite(y).all()
     y.square().mean().backward()
     # frozen parameters (CARN-M's mean shift) and the other scales' branches of a multi-scale upsampler
     # (CARN-M) are not expected to learn here

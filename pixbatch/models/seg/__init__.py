@@ -1,0 +1,1 @@
+"""Segmentation architectures: U-Net, SegNet and a ResNet34-encoder U-Net."""
