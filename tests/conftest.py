@@ -68,3 +68,51 @@ def write_png_bytes(arr: np.ndarray, mode: str, **kw) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr, mode).save(buf, "PNG", **kw)
     return buf.getvalue()
+
+
+def disks(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic segmentation pair: bright disks on a noisy dark background (RGB) and their 0/255 mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    mask = np.zeros((size, size), bool)
+    for _ in range(4):
+        cy, cx, r = rng.integers(0, size, 2).tolist() + [int(rng.integers(size // 12, size // 5))]
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    img = rng.normal(60, 20, (size, size, 3)) + mask[..., None] * np.array([120, 90, 60])
+    return np.clip(img, 0, 255).astype(np.uint8), (mask * 255).astype(np.uint8)
+
+
+def write_disk_set(folder: Path, n: int, size: int = 64, seed: int = 0) -> tuple[Path, Path]:
+    """n pairs as images/<i>_img.png and masks/<i>_mask.png (paired by the id before '_')."""
+    images, masks = folder / "images", folder / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    for i in range(n):
+        img, mask = disks(size, seed + i)
+        Image.fromarray(img).save(images / f"{i:02d}_img.png")
+        Image.fromarray(mask).save(masks / f"{i:02d}_mask.png")
+    return images, masks
+
+
+def _seg_checkpoint(folder: Path, classes: int) -> Path:
+    from pixbatch.models._registry import build_registered
+    from pixbatch.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(classes)
+    kwargs = {"base": 4, "depth": 2, "num_classes": classes}
+    module = build_registered("unet", **kwargs).eval()
+    path = folder / f"seg{classes}.safetensors"
+    save_checkpoint(module, path, name="unet", kwargs=kwargs, training={"threshold": 0.5})
+    return path
+
+
+@pytest.fixture(scope="session")
+def seg_checkpoint(tmp_path_factory) -> Path:
+    """A small binary U-Net in our checkpoint format (random but fixed weights)."""
+    return _seg_checkpoint(tmp_path_factory.mktemp("seg"), 1)
+
+
+@pytest.fixture(scope="session")
+def seg3_checkpoint(tmp_path_factory) -> Path:
+    """A small 3-class U-Net."""
+    return _seg_checkpoint(tmp_path_factory.mktemp("seg3"), 3)

@@ -67,8 +67,8 @@ def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_siz
         app.fail_start(f"--model-kwargs must be a JSON object, got {model_kwargs!r}")
     if Path(sys.argv[0]).name in ("sr.py", "pixbatch.train.sr"):  # python -m pixbatch.train.sr ARGS
         argv = sys.argv[1:]
-    else:  # pixbatch [global options] train sr ARGS
-        argv = sys.argv[sys.argv.index("sr") + 1:] if "sr" in sys.argv else []
+    else:
+        argv = _args_after("sr")
     cfg = SrTrainConfig(
         data=list(data), arch=name, out=out, model_kwargs=kwargs, steps=steps, batch_size=batch_size, patch=patch, lr=lr, loss=loss,
         pixel_weight=pixel_weight, vgg_weights=vgg_weights, init=init, freeze_steps=freeze_steps, amp=amp,
@@ -81,4 +81,96 @@ def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_siz
     except (StartupError, FileNotFoundError, ValueError) as exc:
         app.fail_start(str(exc))
     click.echo(f"saved {out}: validation PSNR {recipe['val_psnr_rgb']} dB (bicubic {recipe['val_bicubic']}) "
+               f"after {recipe['seconds']} s")
+
+
+def _args_after(sub: str) -> list[str]:
+    """The arguments after ``pixbatch [global options] train SUB``, recorded in the checkpoint."""
+    argv = sys.argv
+    for i in range(len(argv) - 1):
+        if argv[i] == "train" and argv[i + 1] == sub:
+            return argv[i + 2:]
+    return []
+
+
+def _sizes(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 16:
+        raise click.BadParameter(f"expected crop sizes of at least 16 px like 512 or 256,512, got {value!r}")
+    return sizes
+
+
+@train_group.command(name="seg", short_help="Train a segmentation model.")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of training images.")
+@click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of masks, paired with the images by file stem (or the part before the first '_').")
+@click.option("--arch", default="unet", show_default=True,
+              help="unet, unet_small, unet_drive, segnet, segnet_small or resnet34_unet (see `pixbatch models`).")
+@click.option("--model-kwargs", default="{}", metavar="JSON", help='Architecture arguments, e.g. \'{"base": 32, "depth": 3}\'.')
+@click.option("--classes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="1 = binary masks (0 / 255); C >= 2 = class-index masks (palette or gray values).")
+@click.option("--ignore-index", type=int, default=None, help="Mask value that counts for nothing (e.g. 255).")
+@click.option("--loss", default="bce+dice", show_default=True, help="bce, dice, focal, ce, or sums such as bce+dice.")
+@click.option("--size", "sizes", default="512", show_default=True, callback=_sizes,
+              help="Crop size in px; several (256,512) = progressive resizing over equal parts of the steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Crops per step at the first size (later sizes keep the pixels per step).")
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (one-cycle).")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
+              help="Images held out for validation (the best-Dice checkpoint is kept).")
+@click.option("--val-images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Validate on this folder instead of a held-out fraction (masks from --val-masks).")
+@click.option("--val-masks", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--encoder-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="resnet34_unet: torchvision ResNet34 ImageNet weights from a local file (never downloaded).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.safetensors).")
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on a GPU or a CPU with native bf16).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0 = torch's default).")
+@click.pass_obj
+def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_index, loss, sizes, steps, batch_size,
+                      lr, val_fraction, val_images, val_masks, val_every, encoder_weights, out, amp, seed,
+                      threads) -> None:
+    """Train on random crops of the images with augmentations applied alike to image and mask
+    (flips, 90-degree and small rotations; brightness/contrast on the image). The checkpoint keeps the
+    weights with the best validation Dice and the full recipe.
+
+    \b
+    pixbatch train seg --images train/images --masks train/masks --arch unet --loss bce+dice --size 512
+    pixbatch train seg ... --size 256,512 --steps 4000          # progressive resizing
+    """
+    import shlex
+
+    from pixbatch.models import UnknownModelError, list_models
+    from pixbatch.runtime.device import StartupError, resolve_device
+    from pixbatch.train.seg import SegTrainConfig, train_seg
+    from pixbatch.train.seg_data import PairingError
+
+    if arch not in list_models() or not arch.startswith(("unet", "segnet", "resnet34")):
+        app.fail_start(str(UnknownModelError(f"unknown segmentation model {arch!r}; see `pixbatch models`")))
+    try:
+        kwargs = json.loads(model_kwargs)
+    except ValueError:
+        kwargs = None
+    if not isinstance(kwargs, dict):
+        app.fail_start(f"--model-kwargs must be a JSON object, got {model_kwargs!r}")
+    cfg = SegTrainConfig(
+        images=images, masks=masks, arch=arch, out=out, model_kwargs=kwargs, classes=classes,
+        ignore_index=ignore_index, loss=loss, sizes=sizes, steps=steps, batch_size=batch_size, lr=lr,
+        val_fraction=val_fraction, val_images=val_images, val_masks=val_masks, val_every=val_every,
+        encoder_weights=encoder_weights, amp=amp, seed=seed, threads=threads,
+        command="pixbatch train seg " + shlex.join(_args_after("seg")),
+    )
+    try:
+        device = resolve_device(app.device)
+        recipe = train_seg(cfg, device, progress=app.progress)
+    except (StartupError, FileNotFoundError, PairingError, ValueError) as exc:
+        app.fail_start(str(exc))
+    click.echo(f"saved {out}: validation Dice {recipe['val_dice']} (step {recipe['best_step']}) "
                f"after {recipe['seconds']} s")

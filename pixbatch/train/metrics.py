@@ -55,3 +55,73 @@ def sr_metrics(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
     """Y-PSNR, Y-SSIM and RGB PSNR of an 8-bit RGB result, ``scale`` pixels shaved."""
     ys, yh = rgb_to_y(sr), rgb_to_y(hr)
     return {"psnr_y": psnr(ys, yh, scale), "ssim_y": ssim(ys, yh, scale), "psnr_rgb": psnr(sr, hr, scale)}
+
+
+# -- segmentation -----------------------------------------------------------------------------------
+
+def confusion(pred: np.ndarray, target: np.ndarray, roi: np.ndarray | None = None) -> dict[str, int]:
+    """Pixel counts of a binary prediction against a binary target, inside ``roi`` when given."""
+    pred, target = pred.astype(bool), target.astype(bool)
+    if roi is not None:
+        pred, target = pred[roi], target[roi]
+    tp = int(np.count_nonzero(pred & target))
+    fp = int(np.count_nonzero(pred & ~target))
+    fn = int(np.count_nonzero(~pred & target))
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": int(pred.size) - tp - fp - fn}
+
+
+def scores_from_confusion(c: dict[str, int]) -> dict[str, float]:
+    """IoU, Dice (= F1), pixel accuracy, precision and recall (sensitivity), specificity.
+    Empty prediction and empty target count as a perfect match (IoU = Dice = 1)."""
+    tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
+
+    def ratio(a: int, b: int, empty: float) -> float:
+        return a / b if b else empty
+
+    return {
+        "iou": ratio(tp, tp + fp + fn, 1.0),
+        "dice": ratio(2 * tp, 2 * tp + fp + fn, 1.0),
+        "accuracy": ratio(tp + tn, tp + fp + fn + tn, 1.0),
+        "precision": ratio(tp, tp + fp, 1.0 if not fn else 0.0),
+        "recall": ratio(tp, tp + fn, 1.0),
+        "specificity": ratio(tn, tn + fp, 1.0),
+    }
+
+
+def auc_roc(scores: np.ndarray, target: np.ndarray) -> float:
+    """Area under the ROC curve, exact (Mann-Whitney U with average ranks for tied scores).
+    NaN when only one class is present."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    target = np.asarray(target).ravel().astype(bool)
+    n_pos = int(target.sum())
+    n_neg = target.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    s = scores[order]
+    # average rank (1-based) of each group of equal scores
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ends = np.r_[starts[1:], s.size]
+    avg = (starts + ends + 1) / 2.0
+    ranks = np.repeat(avg, ends - starts)
+    rank_sum = ranks[target[order]].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def multiclass_scores(pred: np.ndarray, target: np.ndarray, num_classes: int,
+                      ignore_index: int | None = None) -> dict[str, float]:
+    """Mean IoU / Dice over the classes present in prediction or target, and pixel accuracy."""
+    valid = np.ones(target.shape, bool) if ignore_index is None else target != ignore_index
+    p, t = pred[valid], target[valid]
+    ious, dices = [], []
+    for c in range(num_classes):
+        pc, tc = p == c, t == c
+        union = np.count_nonzero(pc | tc)
+        if union == 0:
+            continue
+        inter = np.count_nonzero(pc & tc)
+        ious.append(inter / union)
+        dices.append(2 * inter / (np.count_nonzero(pc) + np.count_nonzero(tc)))
+    acc = float(np.mean(p == t)) if p.size else 1.0
+    return {"iou": float(np.mean(ious)) if ious else 1.0, "dice": float(np.mean(dices)) if dices else 1.0,
+            "accuracy": acc}

@@ -1,0 +1,58 @@
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pixbatch.cli import cli
+from pixbatch.models import create_model
+from tests.conftest import write_disk_set
+
+ARGS = ["--arch", "unet", "--model-kwargs", '{"base": 4, "depth": 2}', "--steps", "6", "--batch-size", "2",
+        "--val-every", "3", "--val-fraction", "0.25", "--no-amp", "--threads", "1"]
+
+
+@pytest.mark.slow
+def test_train_a_few_steps_then_segment(tmp_path):
+    images, masks = write_disk_set(tmp_path / "data", 4)
+    out = tmp_path / "m.safetensors"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", "seg", "--images", str(images), "--masks", str(masks), "--size", "32,64",
+                                 *ARGS, "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "validation Dice" in result.output
+    loaded = create_model(out)
+    recipe = loaded.info.training
+    assert loaded.info.task == "seg" and recipe["sizes"] == [32, 64] and recipe["train_images"] == 3
+    assert recipe["val_images"] and 0 <= recipe["val_dice"] <= 1 and recipe["command"].startswith("pixbatch train seg")
+    result = runner.invoke(cli, ["segment", str(images), str(tmp_path / "masks_out"), "--model", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "masks_out").glob("*.png"))) == 4
+
+
+@pytest.mark.slow
+def test_seeded_training_is_reproducible_on_cpu(tmp_path):
+    images, masks = write_disk_set(tmp_path / "data", 3)
+    runner = CliRunner()
+    weights = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.safetensors"
+        result = runner.invoke(cli, ["train", "seg", "--images", str(images), "--masks", str(masks), "--size", "32",
+                                     *ARGS, "--seed", "3", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        weights.append(create_model(out).module.state_dict())
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=0, atol=0)
+
+
+def test_training_errors_are_clear(tmp_path):
+    images, masks = write_disk_set(tmp_path / "data", 2)
+    (masks / "01_mask.png").unlink()
+    runner = CliRunner()
+    base = ["train", "seg", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "m.safetensors")]
+    result = runner.invoke(cli, base)
+    assert result.exit_code == 1 and "error: no mask for 1 image(s): 01_img.png" in result.output
+    result = runner.invoke(cli, base + ["--loss", "bce+iou"])
+    assert result.exit_code == 1 and "unknown loss 'bce+iou'" in result.output
+    result = runner.invoke(cli, base + ["--arch", "edsr_tiny_x2"])
+    assert result.exit_code == 1 and "unknown segmentation model 'edsr_tiny_x2'" in result.output
+    result = runner.invoke(cli, base + ["--size", "8"])
+    assert result.exit_code == 2 and "crop sizes of at least 16 px" in result.output
