@@ -29,10 +29,12 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, device: str, as_json: boo
 def _register() -> None:
     from pixbatch.cli.eval import eval_group
     from pixbatch.cli.models import models
+    from pixbatch.cli.segment import segment
     from pixbatch.cli.train import train_group
     from pixbatch.cli.upscale import upscale
 
     cli.add_command(upscale)
+    cli.add_command(segment)
     cli.add_command(models)
     cli.add_command(eval_group)
     cli.add_command(train_group)

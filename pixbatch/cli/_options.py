@@ -18,16 +18,22 @@ def _apply(options):
     return decorator
 
 
+png_compression_option = click.option(
+    "--png-compression", type=click.IntRange(0, 9), default=1, show_default=True,
+    help="zlib level for PNG/TIFF: 1 encodes ~4x faster than 6 for ~15% larger files; 0 stores raw.")
+
+format_options = _apply([
+    click.option("--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp", "tiff"]), default="same",
+                 show_default=True, help="Output format; 'same' keeps PNG/JPEG/WebP/TIFF and writes others as PNG."),
+    click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality."),
+    png_compression_option,
+])
+
 io_options = _apply([
     click.argument("src", nargs=-1, required=True, type=click.Path(path_type=Path)),
     click.argument("dst", nargs=1, type=click.Path(path_type=Path, file_okay=False)),
     click.option("--glob", default=None, metavar="PATTERN",
                  help="Only files whose path (relative to the folder) or name matches, e.g. '*.png'."),
-    click.option("--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp", "tiff"]), default="same",
-                 show_default=True, help="Output format; 'same' keeps PNG/JPEG/WebP/TIFF and writes others as PNG."),
-    click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality."),
-    click.option("--png-compression", type=click.IntRange(0, 9), default=1, show_default=True,
-                 help="zlib level for PNG/TIFF: 1 encodes ~4x faster than 6 for ~15% larger files; 0 stores raw."),
     click.option("--suffix", default="", show_default=True, help="Appended to each output's file stem."),
     click.option("--skip-existing/--overwrite", default=True, show_default=True,
                  help="Resume by skipping outputs that exist, or replace them."),
@@ -38,6 +44,16 @@ io_options = _apply([
                  help="Refuse inputs above this many pixels (decompression bombs); 0 = no limit."),
 ])
 
+precision_options = _apply([
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                 show_default=True, help="auto: bf16/fp16 on a GPU (bf16 on CPUs with native bf16) when the model "
+                                         "supports it, else fp32."),
+    click.option("--compile/--no-compile", "compile_", default=None,
+                 help="torch.compile the model (default: on a GPU for jobs of 32+ images)."),
+    click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+                 help="Run convolutions in NHWC memory layout."),
+])
+
 run_options = _apply([
     click.option("--tile", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Tile size in input px (0 = automatic: whole image when it fits the memory budget)."),
@@ -46,12 +62,7 @@ run_options = _apply([
                       "so tiled output equals whole-image output)."),
     click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Model inputs per batch (0 = automatic, from the memory budget)."),
-    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                 show_default=True, help="auto: bf16/fp16 on a GPU when the model supports it, fp32 on the CPU."),
-    click.option("--compile/--no-compile", "compile_", default=None,
-                 help="torch.compile the model (default: on a GPU for jobs of 32+ images)."),
-    click.option("--channels-last/--no-channels-last", default=True, show_default=True,
-                 help="Run convolutions in NHWC memory layout."),
+    precision_options,
     click.option("--kernels", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True,
                  help="Fused Triton conv+PixelShuffle kernels (GPU); auto uses them where they measure faster."),
 ])

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 
-@click.group(name="eval", short_help="Evaluate models (PSNR/SSIM for super-resolution).")
+@click.group(name="eval", short_help="Evaluate models (PSNR/SSIM for super-resolution, IoU/Dice/AUC for segmentation).")
 def eval_group() -> None:
     """Evaluate a model on a folder of ground-truth images."""
 
@@ -54,3 +54,56 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None
         name, m, b = ("mean", model_mean, bicubic_mean) if r is None else (r.name, r.model, r.bicubic)
         click.echo(f"{name:<16} {m['psnr_y']:8.2f} {m['ssim_y']:8.4f} {m['psnr_rgb']:9.2f}   "
                    f"{b['psnr_y']:15.2f} {b['ssim_y']:8.4f}")
+
+
+SEG_COLUMNS = ("dice", "iou", "accuracy", "precision", "recall", "specificity", "auc")
+
+
+@eval_group.command(name="seg", short_help="IoU/Dice/AUC of a segmentation model.")
+@click.option("--model", "model_name", default="unet_drive", show_default=True, metavar="NAME|PATH",
+              help="A built-in segmentation model or a checkpoint.")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Ground-truth masks, paired with the images by stem (or the part before the first '_').")
+@click.option("--roi", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Region-of-interest masks (e.g. DRIVE's field of view): only pixels inside count.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Binary models: foreground above this probability (default: the model's, else 0.5).")
+@click.option("--ignore-index", type=int, default=None, help="Mask value that counts for nothing.")
+@click.option("--tile", type=click.IntRange(min=64), default=1024, show_default=True)
+@click.option("--overlap", type=click.IntRange(min=0), default=128, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the results as JSON to this file.")
+@click.pass_obj
+def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile, overlap, precision, out_json) -> None:
+    """Per-image and pooled (all pixels together) Dice (= F1), IoU, pixel accuracy, precision,
+    recall (sensitivity), specificity and, for binary models, AUC-ROC."""
+    from pixbatch.runtime.device import StartupError
+    from pixbatch.runtime.session import load_runner
+    from pixbatch.train.evaluate import mean_metrics
+    from pixbatch.train.evaluate_seg import evaluate_seg
+    from pixbatch.train.seg_data import PairingError
+
+    try:
+        runner = load_runner(app, model_name, None, precision, False, True, n_jobs=0, kernels="torch", task="seg")
+        if threshold is None:
+            threshold = float((runner.info.training or {}).get("threshold", 0.5))
+        results, pooled = evaluate_seg(runner, images, masks, roi, threshold=threshold, ignore_index=ignore_index,
+                                       tile=tile, overlap=overlap)
+    except (StartupError, FileNotFoundError, PairingError, ValueError) as exc:
+        app.fail_start(str(exc))
+    mean = mean_metrics([r.scores for r in results])
+    summary = {"model": runner.info.name, "images": str(images), "masks": str(masks),
+               "roi": str(roi) if roi else None, "threshold": threshold, "precision": precision,
+               "per_image": [{"name": r.name, **r.scores} for r in results], "mean": mean, "pooled": pooled}
+    if out_json:
+        out_json.write_text(json.dumps(summary, indent=2) + "\n")
+    if app.as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    cols = [c for c in SEG_COLUMNS if c in mean]
+    click.echo(f"{runner.info.name} on {images}{' inside ' + str(roi) if roi else ''}, threshold {threshold}, {precision}")
+    click.echo(f"{'image':<20}" + "".join(f"{c:>12}" for c in cols))
+    for name, row in [(r.name, r.scores) for r in results] + [("mean", mean), ("all pixels", pooled)]:
+        click.echo(f"{name:<20}" + "".join(f"{row[c]:12.4f}" for c in cols))

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
-from pixbatch.cli._options import io_options, run_options
+from pixbatch.cli._options import format_options, io_options, run_options
 
 
 @click.command(short_help="Upscale images and folders of images.")
 @io_options
+@format_options
 @run_options
 @click.option("--scale", type=click.IntRange(min=1), default=None,
               help="Upscaling factor (default: the model's, or 4 with the built-in models).")

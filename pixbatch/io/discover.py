@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,11 +61,13 @@ def _walk(folder: Path, pattern: str | None) -> list[Path]:
 
 
 def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix: str = "",
-              glob: str | None = None, overwrite: bool = False) -> Plan:
+              glob: str | None = None, overwrite: bool = False,
+              suffix_of: Callable[[Path], str] | None = None) -> Plan:
     """Map every input to ``dst_root/<path relative to its source folder>`` and sort out what to do.
 
     A file given directly goes to ``dst_root/<name>``. Two inputs that would write the same output,
-    or an output that would replace an input, are problems, never silent overwrites."""
+    or an output that would replace an input, are problems, never silent overwrites. ``suffix_of``
+    chooses the output file type per input (default: from ``fmt``)."""
     plan = Plan([], [], [])
     pairs: list[tuple[Path, Path]] = []
     for src in sources:
@@ -77,7 +80,8 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
     inputs = {p.resolve() for p, _ in pairs}
     claimed: dict[Path, Path] = {}
     for src, rel in pairs:
-        dst = dst_root / rel.parent / f"{rel.stem}{suffix}{output_suffix(src, fmt)}"
+        ext = suffix_of(src) if suffix_of is not None else output_suffix(src, fmt)
+        dst = dst_root / rel.parent / f"{rel.stem}{suffix}{ext}"
         key = dst.resolve()
         if key in inputs:
             plan.problems.append(Problem(src, f"output {dst} would replace an input; use another "

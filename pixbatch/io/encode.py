@@ -7,10 +7,12 @@ fails rather than replace a file that appeared meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,19 +37,32 @@ def write_image(arr: np.ndarray, meta: ImageMeta, dst: Path, opts: EncodeOptions
     """Encode ``arr`` (HWC, channels as in ``meta.mode``) to the format named by ``dst``'s suffix."""
     fmt = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".tif": "tiff",
            ".tiff": "tiff"}[dst.suffix.lower()]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    with atomic_path(dst, opts.overwrite) as tmp, open(tmp, "wb") as f:
+        _encode(arr, meta, f, fmt, opts)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(dst: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary path beside ``dst``; when the block completes it becomes ``dst`` in one step
+    (never clobbering an existing file unless ``overwrite``); on any error it is deleted."""
+    tmp = temp_path(dst)
     try:
-        with open(tmp, "wb") as f:
-            _encode(arr, meta, f, fmt, opts)
-            f.flush()
-            os.fsync(f.fileno())
-        _commit(tmp, dst, opts.overwrite)
+        yield tmp
+        commit(tmp, dst, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _commit(tmp: Path, dst: Path, overwrite: bool) -> None:
+def temp_path(dst: Path) -> Path:
+    """A fresh temporary name beside ``dst`` (hidden; removed by later runs if this process dies)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return dst.parent / f".{dst.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+
+
+def commit(tmp: Path, dst: Path, overwrite: bool) -> None:
+    """Move a finished temporary file into place (hard link: never replaces a file unless ``overwrite``)."""
     if overwrite:
         os.replace(tmp, dst)
         return

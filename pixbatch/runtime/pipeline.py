@@ -149,7 +149,22 @@ def pixels_from_planes(y: torch.Tensor, mode: str, bits: int) -> torch.Tensor:
     return q.permute(1, 2, 0).to(torch.uint8 if bits == 8 else torch.int32)
 
 
-def _is_oom(exc: BaseException) -> bool:
+def device_pixel_budget(runner: Runner) -> int:
+    """Input pixels one batch may hold. On a GPU, measured: bytes one input pixel costs at peak."""
+    if runner.device.type != "cuda":
+        return CPU_PIXEL_BUDGET
+    dev = runner.device
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    probe = torch.rand(1, runner.info.in_channels, 128, 128, device=dev)
+    runner.run_eager(probe)  # eager: no compilation for a throw-away shape
+    per_px = max((torch.cuda.max_memory_allocated(dev) - base) / probe[0, 0].numel(), 1.0)
+    free, _ = torch.cuda.mem_get_info(dev)
+    return max(int(free * 0.5 / per_px), 64 * 64)
+
+
+def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
@@ -172,18 +187,7 @@ class Engine:
         self.queued = 0  # input pixels waiting (all planes)
 
     def _pixel_budget(self) -> int:
-        """Input pixels one batch may hold. On a GPU, measured: bytes one input pixel costs at peak."""
-        if self.runner.device.type != "cuda":
-            return CPU_PIXEL_BUDGET
-        dev = self.runner.device
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
-        probe = torch.rand(1, 3, 128, 128, device=dev)
-        self.runner.run_eager(probe)  # eager: no compilation for a throw-away shape
-        per_px = max((torch.cuda.max_memory_allocated(dev) - base) / probe[0, 0].numel(), 1.0)
-        free, _ = torch.cuda.mem_get_info(dev)
-        return max(int(free * 0.5 / per_px), 64 * 64)
+        return device_pixel_budget(self.runner)
 
     def _auto_tile(self) -> int:
         side = int(math.sqrt(self.budget)) - 2 * self.overlap
@@ -252,7 +256,7 @@ class Engine:
             y = self._forward(x, fp32=batch[0].work.fp32)
         except Exception as exc:
             del x
-            if _is_oom(exc):
+            if is_oom(exc):
                 self._back_off(batch)
             else:  # the model rejected this input: fail these images, keep going
                 for work in {id(u.work): u.work for u in batch}.values():

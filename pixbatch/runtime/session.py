@@ -10,7 +10,10 @@ from pixbatch.runtime.prepare import Runner, prepare_model
 COMPILE_MIN_JOBS = 32  # torch.compile pays for its start-up (tens of seconds) on GPU jobs this large
 
 
-def load_model_for_scale(model_name: str | None, scale: int | None):
+TASK_COMMAND = {"sr": "pixbatch upscale", "seg": "pixbatch segment"}
+
+
+def load_model_for_scale(model_name: str | None, scale: int | None, task: str = "sr"):
     from pixbatch.models import (
         UnknownModelError,
         UnsupportedModelError,
@@ -24,6 +27,9 @@ def load_model_for_scale(model_name: str | None, scale: int | None):
     except (UnknownModelError, UnsupportedModelError, FileNotFoundError) as exc:
         raise StartupError(str(exc)) from None
     info = loaded.info
+    if info.task != task:
+        kind = {"sr": "a super-resolution", "seg": "a segmentation"}[info.task]
+        raise StartupError(f"{info.name} is {kind} model; use `{TASK_COMMAND[info.task]}`")
     if info.source == "untrained":
         raise StartupError(f"{info.name} has no trained weights in this package; pass a checkpoint "
                            "with --model PATH, or a model listed with weights by `pixbatch models`")
@@ -34,15 +40,16 @@ def load_model_for_scale(model_name: str | None, scale: int | None):
 
 
 def load_runner(app, model_name: str | None, scale: int | None, precision: str, compile_: bool | None,
-                channels_last: bool, *, n_jobs: int, kernels: str = "auto") -> Runner:
+                channels_last: bool, *, n_jobs: int, kernels: str = "auto", task: str = "sr") -> Runner:
     device = resolve_device(app.device)
-    loaded = load_model_for_scale(model_name, scale)
+    loaded = load_model_for_scale(model_name, scale, task)
     dtype = resolve_precision(precision, device, loaded.info)
     if compile_ is None:
         compile_ = device.type == "cuda" and n_jobs >= COMPILE_MIN_JOBS
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    app.info(f"model {loaded.info.name} ({loaded.info.arch}, x{loaded.info.scale}, {loaded.info.params:,} "
+    what = f"x{loaded.info.scale}" if loaded.info.task == "sr" else f"{loaded.info.out_channels} output channel(s)"
+    app.info(f"model {loaded.info.name} ({loaded.info.arch}, {what}, {loaded.info.params:,} "
              f"parameters) on {device}, {str(dtype).removeprefix('torch.')}, compile={compile_}")
     try:
         return prepare_model(loaded, device, dtype, channels_last=channels_last, compile=compile_, kernels=kernels)
