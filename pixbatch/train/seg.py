@@ -40,6 +40,7 @@ class SegTrainConfig:
     val_masks: Path | None = None
     val_every: int = 100
     encoder_weights: Path | None = None  # resnet34_unet: local ImageNet weights
+    tune_threshold: bool = False  # binary: store the validation-best threshold instead of 0.5
     amp: bool | None = None
     seed: int = 0
     threads: int = 0
@@ -102,6 +103,24 @@ def validate(net: torch.nn.Module, data, classes: int, device: torch.device,
             dices.append(multiclass_scores(logits.argmax(0).numpy(), target, classes, ignore_index)["dice"])
     net.train()
     return scores_from_confusion(total)["dice"] if classes == 1 else float(np.mean(dices))
+
+
+@torch.no_grad()
+def best_threshold(net: torch.nn.Module, data, device: torch.device, ignore_index: int | None) -> tuple[float, float]:
+    """The probability threshold (0.05 steps) with the best Dice over the validation pixels, and that Dice."""
+    from pixbatch.train.metrics import confusion, scores_from_confusion
+
+    net.eval()
+    probs, targets = [], []
+    for image, mask in data:
+        p = torch.sigmoid(net(image[None].to(device)).float())[0, 0].cpu().numpy()
+        t = mask.numpy()
+        keep = np.ones(t.shape, bool) if ignore_index is None else t != ignore_index
+        probs.append(p[keep])
+        targets.append(t[keep] == 1)
+    p, t = np.concatenate(probs), np.concatenate(targets)
+    best = max(((scores_from_confusion(confusion(p > th, t))["dice"], th) for th in np.arange(0.2, 0.81, 0.05)))
+    return round(float(best[1]), 2), float(best[0])
 
 
 def _amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
@@ -186,10 +205,14 @@ def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress:
         net.load_state_dict(best_state)
     else:
         best_step = cfg.steps
+    threshold, val_dice_at_threshold = 0.5, None
+    if cfg.tune_threshold and binary and val_data:  # chosen on the validation images, used by segment/eval
+        threshold, val_dice_at_threshold = best_threshold(net, val_data, device, cfg.ignore_index)
     recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in ("out", "command")}
     recipe.update(command=cfg.command, seconds=round(time.perf_counter() - t0), device=str(device),
                   amp=str(amp).removeprefix("torch.") if amp else "off", train_images=len(train_data),
                   val_images=[p.name for p in val_pairs], val_dice=round(best, 4) if val_data else None,
-                  best_step=best_step, threshold=0.5)
+                  best_step=best_step, threshold=threshold,
+                  val_dice_at_threshold=None if val_dice_at_threshold is None else round(val_dice_at_threshold, 4))
     save_checkpoint(net.eval(), cfg.out, name=cfg.arch, kwargs=kwargs, training=recipe)
     return recipe

@@ -2,8 +2,9 @@
 
     python tests/golden/regenerate.py
 
-Each file holds the fp32 output (NCHW, [0, 1] scale) of one shipped model on a fixed 16x16 crop of
-examples/coffee.png; tests/models/test_golden.py compares against it.
+Each file holds the fp32 output (NCHW; [0, 1] images for super-resolution, logits for segmentation)
+of one shipped model on a fixed 16x16 crop of examples/coffee.png; tests/models/test_golden.py
+compares against it.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ def golden_output(name: str) -> np.ndarray:
         return model(golden_input()).numpy()
 
 
-def main() -> None:
-    from pixbatch.models import DEFAULT_SR_MODELS
+def shipped_models() -> list[str]:
+    from pixbatch.models import DEFAULT_SEG_MODEL, DEFAULT_SR_MODELS
 
-    for name in DEFAULT_SR_MODELS.values():
+    return sorted([*DEFAULT_SR_MODELS.values(), DEFAULT_SEG_MODEL])
+
+
+def main() -> None:
+    for name in shipped_models():
         np.save(HERE / f"{name}.npy", golden_output(name))
         print(f"wrote {HERE / name}.npy")
 

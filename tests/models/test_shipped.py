@@ -39,3 +39,29 @@ def test_default_model_beats_bicubic_on_set5(scale):
         bicubic = np.asarray(Image.fromarray(lr).resize(hr.shape[1::-1], Image.BICUBIC))
         gains.append(y_psnr(sr, hr, scale) - y_psnr(bicubic, hr, scale))
     assert np.mean(gains) > 1.5, gains  # measured: +3.10 (x2), +2.43 (x3), +2.18 (x4) dB
+
+
+def test_shipped_segmentation_model_has_weights():
+    from pixbatch.models import DEFAULT_SEG_MODEL
+
+    info = create_model(DEFAULT_SEG_MODEL).info
+    assert info.source == "builtin" and info.task == "seg" and info.out_channels == 1
+    assert info.training["steps"] > 0 and info.training["command"].startswith("pixbatch train seg")
+
+
+@requires_data
+def test_shipped_segmentation_model_finds_retinal_vessels(tmp_path):
+    """Four DRIVE test images inside the field of view (all 20 are in the README: F1 / AUC)."""
+    from pixbatch.models import DEFAULT_SEG_MODEL
+    from pixbatch.runtime.prepare import prepare_model
+    from pixbatch.train.evaluate_seg import evaluate_seg
+
+    drive = DATA / "seg" / "drive" / "test"
+    subset = {k: tmp_path / k for k in ("images", "masks", "fov")}
+    for k, folder in subset.items():
+        folder.mkdir()
+        for p in sorted((drive / k).iterdir())[:4]:
+            (folder / p.name).symlink_to(p)
+    runner = prepare_model(create_model(DEFAULT_SEG_MODEL), torch.device("cpu"), torch.float32)
+    _, pooled = evaluate_seg(runner, subset["images"], subset["masks"], subset["fov"])
+    assert pooled["dice"] > 0.78 and pooled["auc"] > 0.96, pooled

@@ -19,10 +19,17 @@ def test_train_a_few_steps_then_segment(tmp_path):
                                  *ARGS, "--out", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "validation Dice" in result.output
+    tuned = tmp_path / "tuned.safetensors"
+    result = runner.invoke(cli, ["train", "seg", "--images", str(images), "--masks", str(masks), "--size", "32",
+                                 *ARGS, "--tune-threshold", "--out", str(tuned)])
+    assert result.exit_code == 0, result.output
+    recipe = create_model(tuned).info.training
+    assert 0.2 <= recipe["threshold"] <= 0.8 and recipe["val_dice_at_threshold"] >= 0
     loaded = create_model(out)
     recipe = loaded.info.training
     assert loaded.info.task == "seg" and recipe["sizes"] == [32, 64] and recipe["train_images"] == 3
     assert recipe["val_images"] and 0 <= recipe["val_dice"] <= 1 and recipe["command"].startswith("pixbatch train seg")
+    assert recipe["threshold"] == 0.5
     result = runner.invoke(cli, ["segment", str(images), str(tmp_path / "masks_out"), "--model", str(out)])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "masks_out").glob("*.png"))) == 4
