@@ -128,7 +128,10 @@ def predict_bands(runner: Runner, source: RowSource, tile: int, overlap: int, ba
         for xs in ax.starts:
             windows.append((xs, _to_planes(band[:, xs:xs + ax.tile], dev, runner.info.in_channels)))
             if len(windows) == batch or xs == ax.starts[-1]:
-                logits = runner(torch.stack([p for _, p in windows]))
+                batch_in = torch.stack([p for _, p in windows])
+                logits = runner(batch_in)
+                if runner.dtype != torch.float32 and not bool(torch.isfinite(logits).all()):
+                    logits = runner.run_fp32(batch_in)  # the precision guard
                 for (x0, _), y in zip(windows, logits):
                     acc[:, :, x0:x0 + ax.tile] += y * w2d
                 windows = []

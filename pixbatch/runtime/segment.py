@@ -167,12 +167,18 @@ class Segmenter:
             self.batch = max(1, device_pixel_budget(runner) // (opts.tile * opts.tile)) if runner.device.type == "cuda" else 1
 
     def bands(self, source):
-        """(y0, outputs) per band, with OOM back-off: the batch halves, then the image fails."""
+        """(y0, outputs) per band, with OOM back-off: the batch halves and the image restarts without
+        emitting again the bands already emitted (the band layout does not depend on the batch); at
+        batch 1 the image fails."""
+        emitted = 0
         while True:
             try:
                 for y0, logits in predict_bands(self.runner, source, self.opts.tile, self.opts.overlap, self.batch):
+                    if y0 < emitted:
+                        continue
                     pixels = source.read_rows(y0, y0 + logits.shape[1]) if self.opts.overlay else None
                     yield y0, self.post(logits, pixels)
+                    emitted = y0 + logits.shape[1]
                 return
             except Exception as exc:
                 if not is_oom(exc) or self.batch == 1:
