@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pixbatch.io.decode import DecodeError
+
 OUT_TILE = 256  # tile edge of the TIFFs we write
 
 
@@ -86,10 +88,15 @@ class TiffRegionReader:
             offset, count = self.page.dataoffsets[index], self.page.databytecounts[index]
             if count == 0:
                 continue  # sparse tile: zeros
-            with self.lock:
-                fh.seek(offset)
-                data = fh.read(count)
-            tile, _, shape = self.page.decode(data, index, jpegtables=self.page.jpegtables)
+            try:
+                with self.lock:
+                    fh.seek(offset)
+                    data = fh.read(count)
+                tile, _, shape = self.page.decode(data, index, jpegtables=self.page.jpegtables)
+                if tile is None:
+                    raise ValueError("no data")
+            except Exception as exc:
+                raise DecodeError(f"truncated or corrupt TIFF: segment {index} cannot be decoded ({exc})") from None
             tile = np.asarray(tile).reshape(-1, tile.shape[-3], tile.shape[-2], tile.shape[-1])[0]
             h = min(tile.shape[0], self.seg_h)
             row[:h, c * self.seg_w:c * self.seg_w + tile.shape[1]] = tile[:h]

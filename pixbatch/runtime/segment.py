@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pixbatch.io.decode import DEFAULT_MAX_PIXELS, ImageMeta
+from pixbatch.io.decode import DEFAULT_MAX_PIXELS, DecodeError, ImageMeta
 from pixbatch.io.discover import Job, Plan, remove_stale_temps
 from pixbatch.io.encode import EncodeOptions, OutputExistsError, atomic_path, commit, temp_path, write_image
 from pixbatch.io.regions import RegionSource, TiffRegionReader, TiledTiffWriter, is_tiled_tiff
@@ -339,6 +339,6 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
 def _model_error(exc: Exception) -> str:
     if is_oom(exc):
         return "out of memory even one window at a time; use a smaller --tile"
-    if isinstance(exc, (ValueError, OSError)):
+    if isinstance(exc, (DecodeError, ValueError, OSError)):
         return str(exc)
     return f"segmentation failed ({type(exc).__name__}: {exc})"

@@ -125,3 +125,19 @@ def test_models_of_the_other_task_are_refused(tmp_path, seg_checkpoint, tiny_che
 def test_overlap_must_leave_room_in_the_tile(tmp_path, seg_checkpoint):
     result = run("segment", tmp_path, tmp_path / "o", "--model", seg_checkpoint, "--tile", "128", "--overlap", "64")
     assert result.exit_code == 2 and "must be less than half of --tile (128)" in result.output
+
+
+def test_a_corrupt_tiled_tiff_fails_alone_and_leaves_nothing_behind(tmp_path, seg_checkpoint):
+    src = tmp_path / "src"
+    src.mkdir()
+    tifffile.imwrite(src / "cut.tif", gradient_rgb(600, 500, seed=6), tile=(128, 128), photometric="rgb",
+                     compression="zlib")
+    data = (src / "cut.tif").read_bytes()
+    (src / "cut.tif").write_bytes(data[: len(data) // 2])  # the header survives, half the tiles do not
+    Image.fromarray(gradient_rgb(40, 40)).save(src / "fine.png")
+    out = tmp_path / "out"
+    result = run("segment", src, out, "--model", seg_checkpoint, "--tile", "256", "--overlap", "64", "--probabilities")
+    assert result.exit_code == 123, result.output
+    assert result.stderr.count("\nerror:") + result.stderr.startswith("error:") == 1
+    assert "cut.tif: truncated or corrupt TIFF: segment" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["fine.png", "fine_prob.tif"]
