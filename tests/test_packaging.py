@@ -22,7 +22,8 @@ def test_wheel_installs_and_runs(tmp_path):
     assert "pixbatch/kernels/__init__.py" in names and "pixbatch/cli/upscale.py" in names
     assert not any(n.startswith(("tests/", "kernels/", "benchmarks/")) for n in names)
     weights = sorted(n for n in names if n.startswith("pixbatch/weights/"))
-    assert weights == sorted(f"pixbatch/weights/edsr_tiny_x{s}.safetensors" for s in (2, 3, 4))
+    assert weights == sorted([*(f"pixbatch/weights/edsr_tiny_x{s}.safetensors" for s in (2, 3, 4)),
+                              "pixbatch/weights/unet_drive.safetensors"])
 
     # Install the wheel alone into a folder and run it from elsewhere: it must not need the source tree.
     target = tmp_path / "site"
@@ -44,3 +45,6 @@ def test_wheel_installs_and_runs(tmp_path):
     done = pixbatch("upscale", REPO / "examples" / "coffee.png", run / "out")
     assert done.returncode == 0, done.stderr
     assert (run / "out" / "coffee.png").is_file()
+    done = pixbatch("segment", REPO / "examples" / "coffee.png", run / "seg")  # the shipped unet_drive
+    assert done.returncode == 0, done.stderr
+    assert (run / "seg" / "coffee.png").is_file()

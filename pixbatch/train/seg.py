@@ -119,7 +119,7 @@ def best_threshold(net: torch.nn.Module, data, device: torch.device, ignore_inde
         probs.append(p[keep])
         targets.append(t[keep] == 1)
     p, t = np.concatenate(probs), np.concatenate(targets)
-    best = max(((scores_from_confusion(confusion(p > th, t))["dice"], th) for th in np.arange(0.2, 0.81, 0.05)))
+    best = max((scores_from_confusion(confusion(p > th, t))["dice"], th) for th in np.arange(0.2, 0.81, 0.05))
     return round(float(best[1]), 2), float(best[0])
 
 
