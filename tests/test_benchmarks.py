@@ -21,3 +21,30 @@ def test_kernel_benchmark_variants_check():
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("ok Layer(") >= 4
+
+
+@pytest.mark.slow
+def test_model_benchmark_variants_check():
+    """Every model-level variant (channels-last, AMP, pixbatch default, ...) runs on every shipped model
+    and agrees with the fp32 baseline."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_models.py"), "--check"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "pixbatch default" in done.stdout and "check:" in done.stdout
+
+
+def test_bench_command_reports_stages_and_the_plain_loop(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pixbatch.cli import cli
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", "--images", "2", "--size", "32", "--photos", str(REPO / "examples"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "<- bottleneck" in result.output and "plain eager loop" in result.output
+    figures = json.loads(out.read_text())
+    assert {"decode", "compute", "encode"} <= set(figures["stages"]) and figures["bottleneck"] in figures["stages"]
+    assert figures["pipeline"]["images_per_s"] > 0 and figures["efficiency"] > 0

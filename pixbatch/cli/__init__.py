@@ -27,6 +27,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, device: str, as_json: boo
 
 
 def _register() -> None:
+    from pixbatch.cli.bench import bench
     from pixbatch.cli.eval import eval_group
     from pixbatch.cli.models import models
     from pixbatch.cli.segment import segment
@@ -38,6 +39,7 @@ def _register() -> None:
     cli.add_command(models)
     cli.add_command(eval_group)
     cli.add_command(train_group)
+    cli.add_command(bench)
 
 
 _register()

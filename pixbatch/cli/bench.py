@@ -1,0 +1,42 @@
+"""``pixbatch bench``: where the time goes, on this machine, next to a plain eager PyTorch loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@click.command(short_help="Measure the upscale pipeline stage by stage against a plain PyTorch loop.")
+@click.option("--model", "model_name", default="edsr_tiny_x4", show_default=True, metavar="NAME|PATH")
+@click.option("--photos", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+              help="Folder(s) of real photos to cut the test images from (default: the repo's examples/).")
+@click.option("--images", type=click.IntRange(min=2), default=24, show_default=True)
+@click.option("--size", type=click.IntRange(min=16), default=256, show_default=True, help="Input size in px.")
+@click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the figures as JSON to this file.")
+@click.pass_obj
+def bench(app, model_name, photos, images, size, out_json) -> None:
+    """Cut IMAGES crops of SIZE px from real photos (JPEG and PNG), then time each pipeline stage alone
+    (decode, host->device, compute, device->host, encode), the pipeline as `pixbatch upscale` runs it, and
+    a plain eager loop (PIL -> tensor -> fp32 model -> PIL, one image at a time), in the same run.
+    Prints the bottleneck stage and the pipeline efficiency (end-to-end rate / bottleneck capacity)."""
+    from pixbatch.runtime.bench import bench_upscale, format_report
+
+    sources = list(photos) or ([REPO_EXAMPLES] if REPO_EXAMPLES.is_dir() else [])
+    if not sources:
+        app.fail_start("no photos to benchmark with: pass --photos FOLDER")
+    try:
+        result = bench_upscale(model_name, sources, images=images, size=size, device=app.device, log=app.info)
+    except (FileNotFoundError, ValueError) as exc:
+        app.fail_start(str(exc))
+    if out_json:
+        out_json.write_text(json.dumps(result, indent=2) + "\n")
+    if app.as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for line in format_report(result):
+        click.echo(line)

@@ -1,0 +1,222 @@
+"""End-to-end benchmark of `pixbatch upscale`: each stage's capacity alone, the pipeline, and a plain
+eager PyTorch loop on the same real photos in the same run (``pixbatch bench``, benchmarks/bench_pipeline.py).
+
+Stage capacities (images/s, each stage alone with the resources the pipeline gives it):
+decode (worker processes as the pipeline starts them), host->device copy (GPU), compute (the prepared
+model, same batching as the pipeline), device->host copy (GPU) and encode (writer threads). The slowest
+is the bottleneck; pipeline efficiency = end-to-end rate / bottleneck capacity.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_photo_folder(dst: Path, sources: list[Path], n: int, size: int) -> list[Path]:
+    """n centre crops (size x size) of real photos, alternately JPEG (quality 92) and PNG."""
+    from PIL import Image
+
+    from pixbatch.io.discover import IMAGE_SUFFIXES
+
+    photos = [p for d in sources for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not photos:
+        raise FileNotFoundError(f"no photos in {', '.join(map(str, sources))}")
+    dst.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        with Image.open(photos[i % len(photos)]) as im:
+            im = im.convert("RGB")
+            if min(im.size) < size:
+                k = size / min(im.size)
+                im = im.resize((max(size, round(im.width * k)), max(size, round(im.height * k))), Image.BICUBIC)
+            x, y = (im.width - size) // 2, (im.height - size) // 2
+            crop = im.crop((x, y, x + size, y + size))
+        path = dst / (f"{i:03d}.jpg" if i % 2 == 0 else f"{i:03d}.png")
+        crop.save(path, quality=92) if path.suffix == ".jpg" else crop.save(path)
+        files.append(path)
+    return files
+
+
+def _rate(n: int, seconds: float, mp: float) -> dict:
+    return {"seconds": seconds, "images_per_s": n / seconds, "output_mp_per_s": mp / seconds}
+
+
+def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
+    """Each stage alone, timed over all files, with the resources the pipeline gives it."""
+    from torch.utils.data import DataLoader
+
+    from pixbatch.io.encode import write_image
+    from pixbatch.runtime.pipeline import (
+        Report,
+        UpscaleOptions,
+        _DecodeSet,
+        auto_workers,
+        pixels_from_planes,
+        planes_from_pixels,
+        upscale_tensor,
+    )
+
+    dev, s, n = runner.device, runner.info.scale, len(files)
+    from pixbatch.io.discover import Job
+
+    jobs = [Job(f, f) for f in files]
+    workers = auto_workers(n) if opts.workers is None else opts.workers
+    stages: dict[str, dict] = {}
+
+    # decode: the pipeline's own DataLoader, workers included (their start-up counted, as in a run)
+    t = time.perf_counter()
+    decoded = [(px, meta) for _, px, meta, _ in DataLoader(_DecodeSet(jobs, opts.max_pixels), batch_size=None,
+                                                           num_workers=workers, prefetch_factor=4 if workers else None)]
+    out_mp = sum(px.shape[0] * px.shape[1] for px, _ in decoded) * s * s / 1e6
+    stages["decode"] = {**_rate(n, time.perf_counter() - t, out_mp), "workers": workers}
+
+    # host -> device (GPU): pinned, non-blocking, as the loader hands it over
+    if dev.type == "cuda":
+        pinned = [px.pin_memory() for px, _ in decoded]
+        torch.cuda.synchronize(dev)
+        t = time.perf_counter()
+        on_dev = [p.to(dev, non_blocking=True) for p in pinned]
+        torch.cuda.synchronize(dev)
+        stages["host_to_device"] = _rate(n, time.perf_counter() - t, out_mp)
+        del on_dev
+
+    # compute: the prepared model with the pipeline's windows and batching, float in and out
+    planes = [planes_from_pixels(px.to(dev), meta.bits) for px, meta in decoded]
+    if len({p.shape for p in planes}) != 1:
+        raise ValueError("the benchmark folder must hold images of one size and mode")
+    upscale_tensor(runner, planes[0][:1])  # warm-up (and compilation, when compiled)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t = time.perf_counter()
+    batch = torch.cat(planes)  # every image its own work item, batched by the engine as in the pipeline
+    outs = list(upscale_tensor(runner, batch, report=Report()).split(1))
+    del batch
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    stages["compute"] = _rate(n, time.perf_counter() - t, out_mp)
+    pixels = [pixels_from_planes(o, meta.mode, meta.bits) for o, (_, meta) in zip(outs, decoded)]
+
+    # device -> host (GPU)
+    if dev.type == "cuda":
+        host = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True) for p in pixels]
+        torch.cuda.synchronize(dev)
+        t = time.perf_counter()
+        for h, p in zip(host, pixels):
+            h.copy_(p, non_blocking=True)
+        torch.cuda.synchronize(dev)
+        stages["device_to_host"] = _rate(n, time.perf_counter() - t, out_mp)
+        pixels = host
+    arrays = [p.cpu().numpy() for p in pixels]
+
+    # encode: the writer pool, same formats, compression and thread count as the pipeline
+    writers = opts.writers or max(2, min(8, os.cpu_count() or 2))
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        with ThreadPoolExecutor(writers) as pool:
+            list(pool.map(lambda i: write_image(arrays[i], decoded[i][1], Path(tmp) / files[i].name, opts.encode),
+                          range(n)))
+        stages["encode"] = {**_rate(n, time.perf_counter() - t, out_mp), "writers": writers}
+    assert isinstance(opts, UpscaleOptions)
+    return stages
+
+
+def plain_loop(module: torch.nn.Module, files: list[Path], out: Path, device: torch.device) -> None:
+    """What most scripts do: PIL open -> tensor -> eager fp32 NCHW model -> CPU -> PIL save, one by one."""
+    from PIL import Image
+
+    module = module.to(device).eval()
+    for f in files:
+        with Image.open(f) as im:
+            x = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)[None].float().div(255).to(device)
+        with torch.no_grad():
+            y = module(x)
+        arr = (y[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        Image.fromarray(arr).save(out / f.with_suffix(".png").name)
+
+
+def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int = 256, device: str = "auto",
+                  log=print) -> dict:
+    """Stage capacities, the pipeline and the plain loop on one generated folder; returns the figures."""
+    import copy
+
+    from pixbatch.io.discover import plan_jobs
+    from pixbatch.models import create_model
+    from pixbatch.runtime.device import resolve_device, resolve_precision
+    from pixbatch.runtime.pipeline import UpscaleOptions, upscale_images
+    from pixbatch.runtime.prepare import prepare_model
+    from pixbatch.runtime.session import COMPILE_MIN_JOBS
+
+    dev = resolve_device(device)
+    loaded = create_model(model)
+    s = loaded.info.scale
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = make_photo_folder(tmp / "in", photos, images, size)
+        out_mp = images * (size * s) ** 2 / 1e6
+        opts = UpscaleOptions()
+        runner = prepare_model(copy.deepcopy(loaded), dev, resolve_precision("auto", dev, loaded.info),
+                               compile=dev.type == "cuda" and images >= COMPILE_MIN_JOBS)
+        log("measuring each stage alone ...")
+        stages = stage_capacities(files, runner, opts)
+        log("plain eager loop ...")
+        (tmp / "plain").mkdir()
+        plain_module = copy.deepcopy(loaded.module)
+        plain_loop(plain_module, files[:1], tmp / "plain", dev)  # warm-up (cuDNN, allocator)
+        t = time.perf_counter()
+        plain_loop(plain_module, files, tmp / "plain", dev)
+        plain = _rate(images, time.perf_counter() - t, out_mp)
+        log("pixbatch pipeline ...")
+        t = time.perf_counter()
+        report = upscale_images([tmp / "in"], tmp / "out", runner, opts, plan_jobs([tmp / "in"], tmp / "out"))
+        pipeline = {**_rate(images, time.perf_counter() - t, out_mp), "settings": report.settings}
+        if report.done != images:
+            raise RuntimeError(f"pipeline wrote {report.done} of {images} images: {report.failed}")
+    bottleneck = min(stages, key=lambda k: stages[k]["images_per_s"])
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+        "device_type": dev.type, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "torch": torch.__version__, "python": platform.python_version(), "pillow": _pillow_version(),
+        "model": model, "params": loaded.info.params, "scale": s, "images": images, "size": size,
+        "stages": stages, "bottleneck": bottleneck,
+        "pipeline": pipeline, "plain_loop": plain,
+        "efficiency": pipeline["images_per_s"] / stages[bottleneck]["images_per_s"],
+        "speedup_vs_plain_loop": pipeline["images_per_s"] / plain["images_per_s"],
+    }
+
+
+def _pillow_version() -> str:
+    import PIL
+
+    return getattr(PIL, "__version__", "?")
+
+
+def format_report(r: dict) -> list[str]:
+    lines = [f"{r['model']} x{r['scale']} on {r['device']} ({r['device_type']}, {r['threads']} threads), "
+             f"{r['images']} photos {r['size']}x{r['size']} (JPEG+PNG), torch {r['torch']}, Pillow {r['pillow']}",
+             f"{'stage (alone)':<22} {'img/s':>8} {'MP/s out':>9}"]
+    for name, st in r["stages"].items():
+        mark = "  <- bottleneck" if name == r["bottleneck"] else ""
+        lines.append(f"{name:<22} {st['images_per_s']:8.2f} {st['output_mp_per_s']:9.2f}{mark}")
+    lines.append(f"{'pixbatch pipeline':<22} {r['pipeline']['images_per_s']:8.2f} {r['pipeline']['output_mp_per_s']:9.2f}"
+                 f"   efficiency {100 * r['efficiency']:.0f}% of the bottleneck")
+    lines.append(f"{'plain eager loop':<22} {r['plain_loop']['images_per_s']:8.2f} {r['plain_loop']['output_mp_per_s']:9.2f}"
+                 f"   pixbatch is {r['speedup_vs_plain_loop']:.2f}x faster")
+    return lines
