@@ -59,12 +59,7 @@ def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_siz
     name = arch if scale is None or arch.endswith(f"_x{scale}") else f"{arch}_x{scale}"
     if name not in list_models():
         app.fail_start(str(UnknownModelError(f"unknown model {name!r}; see `pixbatch models`")))
-    try:
-        kwargs = json.loads(model_kwargs)
-    except ValueError:
-        kwargs = None
-    if not isinstance(kwargs, dict):
-        app.fail_start(f"--model-kwargs must be a JSON object, got {model_kwargs!r}")
+    kwargs = _json_object(app, model_kwargs)
     if Path(sys.argv[0]).name in ("sr.py", "pixbatch.train.sr"):  # python -m pixbatch.train.sr ARGS
         argv = sys.argv[1:]
     else:
@@ -82,6 +77,17 @@ def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_siz
         app.fail_start(str(exc))
     click.echo(f"saved {out}: validation PSNR {recipe['val_psnr_rgb']} dB (bicubic {recipe['val_bicubic']}) "
                f"after {recipe['seconds']} s")
+
+
+def _json_object(app, text: str) -> dict:
+    """--model-kwargs: a JSON object, or a startup error that says so."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        app.fail_start(f"--model-kwargs must be a JSON object, got {text!r}")
+    return value
 
 
 def _args_after(sub: str) -> list[str]:
@@ -157,12 +163,7 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
 
     if arch not in list_models() or not arch.startswith(("unet", "segnet", "resnet34")):
         app.fail_start(str(UnknownModelError(f"unknown segmentation model {arch!r}; see `pixbatch models`")))
-    try:
-        kwargs = json.loads(model_kwargs)
-    except ValueError:
-        kwargs = None
-    if not isinstance(kwargs, dict):
-        app.fail_start(f"--model-kwargs must be a JSON object, got {model_kwargs!r}")
+    kwargs = _json_object(app, model_kwargs)
     cfg = SegTrainConfig(
         images=images, masks=masks, arch=arch, out=out, model_kwargs=kwargs, classes=classes,
         ignore_index=ignore_index, loss=loss, sizes=sizes, steps=steps, batch_size=batch_size, lr=lr,

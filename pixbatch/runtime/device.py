@@ -37,6 +37,14 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def training_amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast for training: forced on/off by ``amp``, else where it is fast (a GPU, or a CPU
+    with native bf16). None means fp32."""
+    if amp is False:
+        return None
+    return torch.bfloat16 if (amp or device.type == "cuda" or cpu_has_native_bf16()) else None
+
+
 def resolve_precision(spec: str, device: torch.device, info: ModelInfo) -> torch.dtype:
     """``auto``: on a GPU, bf16 when device and model support it, then fp16, else fp32; on the CPU,
     bf16 when the CPU computes it natively and the model supports it, else fp32."""

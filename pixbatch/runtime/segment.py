@@ -271,6 +271,11 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
             log(f"error: {path}: {reason}")
             bar.update(1)
 
+    def skipped() -> None:  # the mask appeared meanwhile (another run): it is kept
+        with lock:
+            report.skipped += 1
+            bar.update(1)
+
     def done(h: int, w: int) -> None:
         with lock:
             report.done += 1
@@ -288,9 +293,7 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
                              opts.encode)
             _write_mask(outs["mask"], classes, job.dst, opts.encode)
         except OutputExistsError:
-            with lock:
-                report.skipped += 1
-                bar.update(1)
+            skipped()
             return
         except Exception as exc:
             fail(job.src, f"cannot write {job.dst}: {exc}")
@@ -319,9 +322,7 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
             try:
                 h, w = seg.run_streamed(job.src, job.dst)
             except OutputExistsError:
-                with lock:
-                    report.skipped += 1
-                    bar.update(1)
+                skipped()
                 continue
             except Exception as exc:
                 fail(job.src, _model_error(exc))

@@ -123,20 +123,13 @@ def best_threshold(net: torch.nn.Module, data, device: torch.device, ignore_inde
     return round(float(best[1]), 2), float(best[0])
 
 
-def _amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
-    from pixbatch.runtime.device import cpu_has_native_bf16
-
-    if amp is False:
-        return None
-    return torch.bfloat16 if (amp or device.type == "cuda" or cpu_has_native_bf16()) else None
-
-
 def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress: bool = True) -> dict:
     """Train and save ``cfg.out`` (the best validation Dice; safetensors with the recipe). Returns the recipe."""
     from tqdm import tqdm
 
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
+    from pixbatch.runtime.device import training_amp_dtype
     from pixbatch.train.losses import SegLoss
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -168,7 +161,7 @@ def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress:
             raise ValueError("--encoder-weights is for resnet34_unet")
         load_encoder_weights(net, cfg.encoder_weights)
     net = net.to(device).train()
-    amp = _amp_dtype(cfg.amp, device)
+    amp = training_amp_dtype(cfg.amp, device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     stage_len = cfg.steps / len(cfg.sizes)

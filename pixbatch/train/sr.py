@@ -172,21 +172,13 @@ def init_from_smaller_scale(net: nn.Module, path: Path) -> list[str]:
     return fresh
 
 
-def _amp_dtype(cfg: SrTrainConfig, device: torch.device) -> torch.dtype | None:
-    from pixbatch.runtime.device import cpu_has_native_bf16
-
-    if cfg.amp is False:
-        return None
-    fast = device.type == "cuda" or cpu_has_native_bf16()
-    return torch.bfloat16 if (cfg.amp or fast) else None
-
-
 def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: bool = True) -> dict:
     """Train and save ``cfg.out`` (safetensors with the recipe in its metadata). Returns the recipe."""
     from tqdm import tqdm
 
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
+    from pixbatch.runtime.device import training_amp_dtype
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.threads:
@@ -200,7 +192,7 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     images = load_images(cfg.data, hr_patch)
     val_lr, val_hr = (t.to(device) for t in sample_batch(images, 32, hr_patch, scale, random.Random(cfg.seed + 1)))
     loss_fn = make_loss(cfg).to(device)
-    amp = _amp_dtype(cfg, device)
+    amp = training_amp_dtype(cfg.amp, device)
 
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
