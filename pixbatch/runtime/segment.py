@@ -197,9 +197,12 @@ class Segmenter:
                 sinks[k].push(y0, rows)
         return {k: s.arr for k, s in sinks.items()}
 
-    def run_streamed(self, src: Path, dst: Path) -> tuple[int, int]:
+    def run_streamed(self, src: Path, dst: Path, progress: bool = False) -> tuple[int, int]:
         """Huge TIFF in, tiled BigTIFF outputs, written as the bands arrive. Returns (height, width).
-        Outputs go to temporary files; the extras are committed first and the mask last."""
+        Outputs go to temporary files; the extras are committed first and the mask last. ``progress``
+        shows a bar of rows done, since one image can take minutes."""
+        from tqdm import tqdm
+
         opts = self.opts
         prob_dst, overlay_dst = extra_paths(dst, streamed=True)
         targets = {"mask": dst}
@@ -219,9 +222,13 @@ class Segmenter:
                                                   photometric="minisblack")
             if "overlay" in tmps:
                 writers["overlay"] = TiledTiffWriter(tmps["overlay"], h, w, 3, np.uint8, photometric="rgb")
+            rows_bar = tqdm(total=h, unit="row", desc=src.name, leave=False, disable=not progress, file=sys.stderr,
+                            dynamic_ncols=True)
             for _, outs in self.bands(reader):
                 for k, rows in outs.items():
                     writers[k].push(rows)
+                rows_bar.update(outs["mask"].shape[0])
+            rows_bar.close()
             for k in list(writers):
                 writers.pop(k).close()
             for k in [k for k in tmps if k != "mask"]:
@@ -320,7 +327,7 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
             futures.append(pool.submit(write, job, outs, meta))
         for job in streamed:
             try:
-                h, w = seg.run_streamed(job.src, job.dst)
+                h, w = seg.run_streamed(job.src, job.dst, progress)
             except OutputExistsError:
                 skipped()
                 continue
