@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,8 @@ from torch.nn import functional as F
 
 from pixbatch.models import LoadedModel, ModelInfo
 
+COMPILE_BUCKET = 64  # compiled runs pad (mirror, bottom/right) to multiples of this many px
+
 
 @dataclass
 class Runner:
@@ -17,7 +20,9 @@ class Runner:
 
     ``dtype`` is the autocast dtype; ``run_fp32`` is the eager full-precision path used to redo
     samples whose reduced-precision output is not finite. Inputs whose sizes are not a multiple
-    of the model's ``size_multiple`` are reflect-padded at the bottom/right and cropped back."""
+    of the model's ``size_multiple`` are reflect-padded at the bottom/right and cropped back; the
+    compiled model gets sizes rounded up to ``COMPILE_BUCKET`` the same way, so images of many sizes
+    reuse a few graphs instead of recompiling for each (and hitting dynamo's recompile limit)."""
 
     module: nn.Module
     info: ModelInfo
@@ -32,7 +37,7 @@ class Runner:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x, self.compiled or self.module, self.dtype)
+        return self._run(x, self.compiled if self.compiled is not None else self.module, self.dtype)
 
     def run_eager(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, self.module, self.dtype)
@@ -43,6 +48,8 @@ class Runner:
     def _run(self, x: torch.Tensor, fn: nn.Module, dtype: torch.dtype) -> torch.Tensor:
         h, w = x.shape[-2:]
         m = self.info.size_multiple
+        if fn is self.compiled:  # one compiled graph per size bucket, not per image size
+            m = math.lcm(m, COMPILE_BUCKET)
         ph, pw = -h % m, -w % m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
