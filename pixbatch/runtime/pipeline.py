@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import threading
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pixbatch.io.decode import DEFAULT_MAX_PIXELS, DecodeError, ImageMeta, decode_image
-from pixbatch.io.discover import Job, Plan, plan_jobs, remove_stale_temps
-from pixbatch.io.encode import EncodeOptions, OutputExistsError, write_image
+from pixbatch.io.discover import Job, Plan, plan_jobs
+from pixbatch.io.encode import EncodeOptions, write_image
 from pixbatch.runtime.device import StartupError
 from pixbatch.runtime.prepare import Runner
 from pixbatch.runtime.tiling import Window, plan_windows
@@ -377,77 +373,42 @@ def check_destination(dst: Path) -> None:
 def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: UpscaleOptions, plan: Plan,
                    *, progress: bool = False, log: Callable[[str], None] = print) -> Report:
     """Run a planned job list through the model and write every output. Never raises for a bad file."""
-    from tqdm import tqdm
+    from pixbatch.runtime.jobs import JobBook
 
-    report = Report(skipped=len(plan.skipped))
-    start = time.perf_counter()
-    for problem in plan.problems:
-        report.failed.append((str(problem.path), problem.reason))
-        log(f"error: {problem.path}: {problem.reason}")
+    report = Report()
+    book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log)
     jobs = plan.todo
-    remove_stale_temps({j.dst.parent for j in jobs})
     workers = auto_workers(len(jobs)) if opts.workers is None else opts.workers
-    writers = opts.writers or max(2, min(8, os.cpu_count() or 2))
-    bar = tqdm(total=len(jobs), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               smoothing=0.1)
-    lock = threading.Lock()
-    slots = threading.BoundedSemaphore(2 * writers + 2)  # back-pressure: bounded encoded-but-unwritten images
-    pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="pixbatch-writer")
-    futures: list[Future] = []
+    scale = runner.info.scale
 
-    def fail(path: Path, reason: str) -> None:
-        with lock:
-            report.failed.append((str(path), reason))
-            log(f"error: {path}: {reason}")
-            bar.update(1)
-
-    def write(work: _Work) -> None:
-        try:
-            write_image(work.out, work.meta, work.job.dst, opts.encode)
-        except OutputExistsError:
-            with lock:
-                report.skipped += 1
-                bar.update(1)
-            return
-        except Exception as exc:
-            fail(work.job.src, f"cannot write {work.job.dst}: {exc}")
-            return
-        finally:
-            slots.release()
+    def encode(work: _Work) -> tuple[float, float]:
+        write_image(work.out, work.meta, work.job.dst, opts.encode)
         h, w = work.out.shape[:2]
-        with lock:
-            report.done += 1
-            report.output_mp += h * w / 1e6
-            report.input_mp += h * w / 1e6 / runner.info.scale ** 2
-            elapsed = time.perf_counter() - start
-            bar.set_postfix_str(f"{report.output_mp / max(elapsed, 1e-9):.1f} MP/s out", refresh=False)
-            bar.update(1)
+        return h * w / 1e6 / scale ** 2, h * w / 1e6
 
     def on_image_done(work: _Work) -> None:
         work.planes = torch.empty(0)  # free the device copy before encoding
-        slots.acquire()
-        futures.append(pool.submit(write, work))
+        book.write(work.job.src, work.job.dst, lambda: encode(work))
 
     def on_image_failed(work: _Work, reason: str) -> None:
         work.planes = torch.empty(0)
-        fail(work.job.src, reason)
+        book.fail(work.job.src, reason)
 
     engine = Engine(runner, opts, on_image_done, on_image_failed, report)
     report.settings = {
         "model": runner.info.name, "arch": runner.info.arch, "scale": runner.info.scale,
         "device": str(runner.device), "precision": str(runner.dtype).removeprefix("torch."),
         "channels_last": runner.channels_last, "compile": runner.compiled is not None, "kernels": runner.kernels,
-        "tile": engine.tile, "tile_overlap": engine.overlap, "workers": workers, "writers": writers,
+        "tile": engine.tile, "tile_overlap": engine.overlap, "workers": workers, "writers": book.writers,
     }
     loader = DataLoader(_DecodeSet(jobs, opts.max_pixels), batch_size=None, shuffle=False,
                         num_workers=workers, pin_memory=runner.device.type == "cuda",
                         prefetch_factor=4 if workers else None, persistent_workers=False)
-    scale = runner.info.scale
     try:
         for i, pixels, meta, error in loader:
             job = jobs[i]
             if error:
-                fail(job.src, error)
+                book.fail(job.src, error)
                 continue
             h, w = pixels.shape[:2]
             if pixels.dtype == torch.uint16:
@@ -456,17 +417,14 @@ def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: Upscale
                 planes = planes_from_pixels(pixels.to(runner.device, non_blocking=True), meta.bits)
                 out = np.empty((h * scale, w * scale, pixels.shape[2]), np.uint8 if meta.bits == 8 else np.uint16)
             except (MemoryError, torch.OutOfMemoryError) as exc:
-                fail(job.src, f"not enough memory for a {w}x{h} image ({type(exc).__name__})")
+                book.fail(job.src, f"not enough memory for a {w}x{h} image ({type(exc).__name__})")
                 continue
             fp32 = opts.fp32_for_16bit and meta.bits == 16
             engine.add(_Work(job, meta, planes, out, fp32=fp32))
         engine.flush()
-        for f in futures:
-            f.result()
+        book.wait()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-    report.seconds = time.perf_counter() - start
+        book.close()
     return report
 
 

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pixbatch.io.decode import DEFAULT_MAX_PIXELS, DecodeError, ImageMeta
-from pixbatch.io.discover import Job, Plan, remove_stale_temps
+from pixbatch.io.discover import Job, Plan
 from pixbatch.io.encode import EncodeOptions, OutputExistsError, atomic_path, commit, temp_path, write_image
 from pixbatch.io.regions import RegionSource, TiffRegionReader, TiledTiffWriter, is_tiled_tiff
 from pixbatch.runtime.blend import predict_bands
@@ -246,69 +243,31 @@ class Segmenter:
 def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, *, progress: bool = False,
                    log=print) -> Report:
     """Segment every planned job and write its outputs. Never raises for a bad file."""
-    from tqdm import tqdm
+    from pixbatch.runtime.jobs import JobBook
 
-    report = Report(skipped=len(plan.skipped))
-    start = time.perf_counter()
-    for problem in plan.problems:
-        report.failed.append((str(problem.path), problem.reason))
-        log(f"error: {problem.path}: {problem.reason}")
-    remove_stale_temps({j.dst.parent for j in plan.todo})
+    report = Report()
+    book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log)
     streamed = [j for j in plan.todo if j.dst.suffix == ".tif" and is_tiled_tiff(j.src)]
     in_memory = [j for j in plan.todo if j not in streamed]
     workers = auto_workers(len(in_memory)) if opts.workers is None else opts.workers
-    writers = opts.writers or max(2, min(8, os.cpu_count() or 2))
     seg = Segmenter(runner, opts)
     classes = runner.info.out_channels
-    bar = tqdm(total=len(plan.todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    lock = threading.Lock()
-    slots = threading.BoundedSemaphore(2 * writers + 2)
-    pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="pixbatch-writer")
-    futures: list[Future] = []
     report.settings = {
         "model": runner.info.name, "arch": runner.info.arch, "classes": classes, "device": str(runner.device),
         "precision": str(runner.dtype).removeprefix("torch."), "tile": opts.tile, "overlap": opts.overlap,
         "batch": seg.batch, "threshold": seg.post.threshold if classes == 1 else None,
-        "streamed": len(streamed), "workers": workers, "writers": writers,
+        "streamed": len(streamed), "workers": workers, "writers": book.writers,
     }
 
-    def fail(path: Path, reason: str) -> None:
-        with lock:
-            report.failed.append((str(path), reason))
-            log(f"error: {path}: {reason}")
-            bar.update(1)
-
-    def skipped() -> None:  # the mask appeared meanwhile (another run): it is kept
-        with lock:
-            report.skipped += 1
-            bar.update(1)
-
-    def done(h: int, w: int) -> None:
-        with lock:
-            report.done += 1
-            report.input_mp += h * w / 1e6
-            report.output_mp += h * w / 1e6
-            bar.update(1)
-
-    def write(job: Job, outs: dict[str, np.ndarray], meta: ImageMeta) -> None:
-        try:
-            prob_dst, overlay_dst = extra_paths(job.dst, streamed=False)
-            if "prob" in outs:
-                _write_extra(_write_prob, outs["prob"], prob_dst, opts.encode)
-            if "overlay" in outs:
-                _write_extra(write_image, outs["overlay"], ImageMeta("RGB", 8, "PNG", meta.icc), overlay_dst,
-                             opts.encode)
-            _write_mask(outs["mask"], classes, job.dst, opts.encode)
-        except OutputExistsError:
-            skipped()
-            return
-        except Exception as exc:
-            fail(job.src, f"cannot write {job.dst}: {exc}")
-            return
-        finally:
-            slots.release()
+    def encode(job: Job, outs: dict[str, np.ndarray], meta: ImageMeta) -> tuple[float, float]:
+        prob_dst, overlay_dst = extra_paths(job.dst, streamed=False)
+        if "prob" in outs:
+            _write_extra(_write_prob, outs["prob"], prob_dst, opts.encode)
+        if "overlay" in outs:
+            _write_extra(write_image, outs["overlay"], ImageMeta("RGB", 8, "PNG", meta.icc), overlay_dst, opts.encode)
+        _write_mask(outs["mask"], classes, job.dst, opts.encode)  # last: its presence marks the image done
         h, w = outs["mask"].shape[:2]
-        done(h, w)
+        return h * w / 1e6, h * w / 1e6
 
     loader = DataLoader(_DecodeSet(in_memory, opts.max_pixels), batch_size=None, shuffle=False,
                         num_workers=workers, prefetch_factor=4 if workers else None)
@@ -316,31 +275,27 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
         for i, pixels, meta, error in loader:
             job = in_memory[i]
             if error:
-                fail(job.src, error)
+                book.fail(job.src, error)
                 continue
             try:
                 outs = seg.run_in_memory(pixels.numpy())
             except Exception as exc:
-                fail(job.src, _model_error(exc))
+                book.fail(job.src, _model_error(exc))
                 continue
-            slots.acquire()
-            futures.append(pool.submit(write, job, outs, meta))
+            book.write(job.src, job.dst, lambda job=job, outs=outs, meta=meta: encode(job, outs, meta))
         for job in streamed:
             try:
                 h, w = seg.run_streamed(job.src, job.dst, progress)
             except OutputExistsError:
-                skipped()
+                book.skipped()
                 continue
             except Exception as exc:
-                fail(job.src, _model_error(exc))
+                book.fail(job.src, _model_error(exc))
                 continue
-            done(h, w)
-        for f in futures:
-            f.result()
+            book.done(h * w / 1e6, h * w / 1e6)
+        book.wait()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-    report.seconds = time.perf_counter() - start
+        book.close()
     return report
 
 

@@ -1,0 +1,88 @@
+"""Bookkeeping shared by the image pipelines: the report, the progress bar, per-file errors, and a
+bounded pool of writer threads (back-pressure: a few encoded-but-unwritten images at most)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from pixbatch.io.discover import Plan, remove_stale_temps
+from pixbatch.io.encode import OutputExistsError
+
+
+class JobBook:
+    """Starts a run from its plan (known problems reported, stale temporary files removed) and keeps
+    its report; ``write`` runs an encoder in the pool and turns its outcome into done/skipped/failed."""
+
+    def __init__(self, plan: Plan, report, *, writers: int | None, progress: bool,
+                 log: Callable[[str], None]) -> None:
+        from tqdm import tqdm
+
+        self.report, self.log = report, log
+        self.start = time.perf_counter()
+        report.skipped = len(plan.skipped)
+        for problem in plan.problems:
+            report.failed.append((str(problem.path), problem.reason))
+            log(f"error: {problem.path}: {problem.reason}")
+        remove_stale_temps({j.dst.parent for j in plan.todo})
+        self.writers = writers or max(2, min(8, os.cpu_count() or 2))
+        self.bar = tqdm(total=len(plan.todo), unit="img", disable=not progress, file=sys.stderr,
+                        dynamic_ncols=True, smoothing=0.1)
+        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(2 * self.writers + 2)
+        self.pool = ThreadPoolExecutor(max_workers=self.writers, thread_name_prefix="pixbatch-writer")
+        self.futures: list[Future] = []
+
+    def fail(self, path: Path, reason: str) -> None:
+        with self.lock:
+            self.report.failed.append((str(path), reason))
+            self.log(f"error: {path}: {reason}")
+            self.bar.update(1)
+
+    def skipped(self) -> None:
+        """The output appeared meanwhile (another run wrote it): it is kept."""
+        with self.lock:
+            self.report.skipped += 1
+            self.bar.update(1)
+
+    def done(self, input_mp: float, output_mp: float) -> None:
+        with self.lock:
+            self.report.done += 1
+            self.report.input_mp += input_mp
+            self.report.output_mp += output_mp
+            elapsed = time.perf_counter() - self.start
+            self.bar.set_postfix_str(f"{self.report.output_mp / max(elapsed, 1e-9):.1f} MP/s out", refresh=False)
+            self.bar.update(1)
+
+    def write(self, src: Path, dst: Path, encode: Callable[[], tuple[float, float]]) -> None:
+        """Run ``encode`` (returns input and output MP) in the writer pool, waiting for a free slot."""
+        self.slots.acquire()
+        self.futures.append(self.pool.submit(self._write, src, dst, encode))
+
+    def _write(self, src: Path, dst: Path, encode: Callable[[], tuple[float, float]]) -> None:
+        try:
+            input_mp, output_mp = encode()
+        except OutputExistsError:
+            self.skipped()
+            return
+        except Exception as exc:
+            self.fail(src, f"cannot write {dst}: {exc}")
+            return
+        finally:
+            self.slots.release()
+        self.done(input_mp, output_mp)
+
+    def wait(self) -> None:
+        """Wait for every write (re-raising a writer's unexpected error)."""
+        for f in self.futures:
+            f.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.bar.close()
+        self.report.seconds = time.perf_counter() - self.start
