@@ -8,12 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pixbatch.io.atomic import TEMP_MARK
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm",
                             ".pgm", ".pnm", ".tga"})
 # Formats we write; anything else read in "same" mode is written as PNG.
 OUTPUT_SUFFIX = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif"}
 SAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"}
-TEMP_MARK = ".pixbatch-"
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,24 @@
-"""Encode an HWC uint8/uint16 array with its metadata, and write it atomically.
+"""Encode an HWC uint8/uint16 array with its metadata, in memory, and write it atomically.
 
-The bytes go to a temporary file in the destination folder, which is then renamed into place, so
-an output is either complete or absent. Without ``overwrite`` the final step is a hard link, which
-fails rather than replace a file that appeared meanwhile.
+Every encoder writes to memory; ``pixbatch.io.atomic`` then writes the bytes to a temporary file,
+verifies that all of them reached the disk, and renames it into place, so an output is either
+complete or absent (a full disk fails the image instead of committing a truncated file).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
+import io
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pixbatch.io.atomic import OutputExistsError, write_bytes
 from pixbatch.io.decode import ImageMeta
-from pixbatch.io.discover import TEMP_MARK
+
+FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff"}
 
 
 @dataclass(frozen=True)
@@ -29,51 +28,20 @@ class EncodeOptions:
     overwrite: bool = False
 
 
-class OutputExistsError(FileExistsError):
-    pass
+__all__ = ["EncodeOptions", "OutputExistsError", "encode_image", "write_image"]
 
 
 def write_image(arr: np.ndarray, meta: ImageMeta, dst: Path, opts: EncodeOptions) -> None:
-    """Encode ``arr`` (HWC, channels as in ``meta.mode``) to the format named by ``dst``'s suffix."""
-    fmt = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".tif": "tiff",
-           ".tiff": "tiff"}[dst.suffix.lower()]
-    with atomic_path(dst, opts.overwrite) as tmp, open(tmp, "wb") as f:
-        _encode(arr, meta, f, fmt, opts)
-        f.flush()
-        os.fsync(f.fileno())
+    """Encode ``arr`` (HWC, channels as in ``meta.mode``) to the format named by ``dst``'s suffix and
+    write it atomically, verified."""
+    write_bytes(encode_image(arr, meta, FORMATS[dst.suffix.lower()], opts), dst, overwrite=opts.overwrite)
 
 
-@contextlib.contextmanager
-def atomic_path(dst: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary path beside ``dst``; when the block completes it becomes ``dst`` in one step
-    (never clobbering an existing file unless ``overwrite``); on any error it is deleted."""
-    tmp = temp_path(dst)
-    try:
-        yield tmp
-        commit(tmp, dst, overwrite)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def temp_path(dst: Path) -> Path:
-    """A fresh temporary name beside ``dst`` (hidden; removed by later runs if this process dies)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    return dst.parent / f".{dst.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp"
-
-
-def commit(tmp: Path, dst: Path, overwrite: bool) -> None:
-    """Move a finished temporary file into place (hard link: never replaces a file unless ``overwrite``)."""
-    if overwrite:
-        os.replace(tmp, dst)
-        return
-    try:
-        os.link(tmp, dst)  # atomic and never replaces an existing file
-    except FileExistsError:
-        raise OutputExistsError(f"{dst} already exists (use --overwrite to replace it)") from None
-    except OSError:  # file systems without hard links: check, then rename
-        if dst.exists():
-            raise OutputExistsError(f"{dst} already exists (use --overwrite to replace it)") from None
-        os.replace(tmp, dst)
+def encode_image(arr: np.ndarray, meta: ImageMeta, fmt: str, opts: EncodeOptions) -> bytes:
+    """The encoded file (``fmt``: png, jpeg, webp or tiff) as bytes."""
+    buf = io.BytesIO()
+    _encode(arr, meta, buf, fmt, opts)
+    return buf.getvalue()
 
 
 def _encode(arr: np.ndarray, meta: ImageMeta, f, fmt: str, opts: EncodeOptions) -> None:

@@ -6,8 +6,6 @@ Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(..., weig
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 
 import torch
@@ -48,18 +46,14 @@ def describe_native(name: str, module: nn.Module, *, source: str, path: str | No
 def save_checkpoint(module: nn.Module, path: Path, *, name: str, kwargs: dict | None = None,
                     training: dict | None = None) -> None:
     """Write a safetensors checkpoint whose metadata is enough to rebuild the model; atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from pixbatch.io.atomic import write_bytes
 
     config = {"name": name, "kwargs": kwargs or {}, "scale": int(module.scale), "value_range": [0.0, 1.0],
               "training": training or {}}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(config)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(save(tensors, metadata={METADATA_KEY: json.dumps(config)}), Path(path), overwrite=True)
 
 
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

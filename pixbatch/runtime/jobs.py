@@ -11,8 +11,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from pixbatch.io.atomic import OutputExistsError
 from pixbatch.io.discover import Plan, remove_stale_temps
-from pixbatch.io.encode import OutputExistsError
 
 
 class JobBook:

@@ -9,7 +9,7 @@ written last, so its presence means the image is finished (resume skips it).
 
 from __future__ import annotations
 
-import os
+import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pixbatch.io.atomic import OutputExistsError, check_tiff_complete, commit, temp_path, write_bytes
 from pixbatch.io.decode import DEFAULT_MAX_PIXELS, DecodeError, ImageMeta
 from pixbatch.io.discover import Job, Plan
-from pixbatch.io.encode import EncodeOptions, OutputExistsError, atomic_path, commit, temp_path, write_image
+from pixbatch.io.encode import EncodeOptions, write_image
 from pixbatch.io.regions import RegionSource, TiffRegionReader, TiledTiffWriter, is_tiled_tiff
 from pixbatch.runtime.blend import predict_bands
 from pixbatch.runtime.pipeline import Report, _DecodeSet, auto_workers, device_pixel_budget, is_oom
@@ -128,20 +129,18 @@ def _write_mask(arr: np.ndarray, classes: int, dst: Path, opts: EncodeOptions) -
 
     im = Image.fromarray(arr[:, :, 0], "P")
     im.putpalette(palette().tobytes())
-    with atomic_path(dst, opts.overwrite) as tmp, open(tmp, "wb") as f:
-        im.save(f, format="PNG", compress_level=opts.png_compression)
-        f.flush()
-        os.fsync(f.fileno())
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=opts.png_compression)
+    write_bytes(buf.getbuffer(), dst, overwrite=opts.overwrite)
 
 
 def _write_prob(arr: np.ndarray, dst: Path, opts: EncodeOptions) -> None:
     import tifffile
 
-    with atomic_path(dst, opts.overwrite) as tmp, open(tmp, "wb") as f:
-        tifffile.imwrite(f, arr[:, :, 0] if arr.shape[2] == 1 else arr, photometric="minisblack",
-                         compression="zlib" if opts.png_compression else None)
-        f.flush()
-        os.fsync(f.fileno())
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr[:, :, 0] if arr.shape[2] == 1 else arr, photometric="minisblack",
+                     compression="zlib" if opts.png_compression else None)
+    write_bytes(buf.getbuffer(), dst, overwrite=opts.overwrite)
 
 
 def _write_extra(write, *args) -> None:
@@ -228,6 +227,8 @@ class Segmenter:
             rows_bar.close()
             for k in list(writers):
                 writers.pop(k).close()
+            for tmp in tmps.values():  # all there on disk before any of them is committed
+                check_tiff_complete(tmp)
             for k in [k for k in tmps if k != "mask"]:
                 _write_extra(commit, tmps[k], targets[k], opts.encode.overwrite)
             commit(tmps["mask"], dst, opts.encode.overwrite)

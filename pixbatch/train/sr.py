@@ -8,6 +8,7 @@ smaller scale (``--init``). CLI: ``pixbatch train sr`` (``python -m pixbatch.tra
 
 from __future__ import annotations
 
+import io
 import random
 import shlex
 import sys
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from pixbatch.io.atomic import write_bytes
 
 
 @dataclass
@@ -212,11 +215,11 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
             p.requires_grad_(not frozen or name in fresh)
 
     def save_state(step: int) -> None:
-        tmp = state_path.with_suffix(".tmp")
+        buf = io.BytesIO()
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "torch_rng": torch.get_rng_state(), "python_rng": rng.getstate(), "step": step,
-                    "seconds": seconds + time.perf_counter() - t0}, tmp)
-        tmp.replace(state_path)
+                    "seconds": seconds + time.perf_counter() - t0}, buf)
+        write_bytes(buf.getbuffer(), state_path, overwrite=True)
 
     t0 = time.perf_counter()
     val = bic = float("nan")
