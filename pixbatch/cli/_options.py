@@ -9,6 +9,15 @@ import click
 from pixbatch.io.decode import DEFAULT_MAX_PIXELS
 
 
+def _check_suffix(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from pixbatch.io.discover import check_suffix
+
+    try:
+        return check_suffix(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _apply(options):
     def decorator(f):
         for option in reversed(options):
@@ -34,7 +43,8 @@ io_options = _apply([
     click.argument("dst", nargs=1, type=click.Path(path_type=Path, file_okay=False)),
     click.option("--glob", default=None, metavar="PATTERN",
                  help="Only files whose path (relative to the folder) or name matches, e.g. '*.png'."),
-    click.option("--suffix", default="", show_default=True, help="Appended to each output's file stem."),
+    click.option("--suffix", default="", show_default=True, callback=_check_suffix,
+                 help="Appended to each output's file stem (no folder separators)."),
     click.option("--skip-existing/--overwrite", default=True, show_default=True,
                  help="Resume by skipping outputs that exist, or replace them."),
     click.option("--workers", type=click.IntRange(min=0), default=None,

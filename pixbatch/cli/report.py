@@ -47,4 +47,7 @@ class App:
             click.echo(line)
             if report.fp32_reruns:
                 click.echo(f"{report.fp32_reruns} tile(s) were not finite in reduced precision and ran again in fp32")
+            if report.multi_frame:
+                click.echo(f"note: {report.multi_frame} input(s) had several frames or pages (animated GIF/PNG/WebP, "
+                           "multi-page TIFF): only the first was processed")
         sys.exit(report.exit_code)

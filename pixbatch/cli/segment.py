@@ -71,6 +71,7 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
         encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),
     )
     app.info(f"{len(plan.todo)} to do, {len(plan.skipped)} already done, {len(plan.problems)} problem(s)")
-    report = segment_images(dst, runner, opts, plan, progress=app.progress, log=app.log)
+    report = segment_images(dst, runner, opts, plan, progress=app.progress, log=app.log,
+                              info=app.info)
     app.info("settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items()))
     app.finish(report)

@@ -50,6 +50,7 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),
     )
     app.info(f"{len(plan.todo)} to do, {len(plan.skipped)} already done, {len(plan.problems)} problem(s)")
-    report = upscale_images(list(src), dst, runner, opts, plan, progress=app.progress, log=app.log)
+    report = upscale_images(list(src), dst, runner, opts, plan, progress=app.progress, log=app.log,
+                              info=app.info)
     app.info("settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items()))
     app.finish(report)

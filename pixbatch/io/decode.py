@@ -7,8 +7,11 @@ once, for every path; ICC profile, EXIF (less orientation), alpha and bit depth 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,10 @@ import numpy as np
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb error threshold
 ORIENTATION_TAG = 0x0112
 MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+# PNG metadata chunks (iCCP, eXIf, zTXt) may decompress to this much each and this much in all:
+# large ICC profiles are real, and the bound still keeps a zlib bomb in a chunk from taking the memory.
+PNG_CHUNK_LIMIT = 32 << 20
+PNG_CHUNKS_TOTAL = 96 << 20
 
 
 class DecodeError(Exception):
@@ -30,6 +37,8 @@ class ImageMeta:
     format: str  # decoder's name of the input format (PNG, JPEG, TIFF, ...)
     icc: bytes | None = None
     exif: bytes | None = None  # with the orientation tag removed (pixels are already upright)
+    frames: int = 1  # frames or pages in the file; only the first is processed
+    notes: tuple[str, ...] = ()  # decoder warnings (shown with -v), never printed by the libraries
 
     @property
     def has_alpha(self) -> bool:
@@ -75,20 +84,55 @@ def _exif_without_orientation(exif) -> bytes | None:
     return data if len(data) > 8 else None
 
 
+@contextlib.contextmanager
+def captured_messages() -> Iterator[list[str]]:
+    """Collect what the decoders would print on their own (Python warnings from Pillow, tifffile's
+    log records) instead of letting it interleave with the report on stderr."""
+    notes: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            notes.append(record.getMessage())
+
+    logger = logging.getLogger("tifffile")
+    handler, propagate = Collect(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield notes
+        notes.extend(str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning))
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
     """Read one image. Raises DecodeError with a user-facing reason for anything unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    with captured_messages() as notes:
+        arr, meta = _decode_image(path, max_pixels)
+    meta.notes = tuple(dict.fromkeys(n.replace("\n", " ").strip() for n in notes if n.strip()))
+    return arr, meta
 
+
+def _decode_image(path: Path, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
+    from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+    PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, PNG_CHUNK_LIMIT)
+    PngImagePlugin.MAX_TEXT_MEMORY = max(PngImagePlugin.MAX_TEXT_MEMORY, PNG_CHUNKS_TOTAL)
+    frames = 1
     try:
         if path.stat().st_size == 0:
             raise DecodeError("empty file")
         if _is_tiff(path) and _tiff_is_high_depth(path):
-            arr, orientation, icc, exif_bytes, fmt = _decode_tiff(path, max_pixels)
+            arr, orientation, icc, exif_bytes, fmt, frames = _decode_tiff(path, max_pixels)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 Image.MAX_IMAGE_PIXELS = None  # we apply our own limit, with a clearer message
                 with Image.open(path) as im:
+                    frames = int(getattr(im, "n_frames", 1) or 1)
                     _check_size(path, im.width, im.height, max_pixels)
                     exif = im.getexif()
                     orientation = int(exif.get(ORIENTATION_TAG, 1) or 1)
@@ -110,7 +154,7 @@ def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.n
         raise DecodeError(reason) from None
     arr = apply_orientation(arr, orientation)
     bits = 16 if arr.dtype == np.uint16 else 8
-    return arr, ImageMeta(MODES_BY_CHANNELS[arr.shape[2]], bits, fmt, icc, exif_bytes)
+    return arr, ImageMeta(MODES_BY_CHANNELS[arr.shape[2]], bits, fmt, icc, exif_bytes, frames)
 
 
 def _decode_pillow(im, icc: bytes | None) -> tuple[np.ndarray, bytes | None]:
@@ -204,10 +248,14 @@ def _decode_tiff(path: Path, max_pixels: int):
         orientation = int(tags["Orientation"].value) if "Orientation" in tags else 1
         icc = bytes(tags["InterColorProfile"].value) if "InterColorProfile" in tags else None
         a = page.asarray()
+        planar = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and page.samplesperpixel > 1
+        frames = len(tif.pages)
+    if planar and a.ndim == 3:
+        a = np.moveaxis(a, 0, -1)  # one plane per sample (S, H, W) -> interleaved (H, W, S)
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
         raise DecodeError(f"unsupported TIFF layout {a.shape}")
     if a.dtype.kind not in "ui" or a.dtype.itemsize > 2:
         raise DecodeError(f"unsupported {a.dtype} TIFF (pixbatch reads 8- and 16-bit integer images)")
-    return a.astype(np.uint16), orientation, icc, None, "TIFF"
+    return a.astype(np.uint16), orientation, icc, None, "TIFF", frames

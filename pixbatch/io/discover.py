@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
+import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixbatch.io.atomic import TEMP_MARK
@@ -34,6 +36,7 @@ class Plan:
     todo: list[Job]
     skipped: list[Job]
     problems: list[Problem]
+    notes: list[str] = field(default_factory=list)  # what discovery left out on purpose, for -v
 
 
 def output_suffix(src: Path, fmt: str) -> str:
@@ -43,10 +46,47 @@ def output_suffix(src: Path, fmt: str) -> str:
     return OUTPUT_SUFFIX[fmt]
 
 
-def _walk(folder: Path, pattern: str | None) -> list[Path]:
+def check_suffix(suffix: str) -> str:
+    """An output-name suffix is part of a file name: no folder separators, no NUL."""
+    if any(c in suffix for c in ("/", "\\", os.sep, os.altsep or "/", "\0")):
+        raise ValueError(f"{suffix!r} cannot be part of a file name (no '/', backslash or NUL)")
+    return suffix
+
+
+def _stat_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an input file, or None when it is a regular file."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return "broken symbolic link (its target does not exist)"
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a FIFO, socket or device is never read)"
+    return None
+
+
+def _walk(folder: Path, pattern: str | None, exclude: set[str], plan: Plan) -> list[Path]:
+    """Image files under ``folder`` (sorted, hidden names skipped), never descending into a folder in
+    ``exclude`` (real paths: the destination)."""
     found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+
+    def unreadable(exc: OSError) -> None:
+        plan.problems.append(Problem(Path(exc.filename or folder), f"cannot list folder ({exc.strerror or exc})"))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
+        kept = []
+        for d in sorted(dirs):
+            sub = os.path.join(root, d)
+            if d.startswith("."):
+                continue
+            if os.path.realpath(sub) in exclude:
+                plan.notes.append(f"{sub}: the destination folder, not read as input")
+                continue
+            kept.append(d)
+        dirs[:] = kept
         for name in sorted(files):
             if name.startswith("."):
                 continue
@@ -66,34 +106,64 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
               suffix_of: Callable[[Path], str] | None = None) -> Plan:
     """Map every input to ``dst_root/<path relative to its source folder>`` and sort out what to do.
 
-    A file given directly goes to ``dst_root/<name>``. Two inputs that would write the same output,
-    or an output that would replace an input, are problems, never silent overwrites. ``suffix_of``
-    chooses the output file type per input (default: from ``fmt``)."""
+    A file given directly goes to ``dst_root/<name>``. Never read as inputs: the destination folder
+    (when it lies inside a source folder) and files that are this job's own outputs (``a_x2.png`` when ``a.png`` maps to it). Problems, never silent
+    overwrites or crashes: two inputs with one output, an output that would replace an input or land
+    outside ``dst_root``, unreadable files (symbolic link loops, broken links, FIFOs, permissions).
+    ``suffix_of`` chooses the output file type per input (default: from ``fmt``)."""
+    check_suffix(suffix)
     plan = Plan([], [], [])
+    root_real = os.path.realpath(dst_root)
     pairs: list[tuple[Path, Path]] = []
     for src in sources:
-        if src.is_dir():
-            pairs += [(p, p.relative_to(src)) for p in _walk(src, glob)]
-        elif src.is_file():
+        if os.path.isdir(src):
+            pairs += [(p, p.relative_to(src)) for p in _walk(src, glob, {root_real}, plan)]
+        elif os.path.lexists(src):
             pairs.append((src, Path(src.name)))
         else:
             plan.problems.append(Problem(src, "no such file or folder"))
-    inputs = {p.resolve() for p, _ in pairs}
-    claimed: dict[Path, Path] = {}
+    readable = []
     for src, rel in pairs:
+        reason = _stat_problem(src)
+        if reason is None:
+            readable.append((src, rel))
+        else:
+            plan.problems.append(Problem(src, reason))
+    planned = []
+    for src, rel in readable:
         ext = suffix_of(src) if suffix_of is not None else output_suffix(src, fmt)
-        dst = dst_root / rel.parent / f"{rel.stem}{suffix}{ext}"
-        key = dst.resolve()
+        planned.append((src, dst_root / rel.parent / f"{rel.stem}{suffix}{ext}"))
+    # An input that is the planned output of another input (and is not mapped onto itself) is this
+    # job's own earlier output: ``a_x2.png`` beside ``a.png`` with --suffix _x2.
+    outputs = {os.path.realpath(dst): src for src, dst in planned}
+    jobs = []
+    for src, dst in planned:
+        src_real, key = os.path.realpath(src), os.path.realpath(dst)
+        if src_real in outputs and key != src_real:
+            plan.notes.append(f"{src}: the output of {outputs[src_real]}, not read as input")
+        else:
+            jobs.append((src, dst, key))
+    inputs = {os.path.realpath(src) for src, _, _ in jobs}
+    claimed: dict[str, Path] = {}
+    hint = "rename one of them" if suffix_of is not None else "rename one or use --format same"
+    for src, dst, key in jobs:
         if key in inputs:
             plan.problems.append(Problem(src, f"output {dst} would replace an input; use another "
                                               "destination or --suffix"))
         elif key in claimed:
-            plan.problems.append(Problem(src, f"output {dst} is also the output of {claimed[key]}; "
-                                              "rename one or use --format same"))
+            plan.problems.append(Problem(src, f"output {dst} is also the output of {claimed[key]}; {hint}"))
+        elif os.path.commonpath([root_real, key]) != root_real:
+            plan.problems.append(Problem(src, f"output {dst} would be written outside {dst_root} "
+                                              "(through a symbolic link)"))
+        elif os.path.islink(dst) and not os.path.exists(dst) and not overwrite:
+            plan.problems.append(Problem(src, f"output {dst} is a broken symbolic link; remove it "
+                                              "(or --overwrite replaces the link)"))
+        elif os.path.isdir(dst):
+            plan.problems.append(Problem(src, f"output {dst} is a folder"))
         else:
             claimed[key] = src
             job = Job(src, dst)
-            (plan.skipped if dst.exists() and not overwrite else plan.todo).append(job)
+            (plan.skipped if os.path.exists(dst) and not overwrite else plan.todo).append(job)
     return plan
 
 

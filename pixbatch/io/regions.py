@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixbatch.io.decode import DecodeError
+from pixbatch.io.decode import DecodeError, captured_messages
 
 OUT_TILE = 256  # tile edge of the TIFFs we write
 
@@ -55,8 +55,11 @@ class TiffRegionReader:
     def __init__(self, path: Path) -> None:
         import tifffile
 
-        self.tf = tifffile.TiffFile(path)
-        page = self.tf.pages[0]
+        with captured_messages() as notes:
+            self.tf = tifffile.TiffFile(path)
+            page = self.tf.pages[0]
+            self.frames = len(self.tf.pages)
+        self.notes = tuple(notes)
         if page.planarconfig != 1 and page.samplesperpixel > 1:
             self.tf.close()
             raise ValueError("planar (separate) TIFF samples are not supported for region reading; "

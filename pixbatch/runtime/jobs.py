@@ -14,21 +14,31 @@ from pathlib import Path
 from pixbatch.io.atomic import OutputExistsError
 from pixbatch.io.discover import Plan, remove_stale_temps
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def one_line(text: object) -> str:
+    """A path or reason as it goes into a line of the report: control characters (a newline in a
+    file name, a multi-line exception) are escaped, so every error stays exactly one line."""
+    return str(text).translate(_CONTROL)
+
 
 class JobBook:
     """Starts a run from its plan (known problems reported, stale temporary files removed) and keeps
     its report; ``write`` runs an encoder in the pool and turns its outcome into done/skipped/failed."""
 
     def __init__(self, plan: Plan, report, *, writers: int | None, progress: bool,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], info: Callable[[str], None] | None = None) -> None:
         from tqdm import tqdm
 
-        self.report, self.log = report, log
+        self.report, self.log, self.info = report, log, info or (lambda message: None)
         self.start = time.perf_counter()
         report.skipped = len(plan.skipped)
         for problem in plan.problems:
             report.failed.append((str(problem.path), problem.reason))
-            log(f"error: {problem.path}: {problem.reason}")
+            log(f"error: {one_line(problem.path)}: {one_line(problem.reason)}")
+        for note in plan.notes:
+            self.info(f"note: {one_line(note)}")
         remove_stale_temps({j.dst.parent for j in plan.todo})
         self.writers = writers or max(2, min(8, os.cpu_count() or 2))
         self.bar = tqdm(total=len(plan.todo), unit="img", disable=not progress, file=sys.stderr,
@@ -41,8 +51,17 @@ class JobBook:
     def fail(self, path: Path, reason: str) -> None:
         with self.lock:
             self.report.failed.append((str(path), reason))
-            self.log(f"error: {path}: {reason}")
+            self.log(f"error: {one_line(path)}: {one_line(reason)}")
             self.bar.update(1)
+
+    def decoded(self, path: Path, frames: int, notes: tuple[str, ...] = ()) -> None:
+        """An input was read: count multi-frame files (only their first frame is processed) and pass
+        the decoder's own warnings on to the verbose log."""
+        with self.lock:
+            if frames > 1:
+                self.report.multi_frame += 1
+            for note in notes:
+                self.info(f"note: {one_line(path)}: {one_line(note)}")
 
     def skipped(self) -> None:
         """The output appeared meanwhile (another run wrote it): it is kept."""

@@ -52,6 +52,7 @@ class Report:
     output_mp: float = 0.0
     fp32_reruns: int = 0
     oom_retries: int = 0
+    multi_frame: int = 0  # inputs with several frames or pages, of which the first was processed
     settings: dict = field(default_factory=dict)
 
     @property
@@ -66,7 +67,8 @@ class Report:
             "seconds": round(self.seconds, 3), "images_per_s": round(self.done / t, 3),
             "input_mp": round(self.input_mp, 3), "output_mp": round(self.output_mp, 3),
             "output_mp_per_s": round(self.output_mp / t, 3),
-            "fp32_reruns": self.fp32_reruns, "oom_retries": self.oom_retries, "settings": self.settings,
+            "fp32_reruns": self.fp32_reruns, "oom_retries": self.oom_retries, "multi_frame": self.multi_frame,
+            "settings": self.settings,
         }
 
 
@@ -371,12 +373,13 @@ def check_destination(dst: Path) -> None:
 
 
 def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: UpscaleOptions, plan: Plan,
-                   *, progress: bool = False, log: Callable[[str], None] = print) -> Report:
+                   *, progress: bool = False, log: Callable[[str], None] = print,
+                   info: Callable[[str], None] | None = None) -> Report:
     """Run a planned job list through the model and write every output. Never raises for a bad file."""
     from pixbatch.runtime.jobs import JobBook
 
     report = Report()
-    book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log)
+    book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info)
     jobs = plan.todo
     workers = auto_workers(len(jobs)) if opts.workers is None else opts.workers
     scale = runner.info.scale
@@ -410,6 +413,7 @@ def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: Upscale
             if error:
                 book.fail(job.src, error)
                 continue
+            book.decoded(job.src, meta.frames, meta.notes)
             h, w = pixels.shape[:2]
             if pixels.dtype == torch.uint16:
                 pixels = pixels.to(torch.int32)  # uint16 has only limited support on CUDA

@@ -193,7 +193,7 @@ class Segmenter:
                 sinks[k].push(y0, rows)
         return {k: s.arr for k, s in sinks.items()}
 
-    def run_streamed(self, src: Path, dst: Path, progress: bool = False) -> tuple[int, int]:
+    def run_streamed(self, src: Path, dst: Path, progress: bool = False, book=None) -> tuple[int, int]:
         """Huge TIFF in, tiled BigTIFF outputs, written as the bands arrive. Returns (height, width).
         Outputs go to temporary files; the extras are committed first and the mask last. ``progress``
         shows a bar of rows done, since one image can take minutes."""
@@ -208,6 +208,8 @@ class Segmenter:
             targets["overlay"] = overlay_dst
         tmps = {k: temp_path(p) for k, p in targets.items()}
         reader = TiffRegionReader(src)
+        if book is not None:
+            book.decoded(src, reader.frames, reader.notes)
         writers: dict[str, TiledTiffWriter] = {}
         try:
             h, w = reader.height, reader.width
@@ -242,12 +244,12 @@ class Segmenter:
 
 
 def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, *, progress: bool = False,
-                   log=print) -> Report:
+                   log=print, info=None) -> Report:
     """Segment every planned job and write its outputs. Never raises for a bad file."""
     from pixbatch.runtime.jobs import JobBook
 
     report = Report()
-    book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log)
+    book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info)
     streamed = [j for j in plan.todo if j.dst.suffix == ".tif" and is_tiled_tiff(j.src)]
     in_memory = [j for j in plan.todo if j not in streamed]
     workers = auto_workers(len(in_memory)) if opts.workers is None else opts.workers
@@ -278,6 +280,7 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
             if error:
                 book.fail(job.src, error)
                 continue
+            book.decoded(job.src, meta.frames, meta.notes)
             try:
                 outs = seg.run_in_memory(pixels.numpy())
             except Exception as exc:
@@ -286,7 +289,7 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
             book.write(job.src, job.dst, lambda job=job, outs=outs, meta=meta: encode(job, outs, meta))
         for job in streamed:
             try:
-                h, w = seg.run_streamed(job.src, job.dst, progress)
+                h, w = seg.run_streamed(job.src, job.dst, progress, book)
             except OutputExistsError:
                 book.skipped()
                 continue

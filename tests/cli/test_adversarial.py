@@ -115,3 +115,116 @@ def test_upscale_onto_a_real_full_tmpfs(tmp_path, tiny_checkpoint):
     assert "rc=123" in proc.stdout, proc.stdout + proc.stderr
     assert "No space left on device" in proc.stderr
     assert proc.stdout.split("rc=123")[1].split() == [".", ".."]  # nothing in out/
+
+
+def run(*args):
+    from click.testing import CliRunner
+
+    from pixbatch.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# -- 2. A symlink loop is one error line; the rest runs ---------------------------------------------
+
+@pytest.mark.parametrize("command", ["upscale", "segment"])
+def test_symlink_loop_in_the_input_tree_is_one_error_line(tmp_path, tiny_checkpoint, seg_checkpoint, command):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(noisy(16, 16)).save(src / "good.png")
+    os.symlink("self.png", src / "self.png")
+    model = tiny_checkpoint if command == "upscale" else seg_checkpoint
+    code, stdout, stderr = run("--device", "cpu", command, src, tmp_path / "out", "--model", model)
+    assert code == 123
+    assert error_lines(stderr) == [f"error: {src / 'self.png'}: symbolic link loop"]
+    assert stdout.startswith("done 1, skipped 0, failed 1")
+    assert (tmp_path / "out" / "good.png").is_file()
+
+
+# -- 3. --suffix never writes outside the destination ----------------------------------------------
+
+@pytest.mark.parametrize("suffix", ["/../../../escaped", "/"])
+def test_suffix_with_a_separator_is_a_usage_error(tmp_path, tiny_checkpoint, suffix):
+    src = tmp_path / "deep" / "er" / "in"
+    src.mkdir(parents=True)
+    Image.fromarray(noisy(16, 16)).save(src / "a.png")
+    before = all_files(tmp_path)
+    code, _, stderr = run("upscale", src, tmp_path / "deep" / "out", "--model", tiny_checkpoint, "--suffix", suffix)
+    assert code == 2 and "cannot be part of a file name" in stderr
+    assert all_files(tmp_path) == before
+
+
+# -- 6. An output folder inside the input folder is never read as input ----------------------------
+
+def test_destination_inside_the_source_three_runs(tmp_path, tiny_checkpoint):
+    nest = tmp_path / "nest"
+    nest.mkdir()
+    Image.fromarray(noisy(16, 20)).save(nest / "a.png")
+    args = ("--device", "cpu", "--json", "upscale", nest, nest / "out", "--model", tiny_checkpoint)
+    results = [run(*args) for _ in range(3)]
+    assert [r[0] for r in results] == [0, 0, 0], results[-1][2]
+    assert [(json.loads(r[1])["done"], json.loads(r[1])["skipped"]) for r in results] == [(1, 0), (0, 1), (0, 1)]
+    assert all_files(nest) == ["a.png", "out/a.png"]
+
+
+def test_suffix_into_the_input_folder_never_reprocesses_outputs(tmp_path, tiny_checkpoint):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(noisy(16, 16)).save(src / "bird.png")
+    args = ("--device", "cpu", "--json", "upscale", src, src, "--model", tiny_checkpoint, "--suffix", "_x2")
+    codes = [run(*args)[0] for _ in range(3)]
+    assert codes == [0, 0, 0]
+    assert all_files(src) == ["bird.png", "bird_x2.png"]
+
+
+# -- 7. Smaller ones ---------------------------------------------------------------------------------
+
+def test_a_newline_in_a_file_name_keeps_its_error_on_one_line(tmp_path, tiny_checkpoint):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "bad\nname.png").write_bytes(b"not a png")
+    code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / "out", "--model", tiny_checkpoint)
+    assert code == 123
+    assert stderr.splitlines() == [f"error: {src}/bad\\nname.png: not an image (unrecognised format)"]
+
+
+def test_planar_16bit_tiff_and_png_with_large_metadata_chunks(tmp_path, tiny_checkpoint):
+    from PIL import ImageCms, PngImagePlugin
+
+    src = tmp_path / "in"
+    src.mkdir()
+    planes = np.random.default_rng(0).integers(0, 65536, (3, 20, 26), dtype=np.uint16)
+    tifffile.imwrite(src / "planar.tif", planes, photometric="rgb", planarconfig="separate")
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes() + b"\0" * (3 << 20)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("comment", "x" * (3 << 20), zip=True)
+    Image.fromarray(noisy(20, 26)).save(src / "chunks.png", icc_profile=icc, pnginfo=text)
+    code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / "out", "--model", tiny_checkpoint)
+    assert code == 0, stderr
+    arr, meta = decode_image(tmp_path / "out" / "planar.tif")
+    assert arr.shape == (40, 52, 3) and meta.bits == 16
+    assert decode_image(tmp_path / "out" / "chunks.png")[1].icc == icc  # the large profile is kept
+
+
+def test_multi_frame_inputs_are_reported_once_and_library_warnings_stay_off_stderr(tmp_path, tiny_checkpoint):
+    src = tmp_path / "in"
+    src.mkdir()
+    frames = [Image.fromarray(noisy(12, 12, seed=i)) for i in range(3)]
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    tifffile.imwrite(src / "pages.tif", np.stack([noisy(12, 12, seed=i) for i in range(2)]), photometric="rgb")
+    # A TIFF whose declared sample format disagrees with its data: tifffile logs a warning about it.
+    Image.fromarray(noisy(12, 12)).save(src / "odd.tif", tiffinfo={339: 9})
+    # EXIF whose tag points past its end: Pillow warns "Corrupt EXIF data" (a UserWarning on stderr).
+    bad_exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x0f\x01\x02\x00\xff\xff\xff\x7f\x00\x00\x00\x00"
+    Image.fromarray(noisy(12, 12)).save(src / "exif.jpg", exif=bad_exif)
+    code, stdout, stderr = run("--device", "cpu", "upscale", src, tmp_path / "out", "--model", tiny_checkpoint)
+    assert "note: 2 input(s) had several frames or pages" in stdout
+    assert all(line.startswith("error:") for line in stderr.splitlines()), stderr  # nothing else
+    code_v, _, stderr_v = run("--device", "cpu", "-v", "upscale", src, tmp_path / "out2", "--model", tiny_checkpoint)
+    assert code_v == code == 123  # odd.tif cannot be read
+    assert f"note: {src / 'exif.jpg'}: Corrupt EXIF data." in stderr_v

@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 from pixbatch.io.discover import plan_jobs, remove_stale_temps
 
 
@@ -60,3 +62,95 @@ def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
     other = touch(tmp_path / "c.png")
     assert remove_stale_temps({tmp_path}) == 1
     assert not dead.exists() and alive.exists() and other.exists()
+
+
+# -- adversarial inputs: each is one problem line for its own path; the rest is planned -------------
+
+def test_symlink_loops_broken_links_and_fifos_are_problems_not_crashes(tmp_path):
+    src = tmp_path / "in"
+    touch(src / "good.png")
+    os.symlink("self.png", src / "self.png")  # a loop
+    os.symlink("a.png", src / "b.png")
+    os.symlink("b.png", src / "a.png")  # a two-link loop
+    os.symlink("gone.png", src / "dangling.png")
+    os.mkfifo(src / "pipe.png")
+    plan = plan_jobs([src], tmp_path / "out")
+    assert [j.src.name for j in plan.todo] == ["good.png"]
+    reasons = {p.path.name: p.reason for p in plan.problems}
+    assert reasons == {
+        "self.png": "symbolic link loop", "a.png": "symbolic link loop", "b.png": "symbolic link loop",
+        "dangling.png": "broken symbolic link (its target does not exist)",
+        "pipe.png": "not a regular file (a FIFO, socket or device is never read)",
+    }
+    plan = plan_jobs([src / "self.png"], tmp_path / "out")  # named directly
+    assert [(p.path.name, p.reason) for p in plan.problems] == [("self.png", "symbolic link loop")]
+
+
+@pytest.mark.parametrize("suffix", ["/../../../escaped", "/", "a/b", "x\\y", "nul\0"])
+def test_suffix_with_path_separators_is_refused(tmp_path, suffix):
+    touch(tmp_path / "in" / "a.png")
+    with pytest.raises(ValueError, match="cannot be part of a file name"):
+        plan_jobs([tmp_path / "in"], tmp_path / "out", suffix=suffix)
+
+
+def test_an_output_reached_through_a_symlinked_folder_outside_dst_is_a_problem(tmp_path):
+    touch(tmp_path / "in" / "sub" / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "out" / "sub")
+    plan = plan_jobs([tmp_path / "in"], tmp_path / "out")
+    assert not plan.todo
+    assert plan.problems[0].reason.startswith(f"output {tmp_path / 'out' / 'sub' / 'a.png'} would be written "
+                                              f"outside {tmp_path / 'out'}")
+
+
+def test_destination_inside_the_source_is_never_read(tmp_path):
+    nest = tmp_path / "nest"
+    touch(nest / "a.png"), touch(nest / "sub" / "b.png")
+    touch(nest / "out" / "a.png"), touch(nest / "out" / "sub" / "b.png")  # a previous run's outputs
+    plan = plan_jobs([nest], nest / "out")
+    assert sorted(j.src.name for j in plan.skipped) == ["a.png", "b.png"]
+    assert not plan.todo and not plan.problems
+    assert plan.notes == [f"{nest / 'out'}: the destination folder, not read as input"]
+
+
+def test_own_outputs_beside_the_inputs_are_not_inputs(tmp_path):
+    src = tmp_path / "in"
+    touch(src / "bird.png")
+    plan = plan_jobs([src], src, suffix="_x2")
+    assert [j.dst.name for j in plan.todo] == ["bird_x2.png"]
+    touch(src / "bird_x2.png")  # what that run wrote
+    plan = plan_jobs([src], src, suffix="_x2")
+    assert not plan.todo and not plan.problems and [j.src.name for j in plan.skipped] == ["bird.png"]
+    assert plan.notes == [f"{src / 'bird_x2.png'}: the output of {src / 'bird.png'}, not read as input"]
+
+
+def test_a_dangling_symlink_at_an_output_path_is_a_problem_not_a_skip(tmp_path):
+    touch(tmp_path / "in" / "a.png")
+    (tmp_path / "out").mkdir()
+    os.symlink("nowhere.png", tmp_path / "out" / "a.png")
+    plan = plan_jobs([tmp_path / "in"], tmp_path / "out")
+    assert not plan.todo and not plan.skipped
+    assert plan.problems[0].reason == (f"output {tmp_path / 'out' / 'a.png'} is a broken symbolic link; "
+                                       "remove it (or --overwrite replaces the link)")
+    plan = plan_jobs([tmp_path / "in"], tmp_path / "out", overwrite=True)
+    assert len(plan.todo) == 1
+
+
+def test_collision_hint_fits_the_command(tmp_path):
+    touch(tmp_path / "in" / "a.png"), touch(tmp_path / "in" / "a.jpg")
+    plan = plan_jobs([tmp_path / "in"], tmp_path / "out", suffix_of=lambda p: ".png")
+    assert plan.problems[0].reason.endswith("; rename one of them")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder")
+def test_an_unreadable_folder_is_a_problem(tmp_path):
+    touch(tmp_path / "in" / "a.png")
+    touch(tmp_path / "in" / "locked" / "b.png")
+    (tmp_path / "in" / "locked").chmod(0)
+    try:
+        plan = plan_jobs([tmp_path / "in"], tmp_path / "out")
+    finally:
+        (tmp_path / "in" / "locked").chmod(0o755)
+    assert [j.src.name for j in plan.todo] == ["a.png"]
+    assert plan.problems[0].reason.startswith("cannot list folder")
