@@ -29,13 +29,14 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None
     """Y-PSNR/SSIM (BT.601, SCALE pixels shaved) and RGB PSNR per image and on average, next to
     MATLAB-bicubic upsampling. LR images are made from HR exactly as MATLAB's imresize does."""
     from pixbatch.runtime.device import StartupError
+    from pixbatch.runtime.prepare import ModelFailedError
     from pixbatch.runtime.session import load_runner
     from pixbatch.train.evaluate import evaluate_sr, mean_metrics
 
     try:
         runner = load_runner(app, model_name, scale, precision, False, True, n_jobs=0, kernels="auto")
         results = evaluate_sr(runner, hr_dir, lr_dir)
-    except (StartupError, FileNotFoundError, ValueError) as exc:
+    except (StartupError, FileNotFoundError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
     model_mean = mean_metrics([r.model for r in results])
     bicubic_mean = mean_metrics([r.bicubic for r in results])
@@ -80,6 +81,7 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile,
     """Per-image and pooled (all pixels together) Dice (= F1), IoU, pixel accuracy, precision,
     recall (sensitivity), specificity and, for binary models, AUC-ROC."""
     from pixbatch.runtime.device import StartupError
+    from pixbatch.runtime.prepare import ModelFailedError
     from pixbatch.runtime.session import load_runner
     from pixbatch.train.evaluate import mean_metrics
     from pixbatch.train.evaluate_seg import evaluate_seg
@@ -91,7 +93,7 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile,
             threshold = float((runner.info.training or {}).get("threshold", 0.5))
         results, pooled = evaluate_seg(runner, images, masks, roi, threshold=threshold, ignore_index=ignore_index,
                                        tile=tile, overlap=overlap)
-    except (StartupError, FileNotFoundError, PairingError, ValueError) as exc:
+    except (StartupError, FileNotFoundError, PairingError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
     mean = mean_metrics([r.scores for r in results])
     summary = {"model": runner.info.name, "images": str(images), "masks": str(masks),

@@ -33,7 +33,9 @@ class App:
             click.echo(message, err=True)
 
     def fail_start(self, message: str) -> None:
-        click.echo(f"error: {message}", err=True)
+        from pixbatch.runtime.jobs import one_line
+
+        click.echo(f"error: {one_line(message)}", err=True)
         sys.exit(EXIT_STARTUP)
 
     def finish(self, report) -> None:

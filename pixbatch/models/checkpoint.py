@@ -57,17 +57,23 @@ def save_checkpoint(module: nn.Module, path: Path, *, name: str, kwargs: dict | 
 
 
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and string metadata of a checkpoint, loaded without unpickling code."""
+    """Tensors and string metadata of a checkpoint, loaded without unpickling code. Any file that is
+    not one is an UnsupportedModelError with a one-line reason, never a library's traceback."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UnsupportedModelError(f"{path}: empty file")
     if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
-        tensors = {}
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+        try:
+            tensors = {}
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = f.metadata() or {}
+                for key in f.keys():
+                    tensors[key] = f.get_tensor(key)
+        except Exception as exc:  # bad header, offsets or dtypes; a truncated body
+            raise UnsupportedModelError(f"{path}: not a valid safetensors file ({_first_line(exc)})") from None
         return tensors, metadata
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -75,32 +81,101 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         raise UnsupportedModelError(
             f"{path}: cannot be read as plain weights ({type(exc).__name__}); pixbatch only loads "
             "safetensors or state dicts that torch.load(weights_only=True) accepts"
-        ) from exc
+        ) from None
     if not isinstance(obj, dict):
         raise UnsupportedModelError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return obj, {}
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _config(path: Path, raw: str) -> tuple[str, dict, dict | None]:
+    """(registered name, kwargs, training) from our metadata, checked for shape."""
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:
+        raise UnsupportedModelError(f"{path}: its {METADATA_KEY} metadata is not JSON ({exc})") from None
+    name = config.get("name") if isinstance(config, dict) else None
+    kwargs = config.get("kwargs", {}) if isinstance(config, dict) else None
+    training = config.get("training") if isinstance(config, dict) else None
+    simple = (int, float, str, bool, type(None), list)
+    if (not isinstance(name, str) or not isinstance(kwargs, dict)
+            or not all(isinstance(k, str) and isinstance(v, simple) for k, v in kwargs.items())):
+        raise UnsupportedModelError(f"{path}: its {METADATA_KEY} metadata does not name an architecture and "
+                                    "its arguments")
+    return name, kwargs, training if isinstance(training, dict) else None
+
+
+def build_checked(name: str, kwargs: dict, tensors: dict, path: Path) -> nn.Module:
+    """Build ``name(**kwargs)`` and load ``tensors`` into it, strictly. The architecture is built on
+    the meta device first and compared with the file's keys and shapes, so arguments from a file
+    (``n_feats=200000``) never allocate anything that the file does not hold itself."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_registered(name, **kwargs)
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:  # unknown name, arguments the builder rejects
+        raise UnsupportedModelError(f"{path}: cannot build {name} from its stored arguments "
+                                    f"({_first_line(exc)})") from None
+    expected = skeleton.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong = [k for k in expected if k in tensors and (not isinstance(tensors[k], torch.Tensor)
+                                                      or tuple(tensors[k].shape) != tuple(expected[k].shape))]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise UnsupportedModelError(f"{path}: its tensors do not fit {name}: {', '.join(parts)}")
+    module = build_registered(name, **kwargs)
+    module.load_state_dict(tensors, strict=True)
+    return module
+
+
+def check_finite(module: nn.Module, path: Path) -> None:
+    """Weights that hold NaN or Inf can only produce NaN/black images: refuse them at load."""
+    bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UnsupportedModelError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values (e.g. {bad[0]}); "
+                                    "the checkpoint is damaged")
+
+
 def load_checkpoint(path: Path, scale: int | None = None) -> LoadedModel:
-    """Load any checkpoint; ``scale`` picks the branch of multi-scale models (CARN-M; default 4)."""
+    """Load any checkpoint; ``scale`` picks the branch of multi-scale models (CARN-M; default 4).
+    Every problem with the file is an UnsupportedModelError (or FileNotFoundError) with one line."""
+    try:
+        return _load_checkpoint(path, scale)
+    except (UnsupportedModelError, FileNotFoundError):
+        raise
+    except MemoryError:
+        raise UnsupportedModelError(f"{path}: not enough memory to load it") from None
+    except Exception as exc:  # whatever else a hostile file makes a library do: one line, not a traceback
+        raise UnsupportedModelError(f"{path}: cannot be loaded ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _load_checkpoint(path: Path, scale: int | None) -> LoadedModel:
     tensors, metadata = read_state_dict(path)
     if METADATA_KEY in metadata:
-        config = json.loads(metadata[METADATA_KEY])
-        module = build_registered(config["name"], **config.get("kwargs", {}))
-        module.load_state_dict(tensors, strict=True)
-        info = describe_native(config["name"], module, source="checkpoint", path=str(path),
-                               training=config.get("training") or None)
-        return LoadedModel(module.eval(), info)
-    native = _recognise_native(tensors, scale)
-    if native is not None:  # a published architecture we implement ourselves, with its original keys
+        name, kwargs, training = _config(path, metadata[METADATA_KEY])
+        module = build_checked(name, kwargs, tensors, path)
+        info = describe_native(name, module, source="checkpoint", path=str(path), training=training)
+    elif (native := _recognise_native(tensors, scale)) is not None:
+        # A published architecture we implement ourselves, with its original keys.
         name, kwargs, tensors = native
-        module = build_registered(name, **kwargs)
-        module.load_state_dict(tensors, strict=True)
+        module = build_checked(name, kwargs, tensors, path)
         info = describe_native(path.name, module, source="foreign", path=str(path), recognised_by="pixbatch")
-        return LoadedModel(module.eval(), info)
-    from pixbatch.models.foreign.spandrel_loader import load_foreign
+    else:
+        from pixbatch.models.foreign.spandrel_loader import load_foreign
 
-    return load_foreign(tensors, path)
+        loaded = load_foreign(tensors, path)
+        module, info = loaded.module, loaded.info
+    check_finite(module, path)
+    return LoadedModel(module.eval(), info)
 
 
 def _recognise_native(tensors: dict, scale: int | None = None) -> tuple[str, dict, dict] | None:

@@ -10,14 +10,14 @@ memory is bounded by one band of tiles, whatever the image height.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from pixbatch.runtime.prepare import Runner
+from pixbatch.runtime.prepare import NON_FINITE, ModelFailedError, Runner
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,12 @@ def _to_planes(pixels: np.ndarray, device: torch.device, in_channels: int) -> to
     return x
 
 
-def predict_bands(runner: Runner, source: RowSource, tile: int, overlap: int, batch: int = 1) -> Iterator[tuple[int, torch.Tensor]]:
+def predict_bands(runner: Runner, source: RowSource, tile: int, overlap: int, batch: int = 1,
+                  on_rerun: Callable[[int], None] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Blended logits of the whole image as (first real row, (C, rows, width) float32 on the device)
-    bands, top to bottom. ``source`` has height/width/channels and read_rows(y0, y1)."""
+    bands, top to bottom. ``source`` has height/width/channels and read_rows(y0, y1). Windows whose
+    reduced-precision output is not finite run again in fp32 (``on_rerun`` counts them); still not
+    finite, the image fails with ModelFailedError."""
     m = runner.info.size_multiple
     ay = plan_axis(source.height, tile, overlap, m)
     ax = plan_axis(source.width, tile, overlap, m)
@@ -130,8 +133,13 @@ def predict_bands(runner: Runner, source: RowSource, tile: int, overlap: int, ba
             if len(windows) == batch or xs == ax.starts[-1]:
                 batch_in = torch.stack([p for _, p in windows])
                 logits = runner(batch_in)
-                if runner.dtype != torch.float32 and not bool(torch.isfinite(logits).all()):
-                    logits = runner.run_fp32(batch_in)  # the precision guard
+                if not bool(torch.isfinite(logits).all()):
+                    if runner.dtype != torch.float32:  # the precision guard
+                        logits = runner.run_fp32(batch_in)
+                        if on_rerun is not None:
+                            on_rerun(len(windows))
+                    if not bool(torch.isfinite(logits).all()):
+                        raise ModelFailedError(NON_FINITE)
                 for (x0, _), y in zip(windows, logits):
                     acc[:, :, x0:x0 + ax.tile] += y * w2d
                 windows = []

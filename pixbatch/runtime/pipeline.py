@@ -22,7 +22,7 @@ from pixbatch.io.decode import DEFAULT_MAX_PIXELS, DecodeError, ImageMeta, decod
 from pixbatch.io.discover import Job, Plan, plan_jobs
 from pixbatch.io.encode import EncodeOptions, write_image
 from pixbatch.runtime.device import StartupError
-from pixbatch.runtime.prepare import Runner
+from pixbatch.runtime.prepare import NON_FINITE, ModelFailedError, Runner
 from pixbatch.runtime.tiling import Window, plan_windows
 
 MIN_TILE = 16
@@ -258,10 +258,20 @@ class Engine:
                 self._back_off(batch)
             else:  # the model rejected this input: fail these images, keep going
                 for work in {id(u.work): u.work for u in batch}.values():
-                    work.failed = True
-                    self.on_image_failed(work, f"model failed ({type(exc).__name__}: {exc})")
+                    self._fail(work, f"model failed ({type(exc).__name__}: {exc})")
             return
+        finite = torch.isfinite(y).flatten(1).all(1).tolist()
+        i = 0
+        for u in batch:  # still not finite after the fp32 rerun: that image fails, never a black output
+            if not all(finite[i:i + u.work.k]):
+                self._fail(u.work, NON_FINITE)
+            i += u.work.k
         self._store(batch, y)
+
+    def _fail(self, work: _Work, reason: str) -> None:
+        if not work.failed:
+            work.failed = True
+            self.on_image_failed(work, reason)
 
     def _forward(self, x: torch.Tensor, fp32: bool) -> torch.Tensor:
         if fp32 or self.runner.dtype == torch.float32:
@@ -288,8 +298,7 @@ class Engine:
         win = unit.win
         tile = max(win.ch, win.cw) // 2
         if tile < MIN_TILE:
-            unit.work.failed = True
-            self.on_image_failed(unit.work, f"out of memory even for a {win.h}x{win.w} window")
+            self._fail(unit.work, f"out of memory even for a {win.h}x{win.w} window")
             return
         self.tile = min(self.tile, tile)
         self.budget = min(self.budget, win.h * win.w // 2)  # later images are cut to fit as well
@@ -308,6 +317,8 @@ class Engine:
             oy, ox = (u.win.cy0 - u.win.y0) * s, (u.win.cx0 - u.win.x0) * s
             core = y[i:i + k, :, oy:oy + u.win.ch * s, ox:ox + u.win.cw * s]
             i += k
+            if u.work.failed:
+                continue
             if self.float_output:
                 w = u.win
                 u.work.out[:, :, w.cy0 * s:(w.cy0 + w.ch) * s, w.cx0 * s:(w.cx0 + w.cw) * s] = core
@@ -350,7 +361,7 @@ def upscale_tensor(runner: Runner, x: torch.Tensor, *, tile: int = 0, overlap: i
         engine.add(_Work(None, None, x[i:i + 1], out[i:i + 1]))
     engine.flush()
     if errors:
-        raise RuntimeError(errors[0])
+        raise ModelFailedError(errors[0])
     return out
 
 
@@ -432,4 +443,4 @@ def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: Upscale
     return report
 
 
-__all__ = ["Report", "UpscaleOptions", "check_destination", "plan_jobs", "upscale_images"]
+__all__ = ["ModelFailedError", "Report", "UpscaleOptions", "check_destination", "plan_jobs", "upscale_images"]

@@ -12,6 +12,12 @@ from torch.nn import functional as F
 from pixbatch.models import LoadedModel, ModelInfo
 
 COMPILE_BUCKET = 64  # compiled runs pad (mirror, bottom/right) to multiples of this many px
+NON_FINITE = "model output is NaN or Inf even in fp32 (a damaged or diverged model)"
+
+
+class ModelFailedError(RuntimeError):
+    """The model could not produce a usable output for an input (non-finite even in fp32, or it
+    raised); the message is the reason shown to the user."""
 
 
 @dataclass

@@ -25,7 +25,7 @@ from pixbatch.io.encode import EncodeOptions, write_image
 from pixbatch.io.regions import RegionSource, TiffRegionReader, TiledTiffWriter, is_tiled_tiff
 from pixbatch.runtime.blend import predict_bands
 from pixbatch.runtime.pipeline import Report, _DecodeSet, auto_workers, device_pixel_budget, is_oom
-from pixbatch.runtime.prepare import Runner
+from pixbatch.runtime.prepare import ModelFailedError, Runner
 
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 128
@@ -157,10 +157,14 @@ class Segmenter:
     def __init__(self, runner: Runner, opts: SegmentOptions) -> None:
         self.runner, self.opts = runner, opts
         self.post = _Post(runner, opts)
+        self.fp32_reruns = 0  # windows recomputed in fp32 by the precision guard
         if opts.batch_size:
             self.batch = opts.batch_size
         else:
             self.batch = max(1, device_pixel_budget(runner) // (opts.tile * opts.tile)) if runner.device.type == "cuda" else 1
+
+    def _count_reruns(self, n: int) -> None:
+        self.fp32_reruns += n
 
     def bands(self, source):
         """(y0, outputs) per band, with OOM back-off: the batch halves and the image restarts without
@@ -169,7 +173,8 @@ class Segmenter:
         emitted = 0
         while True:
             try:
-                for y0, logits in predict_bands(self.runner, source, self.opts.tile, self.opts.overlap, self.batch):
+                for y0, logits in predict_bands(self.runner, source, self.opts.tile, self.opts.overlap, self.batch,
+                                                on_rerun=self._count_reruns):
                     if y0 < emitted:
                         continue
                     pixels = source.read_rows(y0, y0 + logits.shape[1]) if self.opts.overlay else None
@@ -300,12 +305,13 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
         book.wait()
     finally:
         book.close()
+        report.fp32_reruns = seg.fp32_reruns
     return report
 
 
 def _model_error(exc: Exception) -> str:
     if is_oom(exc):
         return "out of memory even one window at a time; use a smaller --tile"
-    if isinstance(exc, (DecodeError, ValueError, OSError)):
+    if isinstance(exc, (DecodeError, ModelFailedError, ValueError, OSError)):
         return str(exc)
     return f"segmentation failed ({type(exc).__name__}: {exc})"

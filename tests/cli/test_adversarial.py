@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
 from pixbatch.io.decode import decode_image
@@ -228,3 +229,93 @@ def test_multi_frame_inputs_are_reported_once_and_library_warnings_stay_off_stde
     code_v, _, stderr_v = run("--device", "cpu", "-v", "upscale", src, tmp_path / "out2", "--model", tiny_checkpoint)
     assert code_v == code == 123  # odd.tif cannot be read
     assert f"note: {src / 'exif.jpg'}: Corrupt EXIF data." in stderr_v
+
+
+# -- 4. Malformed checkpoints: one line, exit 1, nothing written, in every command that loads one ------
+
+def test_hostile_checkpoints_in_every_command(tmp_path, tiny_checkpoint):
+    from tests.models.test_checkpoint import hostile_checkpoints
+
+    files, canary = hostile_checkpoints(tmp_path / "ckpt", tiny_checkpoint)
+    src = tmp_path / "in"
+    (src / "masks").mkdir(parents=True)
+    Image.fromarray(noisy(16, 16)).save(src / "a.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(src / "masks" / "a.png")
+    out = tmp_path / "out"
+    commands = {
+        "upscale": ("upscale", src, out, "--model"),
+        "segment": ("segment", src, out, "--model"),
+        "models": ("models",),
+        "eval sr": ("eval", "sr", "--hr", src, "--model"),
+        "eval seg": ("eval", "seg", "--images", src, "--masks", src / "masks", "--model"),
+    }
+    for name, path in files.items():
+        for command, args in commands.items():
+            code, stdout, stderr = run("--device", "cpu", *args, path)
+            assert code == 1, (name, command, stderr)
+            assert stdout == "" and len(stderr.splitlines()) == 1, (name, command, stderr)
+            assert stderr.startswith("error: ") and "Traceback" not in stderr, (name, command, stderr)
+            assert not out.exists(), (name, command)
+    assert not canary.exists()
+
+
+# -- 5. A model whose output is not finite never writes black images ---------------------------------
+
+def _overflowing_checkpoint(folder, good):
+    """Finite weights whose output overflows to Inf/NaN, in fp32 too."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(good))
+    with safe_open(str(good), "pt") as f:
+        metadata = f.metadata()
+    first = next(k for k in tensors if k.endswith("weight"))
+    tensors[first] = tensors[first].sign() * 3e38
+    path = folder / "overflow.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def test_non_finite_output_fails_each_image_in_upscale_and_eval(tmp_path, tiny_checkpoint):
+    model = _overflowing_checkpoint(tmp_path, tiny_checkpoint)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(noisy(16, 16, seed=i)).save(src / f"{i}.png")
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"out_{precision}"
+        code, stdout, stderr = run("--device", "cpu", "--json", "upscale", src, out, "--model", model,
+                                   "--precision", precision)
+        assert code == 123
+        assert error_lines(stderr) == [f"error: {src / f'{i}.png'}: model output is NaN or Inf even in fp32 "
+                                       "(a damaged or diverged model)" for i in range(2)]
+        assert json.loads(stdout)["done"] == 0 and all_files(out) == []
+        if precision == "bf16":
+            assert json.loads(stdout)["fp32_reruns"] == 2
+    code, _, stderr = run("--device", "cpu", "eval", "sr", "--hr", src, "--model", model)
+    assert code == 1 and stderr.startswith("error: model output is NaN or Inf even in fp32")
+
+
+def test_segment_counts_its_fp32_reruns_and_fails_non_finite_images(tmp_path, seg_checkpoint, monkeypatch):
+    from pixbatch.runtime.prepare import Runner
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(noisy(40, 40)).save(src / "a.png")
+    real_call = Runner.__call__
+
+    def nan_in_reduced_precision(self, x):  # bf16 output is NaN; the fp32 rerun is real
+        return torch.full_like(real_call(self, x), float("nan"))
+
+    monkeypatch.setattr(Runner, "__call__", nan_in_reduced_precision)
+    code, stdout, stderr = run("--device", "cpu", "--json", "segment", src, tmp_path / "out", "--model",
+                               seg_checkpoint, "--precision", "bf16")
+    assert code == 0, stderr
+    assert json.loads(stdout)["fp32_reruns"] == 1 and (tmp_path / "out" / "a.png").is_file()
+    monkeypatch.setattr(Runner, "run_fp32", nan_in_reduced_precision)
+    code, stdout, stderr = run("--device", "cpu", "--json", "segment", src, tmp_path / "out2", "--model",
+                               seg_checkpoint, "--precision", "bf16")
+    assert code == 123
+    assert error_lines(stderr) == [f"error: {src / 'a.png'}: model output is NaN or Inf even in fp32 "
+                                   "(a damaged or diverged model)"]
+    assert all_files(tmp_path / "out2") == []

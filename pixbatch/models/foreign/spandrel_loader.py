@@ -17,8 +17,12 @@ def load_foreign(state_dict: dict, path: Path) -> LoadedModel:
 
     try:
         descriptor = spandrel.ModelLoader().load_from_state_dict(spandrel.canonicalize_state_dict(state_dict))
-    except spandrel.UnsupportedModelError as exc:
-        raise UnsupportedModelError(f"{path}: unrecognised architecture (not a model spandrel knows)") from exc
+    except spandrel.UnsupportedModelError:
+        raise UnsupportedModelError(f"{path}: unrecognised architecture (not a model spandrel knows)") from None
+    except Exception as exc:  # keys of a known architecture with shapes or values that do not fit it
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnsupportedModelError(f"{path}: looks like a known architecture but cannot be loaded "
+                                    f"({type(exc).__name__}: {reason})") from None
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise UnsupportedModelError(f"{path}: {descriptor.architecture.name} is not an image-to-image model")
     if descriptor.input_channels != 3 or descriptor.output_channels != 3:
