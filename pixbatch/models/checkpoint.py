@@ -6,6 +6,7 @@ Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(..., weig
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -76,7 +77,9 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             raise UnsupportedModelError(f"{path}: not a valid safetensors file ({_first_line(exc)})") from None
         return tensors, metadata
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle with code in it, a TorchScript archive, or not a checkpoint
         raise UnsupportedModelError(
             f"{path}: cannot be read as plain weights ({type(exc).__name__}); pixbatch only loads "

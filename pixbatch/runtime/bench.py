@@ -68,7 +68,7 @@ def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
         Report,
         UpscaleOptions,
         _DecodeSet,
-        auto_workers,
+        decode_workers,
         pixels_from_planes,
         planes_from_pixels,
         upscale_tensor,
@@ -78,7 +78,7 @@ def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
     from pixbatch.io.discover import Job
 
     jobs = [Job(f, f) for f in files]
-    workers = auto_workers(n) if opts.workers is None else opts.workers
+    workers = decode_workers(opts.workers, n)
     stages: dict[str, dict] = {}
 
     # decode: the pipeline's own DataLoader, workers included (their start-up counted, as in a run)

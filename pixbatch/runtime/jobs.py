@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from pixbatch.io import claims
 from pixbatch.io.atomic import OutputExistsError
 from pixbatch.io.discover import Plan, remove_stale_temps
 
@@ -39,7 +40,13 @@ class JobBook:
             log(f"error: {one_line(problem.path)}: {one_line(problem.reason)}")
         for note in plan.notes:
             self.info(f"note: {one_line(note)}")
-        remove_stale_temps({j.dst.parent for j in plan.todo})
+        folders = {j.dst.parent for j in plan.todo}
+        remove_stale_temps(folders)
+        for folder in folders:
+            if folder.is_dir():
+                claims.remove_stale_claims(folder)
+        self.todo = plan.todo
+        self.owner = claims.owner_token()  # this run's name on the outputs it claims
         self.writers = writers or max(2, min(8, os.cpu_count() or 2))
         self.bar = tqdm(total=len(plan.todo), unit="img", disable=not progress, file=sys.stderr,
                         dynamic_ncols=True, smoothing=0.1)
@@ -62,6 +69,17 @@ class JobBook:
                 self.report.multi_frame += 1
             for note in notes:
                 self.info(f"note: {one_line(path)}: {one_line(note)}")
+
+    def claim(self, dst: Path) -> bool:
+        """Claim an output before its work starts; False when another live run is making it."""
+        return claims.claim(dst, self.owner)
+
+    def elsewhere(self, path: Path) -> None:
+        """Another run holds the claim on this input's output: it is that run's work, not ours."""
+        with self.lock:
+            self.report.skipped += 1
+            self.info(f"note: {one_line(path)}: its output is being written by another run")
+            self.bar.update(1)
 
     def skipped(self) -> None:
         """The output appeared meanwhile (another run wrote it): it is kept."""
@@ -94,6 +112,7 @@ class JobBook:
             return
         finally:
             self.slots.release()
+            claims.release(dst, self.owner)
         self.done(input_mp, output_mp)
 
     def wait(self) -> None:
@@ -103,5 +122,7 @@ class JobBook:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for job in self.todo:  # claims of images that failed or were interrupted
+            claims.release(job.dst, self.owner)
         self.bar.close()
         self.report.seconds = time.perf_counter() - self.start

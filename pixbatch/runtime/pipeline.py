@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pixbatch.io import claims
 from pixbatch.io.decode import DEFAULT_MAX_PIXELS, DecodeError, ImageMeta, decode_image
 from pixbatch.io.discover import Job, Plan, plan_jobs
 from pixbatch.io.encode import EncodeOptions, write_image
@@ -72,16 +73,22 @@ class Report:
         }
 
 
-class _DecodeSet(Dataset):
-    """Decodes in worker processes; a bad file becomes an error record, never an exception."""
+CLAIMED_ELSEWHERE = "\0claimed"  # decode record: another run is making this output
 
-    def __init__(self, jobs: list[Job], max_pixels: int) -> None:
-        self.jobs, self.max_pixels = jobs, max_pixels
+
+class _DecodeSet(Dataset):
+    """Decodes in worker processes; a bad file becomes an error record, never an exception. With an
+    ``owner``, each output is claimed for that run before its input is decoded."""
+
+    def __init__(self, jobs: list[Job], max_pixels: int, owner: str | None = None) -> None:
+        self.jobs, self.max_pixels, self.owner = jobs, max_pixels, owner
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def __getitem__(self, i: int):
+        if self.owner is not None and not claims.claim(self.jobs[i].dst, self.owner):
+            return i, torch.empty(0), None, CLAIMED_ELSEWHERE
         try:
             arr, meta = decode_image(self.jobs[i].src, self.max_pixels)
             return i, torch.from_numpy(arr), meta, ""
@@ -365,11 +372,35 @@ def upscale_tensor(runner: Runner, x: torch.Tensor, *, tile: int = 0, overlap: i
     return out
 
 
+WORKER_MEMORY = 1 << 30  # bytes a decode worker may need: its interpreter, torch and a few prefetched images
+
+
 def auto_workers(n_jobs: int) -> int:
     """Decode processes: none for a handful of files; else about half the cores (the rest compute)."""
     if n_jobs < 4:
         return 0
     return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def available_memory() -> int | None:
+    """Bytes the system can give without swapping (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def decode_workers(requested: int | None, n_jobs: int) -> int:
+    """Worker processes for decoding: ``requested`` (None = automatic), never more than the cores,
+    the files to decode, or what free memory holds at ``WORKER_MEMORY`` each."""
+    workers = auto_workers(n_jobs) if requested is None else requested
+    memory = available_memory()
+    cap = min(os.cpu_count() or 1, n_jobs, memory // WORKER_MEMORY if memory is not None else workers)
+    return max(0, min(workers, cap))
 
 
 def check_destination(dst: Path) -> None:
@@ -392,7 +423,7 @@ def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: Upscale
     report = Report()
     book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info)
     jobs = plan.todo
-    workers = auto_workers(len(jobs)) if opts.workers is None else opts.workers
+    workers = decode_workers(opts.workers, len(jobs))
     scale = runner.info.scale
 
     def encode(work: _Work) -> tuple[float, float]:
@@ -415,12 +446,15 @@ def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: Upscale
         "channels_last": runner.channels_last, "compile": runner.compiled is not None, "kernels": runner.kernels,
         "tile": engine.tile, "tile_overlap": engine.overlap, "workers": workers, "writers": book.writers,
     }
-    loader = DataLoader(_DecodeSet(jobs, opts.max_pixels), batch_size=None, shuffle=False,
+    loader = DataLoader(_DecodeSet(jobs, opts.max_pixels, book.owner), batch_size=None, shuffle=False,
                         num_workers=workers, pin_memory=runner.device.type == "cuda",
                         prefetch_factor=4 if workers else None, persistent_workers=False)
     try:
         for i, pixels, meta, error in loader:
             job = jobs[i]
+            if error == CLAIMED_ELSEWHERE:
+                book.elsewhere(job.src)
+                continue
             if error:
                 book.fail(job.src, error)
                 continue
@@ -443,4 +477,4 @@ def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: Upscale
     return report
 
 
-__all__ = ["ModelFailedError", "Report", "UpscaleOptions", "check_destination", "plan_jobs", "upscale_images"]
+__all__ = ["Report", "UpscaleOptions", "check_destination", "plan_jobs", "upscale_images"]

@@ -24,7 +24,14 @@ from pixbatch.io.discover import Job, Plan
 from pixbatch.io.encode import EncodeOptions, write_image
 from pixbatch.io.regions import RegionSource, TiffRegionReader, TiledTiffWriter, is_tiled_tiff
 from pixbatch.runtime.blend import predict_bands
-from pixbatch.runtime.pipeline import Report, _DecodeSet, auto_workers, device_pixel_budget, is_oom
+from pixbatch.runtime.pipeline import (
+    CLAIMED_ELSEWHERE,
+    Report,
+    _DecodeSet,
+    decode_workers,
+    device_pixel_budget,
+    is_oom,
+)
 from pixbatch.runtime.prepare import ModelFailedError, Runner
 
 DEFAULT_TILE = 1024
@@ -257,7 +264,7 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
     book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info)
     streamed = [j for j in plan.todo if j.dst.suffix == ".tif" and is_tiled_tiff(j.src)]
     in_memory = [j for j in plan.todo if j not in streamed]
-    workers = auto_workers(len(in_memory)) if opts.workers is None else opts.workers
+    workers = decode_workers(opts.workers, len(in_memory))
     seg = Segmenter(runner, opts)
     classes = runner.info.out_channels
     report.settings = {
@@ -277,11 +284,14 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
         h, w = outs["mask"].shape[:2]
         return h * w / 1e6, h * w / 1e6
 
-    loader = DataLoader(_DecodeSet(in_memory, opts.max_pixels), batch_size=None, shuffle=False,
+    loader = DataLoader(_DecodeSet(in_memory, opts.max_pixels, book.owner), batch_size=None, shuffle=False,
                         num_workers=workers, prefetch_factor=4 if workers else None)
     try:
         for i, pixels, meta, error in loader:
             job = in_memory[i]
+            if error == CLAIMED_ELSEWHERE:
+                book.elsewhere(job.src)
+                continue
             if error:
                 book.fail(job.src, error)
                 continue
@@ -293,6 +303,9 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
                 continue
             book.write(job.src, job.dst, lambda job=job, outs=outs, meta=meta: encode(job, outs, meta))
         for job in streamed:
+            if not book.claim(job.dst):
+                book.elsewhere(job.src)
+                continue
             try:
                 h, w = seg.run_streamed(job.src, job.dst, progress, book)
             except OutputExistsError:

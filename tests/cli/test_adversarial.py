@@ -319,3 +319,74 @@ def test_segment_counts_its_fp32_reruns_and_fails_non_finite_images(tmp_path, se
     assert error_lines(stderr) == [f"error: {src / 'a.png'}: model output is NaN or Inf even in fp32 "
                                    "(a damaged or diverged model)"]
     assert all_files(tmp_path / "out2") == []
+
+
+# -- 7. Concurrent runs split the work; --workers is bounded --------------------------------------------
+
+def test_outputs_claimed_by_a_live_run_are_left_to_it_and_taken_over_when_it_dies(tmp_path, tiny_checkpoint):
+    from pixbatch.io.claims import claim, claim_path, owner_token
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        Image.fromarray(noisy(16, 16, seed=i)).save(src / f"{i}.png")
+    out = tmp_path / "out"
+    other = subprocess.Popen(["sleep", "60"])  # stands for another pixbatch run, mid-job
+    try:
+        for i in (1, 3):
+            claim(out / f"{i}.png", owner_token(other.pid))
+        code, stdout, _ = run("--device", "cpu", "--json", "upscale", src, out, "--model", tiny_checkpoint,
+                              "--workers", 0)
+        summary = json.loads(stdout)
+        assert code == 0 and (summary["done"], summary["skipped"]) == (2, 2)
+        assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "2.png"]  # not computed twice
+    finally:
+        other.kill()
+        other.wait()
+    code, stdout, _ = run("--device", "cpu", "--json", "upscale", src, out, "--model", tiny_checkpoint)
+    assert code == 0 and json.loads(stdout)["done"] == 2  # the dead run's claims are taken over
+    assert all_files(out) == ["0.png", "1.png", "2.png", "3.png"]  # no claim file left
+    assert not claim_path(out / "1.png").exists()
+
+
+def test_two_concurrent_runs_split_one_destination(tmp_path, tiny_checkpoint):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(16):
+        Image.fromarray(noisy(96, 96, seed=i)).save(src / f"{i:02d}.png")
+    out = tmp_path / "out"
+    cmd = [*PIXBATCH, "--json", "upscale", str(src), str(out), "--model", str(tiny_checkpoint), "--workers", "0",
+           "--png-compression", "9"]
+    runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [r.communicate(timeout=300) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], results
+    done = [json.loads(stdout)["done"] for stdout, _ in results]
+    assert sum(done) == 16, done  # each image computed and written once
+    assert all_files(out) == [f"{i:02d}.png" for i in range(16)]
+    for p in out.iterdir():
+        assert decode_image(p)[0].shape == (192, 192, 3)
+
+
+def test_workers_are_bounded_by_cores_files_and_memory(tmp_path, tiny_checkpoint):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(6):
+        Image.fromarray(noisy(16, 16, seed=i)).save(src / f"{i}.png")
+    code, stdout, _ = run("--device", "cpu", "--json", "upscale", src, tmp_path / "out", "--model", tiny_checkpoint,
+                          "--workers", 999)
+    assert code == 0
+    assert 1 <= json.loads(stdout)["settings"]["workers"] <= min(os.cpu_count(), 6)
+
+
+def test_a_refused_pickle_is_exactly_one_line_in_a_fresh_process(tmp_path):
+    import pickle
+
+    from tests.models.test_checkpoint import Canary
+
+    path = tmp_path / "code.pth"
+    with open(path, "wb") as f:
+        pickle.dump(Canary(tmp_path / "CANARY"), f, protocol=4)
+    proc = pixbatch("models", path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {path}: cannot be read as plain weights")
+    assert not (tmp_path / "CANARY").exists()
