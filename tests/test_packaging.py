@@ -21,6 +21,7 @@ def test_wheel_installs_and_runs(tmp_path):
     assert "pixbatch = pixbatch.cli:main" in entry_points
     assert "pixbatch/kernels/__init__.py" in names and "pixbatch/cli/upscale.py" in names
     assert not any(n.startswith(("tests/", "kernels/", "benchmarks/")) for n in names)
+    assert {f"pixbatch/examples/{f}" for f in ("astronaut.jpg", "rocket.jpg", "coffee.png", "camera.png")} <= set(names)
     weights = sorted(n for n in names if n.startswith("pixbatch/weights/"))
     assert weights == sorted([*(f"pixbatch/weights/edsr_tiny_x{s}.safetensors" for s in (2, 3, 4)),
                               "pixbatch/weights/unet_drive.safetensors"])
@@ -48,3 +49,7 @@ def test_wheel_installs_and_runs(tmp_path):
     done = pixbatch("segment", REPO / "examples" / "coffee.png", run / "seg")  # the shipped unet_drive
     assert done.returncode == 0, done.stderr
     assert (run / "seg" / "coffee.png").is_file()
+    # `pixbatch bench` with no --photos measures the example photos installed with the package.
+    bench = pixbatch("--device", "cpu", "bench", "--images", 4, "--size", 48)
+    assert bench.returncode == 0, bench.stderr
+    assert "plain eager loop" in bench.stdout and "bottleneck" in bench.stdout

@@ -22,7 +22,14 @@ from pixbatch.cli.report import App
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool, device: str, as_json: bool) -> None:
-    """Stream folders of images through image-to-image neural networks."""
+    """Stream folders of images through image-to-image neural networks.
+
+    \b
+    Examples:
+      pixbatch upscale photos/ out/ --scale 4
+      pixbatch segment fundus/ masks/
+      pixbatch --device cpu --json upscale scans/ out/ --scale 2
+    """
     ctx.obj = App(verbosity=-1 if quiet else verbose, device=device, as_json=as_json)
 
 

@@ -7,13 +7,24 @@ from pathlib import Path
 
 import click
 
-REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+def shipped_examples() -> Path | None:
+    """The example photos: installed with the package (``pixbatch/examples/`` in a wheel), or beside it
+    in a source checkout (``examples/``, which an editable install uses)."""
+    import pixbatch
+
+    package = Path(pixbatch.__file__).resolve().parent
+    for folder in (package / "examples", package.parent / "examples"):
+        if any(folder.glob("*.jpg")):
+            return folder
+    return None
 
 
 @click.command(short_help="Measure the upscale pipeline stage by stage against a plain PyTorch loop.")
 @click.option("--model", "model_name", default="edsr_tiny_x4", show_default=True, metavar="NAME|PATH")
 @click.option("--photos", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
-              help="Folder(s) of real photos to cut the test images from (default: the repo's examples/).")
+              help="Folder(s) of real photos to cut the test images from (default: the example photos "
+                   "installed with pixbatch, from scikit-image's public-domain/CC0 samples).")
 @click.option("--images", type=click.IntRange(min=2), default=24, show_default=True)
 @click.option("--size", type=click.IntRange(min=16), default=256, show_default=True, help="Input size in px.")
 @click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -23,12 +34,19 @@ def bench(app, model_name, photos, images, size, out_json) -> None:
     """Cut IMAGES crops of SIZE px from real photos (JPEG and PNG), then time each pipeline stage alone
     (decode, host->device, compute, device->host, encode), the pipeline as `pixbatch upscale` runs it, and
     a plain eager loop (PIL -> tensor -> fp32 model -> PIL, one image at a time), in the same run.
-    Prints the bottleneck stage and the pipeline efficiency (end-to-end rate / bottleneck capacity)."""
+    Prints the bottleneck stage and the pipeline efficiency (end-to-end rate / bottleneck capacity).
+
+    \b
+    Examples:
+      pixbatch bench                                  # the example photos installed with pixbatch
+      pixbatch --device cpu bench --photos my_photos/ --images 48 --size 512 --out bench.json
+    """
     from pixbatch.runtime.bench import bench_upscale, format_report
 
-    sources = list(photos) or ([REPO_EXAMPLES] if REPO_EXAMPLES.is_dir() else [])
+    examples = shipped_examples()
+    sources = list(photos) or ([examples] if examples is not None else [])
     if not sources:
-        app.fail_start("no photos to benchmark with: pass --photos FOLDER")
+        app.fail_start("the example photos are missing from this installation: pass --photos FOLDER")
     try:
         result = bench_upscale(model_name, sources, images=images, size=size, device=app.device, log=app.info)
     except (FileNotFoundError, ValueError) as exc:

@@ -10,7 +10,13 @@ import click
 
 @click.group(name="eval", short_help="Evaluate models (PSNR/SSIM for super-resolution, IoU/Dice/AUC for segmentation).")
 def eval_group() -> None:
-    """Evaluate a model on a folder of ground-truth images."""
+    """Evaluate a model on a folder of ground-truth images.
+
+    \b
+    Examples:
+      pixbatch eval sr --model imdn_x4.pth --hr Set5/
+      pixbatch eval seg --model m.safetensors --images test/images --masks test/masks --roi test/fov
+    """
 
 
 @eval_group.command(name="sr", short_help="PSNR/SSIM of a super-resolution model.")
@@ -27,7 +33,13 @@ def eval_group() -> None:
 @click.pass_obj
 def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None:
     """Y-PSNR/SSIM (BT.601, SCALE pixels shaved) and RGB PSNR per image and on average, next to
-    MATLAB-bicubic upsampling. LR images are made from HR exactly as MATLAB's imresize does."""
+    MATLAB-bicubic upsampling. LR images are made from HR exactly as MATLAB's imresize does.
+
+    \b
+    Examples:
+      pixbatch eval sr --hr Set5/ --scale 4                 # the shipped x4 model
+      pixbatch eval sr --model imdn_x4.pth --hr Set5/ --lr Set5/LR_bicubic/X4 --out imdn_x4.json
+    """
     from pixbatch.runtime.device import StartupError
     from pixbatch.runtime.prepare import ModelFailedError
     from pixbatch.runtime.session import load_runner
@@ -79,7 +91,13 @@ SEG_COLUMNS = ("dice", "iou", "accuracy", "precision", "recall", "specificity", 
 @click.pass_obj
 def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile, overlap, precision, out_json) -> None:
     """Per-image and pooled (all pixels together) Dice (= F1), IoU, pixel accuracy, precision,
-    recall (sensitivity), specificity and, for binary models, AUC-ROC."""
+    recall (sensitivity), specificity and, for binary models, AUC-ROC.
+
+    \b
+    Examples:
+      pixbatch eval seg --images DRIVE/test/images --masks DRIVE/test/masks --roi DRIVE/test/fov
+      pixbatch eval seg --model m.safetensors --images test/images --masks test/masks --out scores.json
+    """
     from pixbatch.runtime.device import StartupError
     from pixbatch.runtime.prepare import ModelFailedError
     from pixbatch.runtime.session import load_runner

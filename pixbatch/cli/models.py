@@ -14,7 +14,14 @@ import click
 @click.pass_obj
 def models(app, checkpoint: Path | None, pattern: str) -> None:
     """Without an argument, list the built-in models; with CHECKPOINT, describe that file
-    (architecture, scale, parameters, channels, supported dtypes, receptive field)."""
+    (architecture, scale, parameters, channels, supported dtypes, receptive field).
+
+    \b
+    Examples:
+      pixbatch models
+      pixbatch models --pattern 'edsr*'
+      pixbatch models realesr-animevideov3.pth
+    """
     from pixbatch.models import (
         DEFAULT_SEG_MODEL,
         DEFAULT_SR_MODELS,

@@ -11,7 +11,13 @@ import click
 
 @click.group(name="train", short_help="Train models.")
 def train_group() -> None:
-    """Train a model on a folder of images."""
+    """Train a model on a folder of images.
+
+    \b
+    Examples:
+      pixbatch train sr --data photos/ --arch edsr_tiny --scale 2 --steps 2000 --out x2.safetensors
+      pixbatch train seg --images train/images --masks train/masks --arch unet_small --out m.safetensors
+    """
 
 
 @train_group.command(name="sr", short_help="Train a super-resolution model.")
@@ -49,6 +55,7 @@ def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_siz
     augmentation; Adam with a one-cycle schedule, gradient clipping, ICNR-initialised upsamplers.
 
     \b
+    Examples:
     pixbatch train sr --data photos/ --arch edsr_baseline --scale 2 --steps 20000 --out x2.safetensors
     pixbatch train sr --data photos/ --arch edsr_baseline --scale 4 --init x2.safetensors --freeze-steps 500 ...
     """
@@ -151,6 +158,7 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
     weights with the best validation Dice and the full recipe.
 
     \b
+    Examples:
     pixbatch train seg --images train/images --masks train/masks --arch unet --loss bce+dice --size 512
     pixbatch train seg ... --size 256,512 --steps 4000          # progressive resizing
     """
