@@ -15,11 +15,15 @@ from pixbatch.cli.report import App
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "PIXBATCH"})
 @click.version_option(__version__, "--version", prog_name="pixbatch")
-@click.option("-v", "--verbose", count=True, help="More detail on stderr (repeat for more).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
+@click.option("-v", "--verbose", count=True, envvar="PIXBATCH_VERBOSE",
+              help="More detail on stderr (repeat for more). [env: PIXBATCH_VERBOSE]")
+@click.option("-q", "--quiet", is_flag=True, envvar="PIXBATCH_QUIET",
+              help="No progress bar and no summary; errors only. [env: PIXBATCH_QUIET]")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
               help="Where models run. [env: PIXBATCH_DEVICE]")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--json", "as_json", is_flag=True, envvar="PIXBATCH_JSON",
+              help="Print the summary as JSON on stdout (also on start errors and interruptions). "
+                   "[env: PIXBATCH_JSON]")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool, device: str, as_json: bool) -> None:
     """Stream folders of images through image-to-image neural networks.
@@ -31,6 +35,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, device: str, as_json: boo
       pixbatch --device cpu --json upscale scans/ out/ --scale 2
     """
     ctx.obj = App(verbosity=-1 if quiet else verbose, device=device, as_json=as_json)
+    App.current = ctx.obj
 
 
 def _register() -> None:
@@ -64,6 +69,9 @@ def main() -> None:
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted: finished outputs are complete; run the same command again to resume",
                    err=True)
+        app = App.current
+        if app is not None and app.report is not None:
+            app.finish(app.report, interrupted=True)  # the partial summary, exit 130
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()

@@ -8,10 +8,14 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import click
 
 EXIT_OK, EXIT_STARTUP, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 123
+
+
+EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -19,6 +23,9 @@ class App:
     verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
     device: str = "auto"
     as_json: bool = False
+    report: Any = None  # the run's report while it runs, for a partial summary when interrupted
+
+    current: ClassVar[App | None] = None  # this invocation's App, for main()
 
     @property
     def progress(self) -> bool:
@@ -36,15 +43,18 @@ class App:
         from pixbatch.runtime.jobs import one_line
 
         click.echo(f"error: {one_line(message)}", err=True)
+        if self.as_json:
+            click.echo(json.dumps({"error": message, "exit_code": EXIT_STARTUP}, indent=2))
         sys.exit(EXIT_STARTUP)
 
-    def finish(self, report) -> None:
-        """Print the summary (stdout) and exit with the report's code."""
+    def finish(self, report, *, interrupted: bool = False) -> None:
+        """Print the summary (stdout) and exit with the report's code (130 when interrupted)."""
         if self.as_json:
-            click.echo(json.dumps(report.as_dict(), indent=2))
+            click.echo(json.dumps({**report.as_dict(), "interrupted": interrupted}, indent=2))
         elif self.verbosity >= 0:
             d = report.as_dict()
-            line = (f"done {d['done']}, skipped {d['skipped']}, failed {d['failed']} in {d['seconds']:.1f} s"
+            line = (f"{'interrupted: ' if interrupted else ''}done {d['done']}, skipped {d['skipped']}, "
+                    f"failed {d['failed']} in {d['seconds']:.1f} s"
                     f" ({d['images_per_s']:.2f} images/s, {d['output_mp_per_s']:.2f} MP/s out)")
             click.echo(line)
             if report.fp32_reruns:
@@ -52,4 +62,4 @@ class App:
             if report.multi_frame:
                 click.echo(f"note: {report.multi_frame} input(s) had several frames or pages (animated GIF/PNG/WebP, "
                            "multi-page TIFF): only the first was processed")
-        sys.exit(report.exit_code)
+        sys.exit(EXIT_INTERRUPTED if interrupted else report.exit_code)

@@ -62,7 +62,7 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
         runner = load_runner(app, model_name, None, precision, compile_, channels_last, n_jobs=len(plan.todo),
                              kernels="torch", task="seg")
         check_destination(dst)
-    except StartupError as exc:
+    except (StartupError, FileNotFoundError) as exc:
         app.fail_start(str(exc))
     opts = SegmentOptions(
         tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold,
@@ -70,8 +70,11 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
         workers=workers, writers=writers, max_pixels=max_pixels,
         encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),
     )
+    from pixbatch.runtime.pipeline import Report
+
+    app.report = Report()
     app.info(f"{len(plan.todo)} to do, {len(plan.skipped)} already done, {len(plan.problems)} problem(s)")
     report = segment_images(dst, runner, opts, plan, progress=app.progress, log=app.log,
-                              info=app.info)
+                              info=app.info, report=app.report)
     app.info("settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items()))
     app.finish(report)

@@ -42,15 +42,18 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
         runner = load_runner(app, model_name, scale, precision, compile_, channels_last, n_jobs=len(plan.todo),
                              kernels=kernels)
         check_destination(dst)
-    except StartupError as exc:
+    except (StartupError, FileNotFoundError) as exc:
         app.fail_start(str(exc))
     opts = UpscaleOptions(
         tile=tile, tile_overlap=tile_overlap, batch_size=batch_size, workers=workers, writers=writers,
         max_pixels=max_pixels, fp32_for_16bit=precision == "auto",
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),
     )
+    from pixbatch.runtime.pipeline import Report
+
+    app.report = Report()
     app.info(f"{len(plan.todo)} to do, {len(plan.skipped)} already done, {len(plan.problems)} problem(s)")
     report = upscale_images(list(src), dst, runner, opts, plan, progress=app.progress, log=app.log,
-                              info=app.info)
+                              info=app.info, report=app.report)
     app.info("settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items()))
     app.finish(report)

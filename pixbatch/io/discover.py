@@ -112,6 +112,8 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
     outside ``dst_root``, unreadable files (symbolic link loops, broken links, FIFOs, permissions).
     ``suffix_of`` chooses the output file type per input (default: from ``fmt``)."""
     check_suffix(suffix)
+    if sources and not any(os.path.lexists(s) for s in sources):
+        raise FileNotFoundError(f"no such file or folder: {', '.join(map(str, sources))}")
     plan = Plan([], [], [])
     root_real = os.path.realpath(dst_root)
     pairs: list[tuple[Path, Path]] = []

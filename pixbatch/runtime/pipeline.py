@@ -416,11 +416,11 @@ def check_destination(dst: Path) -> None:
 
 def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: UpscaleOptions, plan: Plan,
                    *, progress: bool = False, log: Callable[[str], None] = print,
-                   info: Callable[[str], None] | None = None) -> Report:
+                   info: Callable[[str], None] | None = None, report: Report | None = None) -> Report:
     """Run a planned job list through the model and write every output. Never raises for a bad file."""
     from pixbatch.runtime.jobs import JobBook
 
-    report = Report()
+    report = report if report is not None else Report()
     book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info)
     jobs = plan.todo
     workers = decode_workers(opts.workers, len(jobs))

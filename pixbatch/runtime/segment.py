@@ -256,11 +256,11 @@ class Segmenter:
 
 
 def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, *, progress: bool = False,
-                   log=print, info=None) -> Report:
+                   log=print, info=None, report: Report | None = None) -> Report:
     """Segment every planned job and write its outputs. Never raises for a bad file."""
     from pixbatch.runtime.jobs import JobBook
 
-    report = Report()
+    report = report if report is not None else Report()
     book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info)
     streamed = [j for j in plan.todo if j.dst.suffix == ".tif" and is_tiled_tiff(j.src)]
     in_memory = [j for j in plan.todo if j not in streamed]

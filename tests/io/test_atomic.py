@@ -81,3 +81,19 @@ def test_a_cut_short_tiff_is_detected(tmp_path):
         path.write_bytes(data[:keep])
         with pytest.raises(IncompleteWriteError):
             check_tiff_complete(path)
+
+
+def test_files_get_the_umask_mode_like_any_output(tmp_path, tiny_checkpoint):
+    """Checkpoints and outputs alike: 0o666 less the umask (temporary files were 0600 before)."""
+    from pixbatch.models import create_model
+    from pixbatch.models.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        write_bytes(b"x", tmp_path / "a.png")
+        save_checkpoint(create_model(tiny_checkpoint).module, tmp_path / "m.safetensors", name="edsr_tiny_x2",
+                        kwargs={"n_resblocks": 2, "n_feats": 8})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644

@@ -52,8 +52,15 @@ def test_collisions_and_self_overwrite_are_problems(tmp_path):
 
 
 def test_missing_source_is_a_problem(tmp_path):
-    plan = plan_jobs([tmp_path / "nope"], tmp_path / "out")
+    touch(tmp_path / "in" / "a.png")
+    plan = plan_jobs([tmp_path / "nope", tmp_path / "in"], tmp_path / "out")
     assert plan.problems[0].reason == "no such file or folder"
+    assert [j.src.name for j in plan.todo] == ["a.png"]
+
+
+def test_no_existing_source_at_all_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file or folder: "):
+        plan_jobs([tmp_path / "nope", tmp_path / "neither"], tmp_path / "out")
 
 
 def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):

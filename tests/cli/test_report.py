@@ -1,0 +1,62 @@
+"""The summary and exit codes: every way a run ends says what happened, also as JSON."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+from PIL import Image
+
+from pixbatch.cli import cli
+from tests.conftest import gradient_rgb
+
+
+def run(*args, env=None):
+    result = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_pixbatch_json_environment_variable(tmp_path, tiny_checkpoint):
+    Image.fromarray(gradient_rgb(8, 8)).save(tmp_path / "a.png")
+    code, stdout, _ = run("--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "out", "--model",
+                          tiny_checkpoint, env={"PIXBATCH_JSON": "1"})
+    assert code == 0 and json.loads(stdout)["done"] == 1
+
+
+def test_start_errors_are_json_too(tmp_path):
+    Image.fromarray(gradient_rgb(8, 8)).save(tmp_path / "a.png")
+    code, stdout, stderr = run("--json", "upscale", tmp_path / "a.png", tmp_path / "out", "--model", "nope_x4")
+    assert code == 1 and stderr.startswith("error: unknown model 'nope_x4'")
+    assert json.loads(stdout) == {"error": stderr[len("error: "):].strip(), "exit_code": 1}
+
+
+def test_no_existing_input_is_a_start_error_that_creates_nothing(tmp_path):
+    for command in ("upscale", "segment"):
+        code, stdout, stderr = run(command, tmp_path / "nonexistent", tmp_path / "out")
+        assert code == 1 and stdout == ""
+        assert stderr == f"error: no such file or folder: {tmp_path / 'nonexistent'}\n"
+        assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_run_prints_its_partial_summary(tmp_path, tiny_checkpoint):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(24):
+        Image.fromarray(gradient_rgb(160, 160, seed=i)).save(src / f"{i:02d}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "--device", "cpu", "--json", "upscale", str(src),
+                             str(out), "--model", str(tiny_checkpoint), "--png-compression", "9", "--workers", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and any(p.suffix == ".png" for p in out.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True
+    written = len([p for p in out.iterdir() if p.suffix == ".png"])
+    assert summary["done"] == written and 0 < written < 24
