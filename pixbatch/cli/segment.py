@@ -47,22 +47,26 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
       pixbatch segment in/ out/ --probabilities --overlay
     """
     from pixbatch.io.discover import plan_jobs
-    from pixbatch.io.encode import EncodeOptions
     from pixbatch.io.regions import is_tiled_tiff
+
+    if overlap * 2 >= tile:
+        raise click.BadParameter(f"must be less than half of --tile ({tile})", param_hint="--overlap")
+    try:  # before torch is imported: a missing input is an instant error
+        plan = plan_jobs(list(src), dst, suffix=suffix, glob=glob, overwrite=not skip_existing,
+                         suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png")
+    except FileNotFoundError as exc:
+        app.fail_start(str(exc))
+    from pixbatch.io.encode import EncodeOptions
     from pixbatch.runtime.device import StartupError
     from pixbatch.runtime.pipeline import check_destination
     from pixbatch.runtime.segment import SegmentOptions, segment_images
     from pixbatch.runtime.session import load_runner
 
-    if overlap * 2 >= tile:
-        raise click.BadParameter(f"must be less than half of --tile ({tile})", param_hint="--overlap")
     try:
-        plan = plan_jobs(list(src), dst, suffix=suffix, glob=glob, overwrite=not skip_existing,
-                         suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png")
         runner = load_runner(app, model_name, None, precision, compile_, channels_last, n_jobs=len(plan.todo),
                              kernels="torch", task="seg")
         check_destination(dst)
-    except (StartupError, FileNotFoundError) as exc:
+    except StartupError as exc:
         app.fail_start(str(exc))
     opts = SegmentOptions(
         tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold,

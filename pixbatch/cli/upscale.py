@@ -32,17 +32,22 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
       pixbatch upscale scan.tif out/ --scale 2 --tile 512
       pixbatch upscale in/ out/ --model realesr-animevideov3.pth
     """
+    from pixbatch.io.discover import plan_jobs
+
+    try:  # before torch is imported: a missing input is an instant error
+        plan = plan_jobs(list(src), dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
+    except FileNotFoundError as exc:
+        app.fail_start(str(exc))
     from pixbatch.io.encode import EncodeOptions
     from pixbatch.runtime.device import StartupError
-    from pixbatch.runtime.pipeline import UpscaleOptions, check_destination, plan_jobs, upscale_images
+    from pixbatch.runtime.pipeline import UpscaleOptions, check_destination, upscale_images
     from pixbatch.runtime.session import load_runner
 
     try:
-        plan = plan_jobs(list(src), dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
         runner = load_runner(app, model_name, scale, precision, compile_, channels_last, n_jobs=len(plan.todo),
                              kernels=kernels)
         check_destination(dst)
-    except (StartupError, FileNotFoundError) as exc:
+    except StartupError as exc:
         app.fail_start(str(exc))
     opts = UpscaleOptions(
         tile=tile, tile_overlap=tile_overlap, batch_size=batch_size, workers=workers, writers=writers,

@@ -60,3 +60,18 @@ def test_an_interrupted_run_prints_its_partial_summary(tmp_path, tiny_checkpoint
     assert summary["interrupted"] is True
     written = len([p for p in out.iterdir() if p.suffix == ".png"])
     assert summary["done"] == written and 0 < written < 24
+
+
+def _modules_after(*argv):
+    """Which heavy modules a command imports (in a fresh interpreter)."""
+    code = ("import sys\nfrom pixbatch.cli import main\nsys.argv = ['pixbatch', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print([m for m in ('torch', 'torch._dynamo', 'spandrel') if m in sys.modules], file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, timeout=120)
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_start_up_imports_only_what_the_command_needs(tmp_path):
+    assert _modules_after("--help") == "[]"
+    assert _modules_after("upscale", tmp_path / "nonexistent", tmp_path / "out") == "[]"  # an instant error
+    assert "spandrel" not in _modules_after("models")  # spandrel (~4 s) only for foreign checkpoints
