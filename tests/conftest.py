@@ -35,6 +35,21 @@ def gradient_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def noisy_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Uniform noise, uint8 HWC: compresses badly, so encoded sizes are predictable."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def photo_folder(folder: Path, n: int, size: int | tuple[int, int], name: str = "{i}.png",
+                 pixels=gradient_rgb) -> Path:
+    """``n`` PNG images named by ``name`` (``{i}``), each ``pixels(h, w, seed=i)``."""
+    h, w = (size, size) if isinstance(size, int) else size
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(pixels(h, w, seed=i)).save(folder / name.format(i=i))
+    return folder
+
+
 @functools.cache
 def srgb_icc() -> bytes:
     from PIL import ImageCms

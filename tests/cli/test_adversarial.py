@@ -16,12 +16,9 @@ import torch
 from PIL import Image
 
 from pixbatch.io.decode import decode_image
+from tests.conftest import noisy_rgb, photo_folder
 
 PIXBATCH = [sys.executable, "-m", "pixbatch", "--device", "cpu"]
-
-
-def noisy(h, w, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
 def pixbatch(*args, file_limit=None, timeout=300):
@@ -45,10 +42,7 @@ def all_files(folder):
 
 @pytest.mark.parametrize("fmt", ["jpg", "png", "webp", "tiff"])
 def test_upscale_on_a_full_disk_commits_nothing_and_resume_redoes_it(tmp_path, tiny_checkpoint, fmt):
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(2):
-        Image.fromarray(noisy(56, 64, seed=i)).save(src / f"{i}.png")
+    src = photo_folder(tmp_path / "in", 2, (56, 64), pixels=noisy_rgb)
     ref = pixbatch("upscale", src, tmp_path / "ref", "--model", tiny_checkpoint, "--format", fmt)
     assert ref.returncode == 0, ref.stderr
     sizes = [p.stat().st_size for p in (tmp_path / "ref").iterdir()]
@@ -72,8 +66,8 @@ def test_upscale_on_a_full_disk_commits_nothing_and_resume_redoes_it(tmp_path, t
 def test_segment_on_a_full_disk_commits_nothing(tmp_path, seg_checkpoint):
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray(noisy(96, 96)).save(src / "a.png")
-    tifffile.imwrite(src / "big.tif", noisy(300, 260, seed=1), tile=(64, 64), photometric="rgb")
+    Image.fromarray(noisy_rgb(96, 96)).save(src / "a.png")
+    tifffile.imwrite(src / "big.tif", noisy_rgb(300, 260, seed=1), tile=(64, 64), photometric="rgb")
     args = ("segment", src, None, "--model", seg_checkpoint, "--tile", 128, "--overlap", 16,
             "--probabilities", "--prob-format", "float", "--overlay")
     ref = pixbatch(*[tmp_path / "ref" if a is None else a for a in args])
@@ -106,7 +100,7 @@ def test_upscale_onto_a_real_full_tmpfs(tmp_path, tiny_checkpoint):
     """The reported case itself: a 1 MiB tmpfs with 40 KiB free, JPEG outputs of 45-64 KiB."""
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray(noisy(80, 96)).save(src / "a.png")
+    Image.fromarray(noisy_rgb(80, 96)).save(src / "a.png")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     script = (f"mount -t tmpfs -o size=1m tmpfs {mnt} && dd if=/dev/zero of={mnt}/filler bs=4k count=246 2>/dev/null"
@@ -137,7 +131,7 @@ def error_lines(stderr):
 def test_symlink_loop_in_the_input_tree_is_one_error_line(tmp_path, tiny_checkpoint, seg_checkpoint, command):
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray(noisy(16, 16)).save(src / "good.png")
+    Image.fromarray(noisy_rgb(16, 16)).save(src / "good.png")
     os.symlink("self.png", src / "self.png")
     model = tiny_checkpoint if command == "upscale" else seg_checkpoint
     code, stdout, stderr = run("--device", "cpu", command, src, tmp_path / "out", "--model", model)
@@ -153,7 +147,7 @@ def test_symlink_loop_in_the_input_tree_is_one_error_line(tmp_path, tiny_checkpo
 def test_suffix_with_a_separator_is_a_usage_error(tmp_path, tiny_checkpoint, suffix):
     src = tmp_path / "deep" / "er" / "in"
     src.mkdir(parents=True)
-    Image.fromarray(noisy(16, 16)).save(src / "a.png")
+    Image.fromarray(noisy_rgb(16, 16)).save(src / "a.png")
     before = all_files(tmp_path)
     code, _, stderr = run("upscale", src, tmp_path / "deep" / "out", "--model", tiny_checkpoint, "--suffix", suffix)
     assert code == 2 and "cannot be part of a file name" in stderr
@@ -165,7 +159,7 @@ def test_suffix_with_a_separator_is_a_usage_error(tmp_path, tiny_checkpoint, suf
 def test_destination_inside_the_source_three_runs(tmp_path, tiny_checkpoint):
     nest = tmp_path / "nest"
     nest.mkdir()
-    Image.fromarray(noisy(16, 20)).save(nest / "a.png")
+    Image.fromarray(noisy_rgb(16, 20)).save(nest / "a.png")
     args = ("--device", "cpu", "--json", "upscale", nest, nest / "out", "--model", tiny_checkpoint)
     results = [run(*args) for _ in range(3)]
     assert [r[0] for r in results] == [0, 0, 0], results[-1][2]
@@ -176,7 +170,7 @@ def test_destination_inside_the_source_three_runs(tmp_path, tiny_checkpoint):
 def test_suffix_into_the_input_folder_never_reprocesses_outputs(tmp_path, tiny_checkpoint):
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray(noisy(16, 16)).save(src / "bird.png")
+    Image.fromarray(noisy_rgb(16, 16)).save(src / "bird.png")
     args = ("--device", "cpu", "--json", "upscale", src, src, "--model", tiny_checkpoint, "--suffix", "_x2")
     codes = [run(*args)[0] for _ in range(3)]
     assert codes == [0, 0, 0]
@@ -204,7 +198,7 @@ def test_planar_16bit_tiff_and_png_with_large_metadata_chunks(tmp_path, tiny_che
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes() + b"\0" * (3 << 20)
     text = PngImagePlugin.PngInfo()
     text.add_text("comment", "x" * (3 << 20), zip=True)
-    Image.fromarray(noisy(20, 26)).save(src / "chunks.png", icc_profile=icc, pnginfo=text)
+    Image.fromarray(noisy_rgb(20, 26)).save(src / "chunks.png", icc_profile=icc, pnginfo=text)
     code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / "out", "--model", tiny_checkpoint)
     assert code == 0, stderr
     arr, meta = decode_image(tmp_path / "out" / "planar.tif")
@@ -215,14 +209,14 @@ def test_planar_16bit_tiff_and_png_with_large_metadata_chunks(tmp_path, tiny_che
 def test_multi_frame_inputs_are_reported_once_and_library_warnings_stay_off_stderr(tmp_path, tiny_checkpoint):
     src = tmp_path / "in"
     src.mkdir()
-    frames = [Image.fromarray(noisy(12, 12, seed=i)) for i in range(3)]
+    frames = [Image.fromarray(noisy_rgb(12, 12, seed=i)) for i in range(3)]
     frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
-    tifffile.imwrite(src / "pages.tif", np.stack([noisy(12, 12, seed=i) for i in range(2)]), photometric="rgb")
+    tifffile.imwrite(src / "pages.tif", np.stack([noisy_rgb(12, 12, seed=i) for i in range(2)]), photometric="rgb")
     # A TIFF whose declared sample format disagrees with its data: tifffile logs a warning about it.
-    Image.fromarray(noisy(12, 12)).save(src / "odd.tif", tiffinfo={339: 9})
+    Image.fromarray(noisy_rgb(12, 12)).save(src / "odd.tif", tiffinfo={339: 9})
     # EXIF whose tag points past its end: Pillow warns "Corrupt EXIF data" (a UserWarning on stderr).
     bad_exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x0f\x01\x02\x00\xff\xff\xff\x7f\x00\x00\x00\x00"
-    Image.fromarray(noisy(12, 12)).save(src / "exif.jpg", exif=bad_exif)
+    Image.fromarray(noisy_rgb(12, 12)).save(src / "exif.jpg", exif=bad_exif)
     code, stdout, stderr = run("--device", "cpu", "upscale", src, tmp_path / "out", "--model", tiny_checkpoint)
     assert "note: 2 input(s) had several frames or pages" in stdout
     assert all(line.startswith("error:") for line in stderr.splitlines()), stderr  # nothing else
@@ -239,7 +233,7 @@ def test_hostile_checkpoints_in_every_command(tmp_path, tiny_checkpoint):
     files, canary = hostile_checkpoints(tmp_path / "ckpt", tiny_checkpoint)
     src = tmp_path / "in"
     (src / "masks").mkdir(parents=True)
-    Image.fromarray(noisy(16, 16)).save(src / "a.png")
+    Image.fromarray(noisy_rgb(16, 16)).save(src / "a.png")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(src / "masks" / "a.png")
     out = tmp_path / "out"
     commands = {
@@ -278,10 +272,7 @@ def _overflowing_checkpoint(folder, good):
 
 def test_non_finite_output_fails_each_image_in_upscale_and_eval(tmp_path, tiny_checkpoint):
     model = _overflowing_checkpoint(tmp_path, tiny_checkpoint)
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(2):
-        Image.fromarray(noisy(16, 16, seed=i)).save(src / f"{i}.png")
+    src = photo_folder(tmp_path / "in", 2, 16, pixels=noisy_rgb)
     for precision in ("fp32", "bf16"):
         out = tmp_path / f"out_{precision}"
         code, stdout, stderr = run("--device", "cpu", "--json", "upscale", src, out, "--model", model,
@@ -301,7 +292,7 @@ def test_segment_counts_its_fp32_reruns_and_fails_non_finite_images(tmp_path, se
 
     src = tmp_path / "in"
     src.mkdir()
-    Image.fromarray(noisy(40, 40)).save(src / "a.png")
+    Image.fromarray(noisy_rgb(40, 40)).save(src / "a.png")
     real_call = Runner.__call__
 
     def nan_in_reduced_precision(self, x):  # bf16 output is NaN; the fp32 rerun is real
@@ -326,10 +317,7 @@ def test_segment_counts_its_fp32_reruns_and_fails_non_finite_images(tmp_path, se
 def test_outputs_claimed_by_a_live_run_are_left_to_it_and_taken_over_when_it_dies(tmp_path, tiny_checkpoint):
     from pixbatch.io.claims import claim, claim_path, owner_token
 
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(4):
-        Image.fromarray(noisy(16, 16, seed=i)).save(src / f"{i}.png")
+    src = photo_folder(tmp_path / "in", 4, 16)
     out = tmp_path / "out"
     other = subprocess.Popen(["sleep", "60"])  # stands for another pixbatch run, mid-job
     try:
@@ -350,10 +338,7 @@ def test_outputs_claimed_by_a_live_run_are_left_to_it_and_taken_over_when_it_die
 
 
 def test_two_concurrent_runs_split_one_destination(tmp_path, tiny_checkpoint):
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(16):
-        Image.fromarray(noisy(96, 96, seed=i)).save(src / f"{i:02d}.png")
+    src = photo_folder(tmp_path / "in", 16, 96, name="{i:02d}.png", pixels=noisy_rgb)
     out = tmp_path / "out"
     cmd = [*PIXBATCH, "--json", "upscale", str(src), str(out), "--model", str(tiny_checkpoint), "--workers", "0",
            "--png-compression", "9"]
@@ -368,10 +353,7 @@ def test_two_concurrent_runs_split_one_destination(tmp_path, tiny_checkpoint):
 
 
 def test_workers_are_bounded_by_cores_files_and_memory(tmp_path, tiny_checkpoint):
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(6):
-        Image.fromarray(noisy(16, 16, seed=i)).save(src / f"{i}.png")
+    src = photo_folder(tmp_path / "in", 6, 16)
     code, stdout, _ = run("--device", "cpu", "--json", "upscale", src, tmp_path / "out", "--model", tiny_checkpoint,
                           "--workers", 999)
     assert code == 0

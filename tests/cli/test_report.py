@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pixbatch.cli import cli
-from tests.conftest import gradient_rgb
+from tests.conftest import gradient_rgb, photo_folder
 
 
 def run(*args, env=None):
@@ -41,10 +41,7 @@ def test_no_existing_input_is_a_start_error_that_creates_nothing(tmp_path):
 
 
 def test_an_interrupted_run_prints_its_partial_summary(tmp_path, tiny_checkpoint):
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(24):
-        Image.fromarray(gradient_rgb(160, 160, seed=i)).save(src / f"{i:02d}.png")
+    src = photo_folder(tmp_path / "in", 24, 160, name="{i:02d}.png")
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "--device", "cpu", "--json", "upscale", str(src),
                              str(out), "--model", str(tiny_checkpoint), "--png-compression", "9", "--workers", "0"],

@@ -14,7 +14,7 @@ from PIL import Image
 from pixbatch.cli import cli
 from pixbatch.io.decode import decode_image
 from pixbatch.io.encode import encode_png16
-from tests.conftest import COMPACT, exif_with, gradient_rgb, requires_data, srgb_icc
+from tests.conftest import COMPACT, exif_with, gradient_rgb, photo_folder, requires_data, srgb_icc
 
 
 def run(*args):
@@ -102,14 +102,6 @@ def test_inputs_are_never_modified_and_rerun_skips(mixed, tmp_path, tiny_checkpo
     assert code == 123  # the bad PNGs still fail
     assert stdout.startswith("done 0, skipped 6, failed 2")  # 8 PNGs: empty, truncated
     assert {p: p.read_bytes() for p in mixed.rglob("*") if p.is_file()} == before
-
-
-def photo_folder(folder, n, size, name="{i}.png"):
-    """n small PNG photos named by ``name``."""
-    folder.mkdir()
-    for i in range(n):
-        Image.fromarray(gradient_rgb(size, size, seed=i)).save(folder / name.format(i=i))
-    return folder
 
 
 def start_and_wait_for_first_output(cmd, out, **kw):
