@@ -15,6 +15,8 @@ from pixbatch.io import claims
 from pixbatch.io.atomic import OutputExistsError
 from pixbatch.io.discover import Plan, remove_stale_temps
 
+CLAIMED_ELSEWHERE = "\0claimed"  # a decode record's error: another run is making this output
+
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
 
 
@@ -60,6 +62,17 @@ class JobBook:
             self.report.failed.append((str(path), reason))
             self.log(f"error: {one_line(path)}: {one_line(reason)}")
             self.bar.update(1)
+
+    def accept(self, path: Path, error: str, meta) -> bool:
+        """Book one decode record (``error`` empty when ``meta`` holds the decoded image's metadata);
+        True when the image goes on to the model."""
+        if error == CLAIMED_ELSEWHERE:
+            self.elsewhere(path)
+        elif error:
+            self.fail(path, error)
+        else:
+            self.decoded(path, meta.frames, meta.notes)
+        return not error
 
     def decoded(self, path: Path, frames: int, notes: tuple[str, ...] = ()) -> None:
         """An input was read: count multi-frame files (only their first frame is processed) and pass

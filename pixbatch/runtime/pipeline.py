@@ -23,6 +23,7 @@ from pixbatch.io.decode import DEFAULT_MAX_PIXELS, DecodeError, ImageMeta, decod
 from pixbatch.io.discover import Job, Plan, plan_jobs
 from pixbatch.io.encode import EncodeOptions, write_image
 from pixbatch.runtime.device import StartupError
+from pixbatch.runtime.jobs import CLAIMED_ELSEWHERE, JobBook
 from pixbatch.runtime.prepare import NON_FINITE, ModelFailedError, Runner
 from pixbatch.runtime.tiling import Window, plan_windows
 
@@ -71,9 +72,6 @@ class Report:
             "fp32_reruns": self.fp32_reruns, "oom_retries": self.oom_retries, "multi_frame": self.multi_frame,
             "settings": self.settings,
         }
-
-
-CLAIMED_ELSEWHERE = "\0claimed"  # decode record: another run is making this output
 
 
 class _DecodeSet(Dataset):
@@ -418,8 +416,6 @@ def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: Upscale
                    *, progress: bool = False, log: Callable[[str], None] = print,
                    info: Callable[[str], None] | None = None, report: Report | None = None) -> Report:
     """Run a planned job list through the model and write every output. Never raises for a bad file."""
-    from pixbatch.runtime.jobs import JobBook
-
     report = report if report is not None else Report()
     book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info)
     jobs = plan.todo
@@ -452,13 +448,8 @@ def upscale_images(sources: list[Path], dst: Path, runner: Runner, opts: Upscale
     try:
         for i, pixels, meta, error in loader:
             job = jobs[i]
-            if error == CLAIMED_ELSEWHERE:
-                book.elsewhere(job.src)
+            if not book.accept(job.src, error, meta):
                 continue
-            if error:
-                book.fail(job.src, error)
-                continue
-            book.decoded(job.src, meta.frames, meta.notes)
             h, w = pixels.shape[:2]
             if pixels.dtype == torch.uint16:
                 pixels = pixels.to(torch.int32)  # uint16 has only limited support on CUDA

@@ -25,7 +25,6 @@ from pixbatch.io.encode import EncodeOptions, write_image
 from pixbatch.io.regions import RegionSource, TiffRegionReader, TiledTiffWriter, is_tiled_tiff
 from pixbatch.runtime.blend import predict_bands
 from pixbatch.runtime.pipeline import (
-    CLAIMED_ELSEWHERE,
     Report,
     _DecodeSet,
     decode_workers,
@@ -289,13 +288,8 @@ def segment_images(dst: Path, runner: Runner, opts: SegmentOptions, plan: Plan, 
     try:
         for i, pixels, meta, error in loader:
             job = in_memory[i]
-            if error == CLAIMED_ELSEWHERE:
-                book.elsewhere(job.src)
+            if not book.accept(job.src, error, meta):
                 continue
-            if error:
-                book.fail(job.src, error)
-                continue
-            book.decoded(job.src, meta.frames, meta.notes)
             try:
                 outs = seg.run_in_memory(pixels.numpy())
             except Exception as exc:
