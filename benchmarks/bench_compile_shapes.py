@@ -31,7 +31,7 @@ def child(model: str, images: int, bucket: int, device: str) -> dict:
     from pixbatch.models import create_model
     from pixbatch.runtime import prepare
     from pixbatch.runtime.device import resolve_device, resolve_precision
-    from pixbatch.runtime.pipeline import upscale_tensor
+    from pixbatch.tasks.upscale import upscale_tensor
 
     prepare.COMPILE_BUCKET = bucket
     dev = resolve_device(device)

@@ -1,4 +1,4 @@
-"""Option groups shared by the image commands (upscale now; segment and stylize reuse them)."""
+"""Option groups shared by the image commands."""
 
 from __future__ import annotations
 
@@ -65,15 +65,27 @@ precision_options = _apply([
                  help="Run convolutions in NHWC memory layout."),
 ])
 
-run_options = _apply([
-    click.option("--tile", type=click.IntRange(min=0), default=0, show_default=True,
-                 help="Tile size in input px (0 = automatic: whole image when it fits the memory budget)."),
-    click.option("--tile-overlap", type=click.IntRange(min=0), default=None,
-                 help="Context around each tile in input px (default: the model's receptive field, "
-                      "so tiled output equals whole-image output)."),
-    click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
-                 help="Model inputs per batch (0 = automatic, from the memory budget)."),
-    precision_options,
-    click.option("--kernels", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True,
-                 help="Fused Triton conv+PixelShuffle kernels (GPU); auto uses them where they measure faster."),
-])
+
+
+def window_options(tile: int, overlap: int | None, overlap_default: str):
+    """``--tile``, ``--overlap`` and ``--batch-size``: the same meaning in every command, defaults per task."""
+    return _apply([
+        click.option("--tile", type=click.IntRange(min=0), default=tile, show_default=True,
+                     help="Tile edge in input px: images are cut into tiles of at most this size, each run in a "
+                          "window with --overlap px of context on every side (0 = from the memory budget: whole "
+                          "images when they fit)."),
+        click.option("--overlap", "--tile-overlap", "overlap", type=click.IntRange(min=0), default=overlap,
+                     show_default=overlap_default,
+                     help="Context px on each side of a tile; neighbouring windows share twice this."),
+        click.option("--blend/--crop", default=False, show_default=True,
+                     help="Crop: keep each tile's own output (exact when --overlap covers the model's reach). "
+                          "Blend: cross-fade neighbouring windows over half the overlap (softer seams when it "
+                          "does not)."),
+        click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Model inputs per batch (0 = automatic, from the memory budget)."),
+    ])
+
+
+kernels_option = click.option(
+    "--kernels", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True,
+    help="Fused Triton conv+PixelShuffle kernels (GPU); auto uses them where they measure faster.")

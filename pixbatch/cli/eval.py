@@ -46,7 +46,8 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None
     from pixbatch.train.evaluate import evaluate_sr, mean_metrics
 
     try:
-        runner = load_runner(app, model_name, scale, precision, False, True, n_jobs=0, kernels="auto")
+        runner = load_runner(app.device, model_name, scale, precision, False, True, n_jobs=0, kernels="auto",
+                             info=app.info)
         results = evaluate_sr(runner, hr_dir, lr_dir)
     except (StartupError, FileNotFoundError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
@@ -83,8 +84,10 @@ SEG_COLUMNS = ("dice", "iou", "accuracy", "precision", "recall", "specificity", 
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Binary models: foreground above this probability (default: the model's, else 0.5).")
 @click.option("--ignore-index", type=int, default=None, help="Mask value that counts for nothing.")
-@click.option("--tile", type=click.IntRange(min=64), default=1024, show_default=True)
-@click.option("--overlap", type=click.IntRange(min=0), default=128, show_default=True)
+@click.option("--tile", type=click.IntRange(min=0), default=896, show_default=True,
+              help="Tile edge in input px, as in `pixbatch segment`.")
+@click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Context px on each side of a tile, as in `pixbatch segment`.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
@@ -106,7 +109,8 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile,
     from pixbatch.train.seg_data import PairingError
 
     try:
-        runner = load_runner(app, model_name, None, precision, False, True, n_jobs=0, kernels="torch", task="seg")
+        runner = load_runner(app.device, model_name, None, precision, False, True, n_jobs=0, kernels="torch", task="seg",
+                             info=app.info)
         if threshold is None:
             threshold = float((runner.info.training or {}).get("threshold", 0.5))
         results, pooled = evaluate_seg(runner, images, masks, roi, threshold=threshold, ignore_index=ignore_index,

@@ -47,6 +47,32 @@ class App:
             click.echo(json.dumps({"error": message, "exit_code": EXIT_STARTUP}, indent=2))
         sys.exit(EXIT_STARTUP)
 
+    def start_runner(self, plan, dst, model_name: str | None, scale: int | None, precision: str,
+                     compile_: bool | None, channels_last: bool, *, kernels: str = "torch", task: str = "sr"):
+        """The prepared model for a planned job, after checking DST is writable; else exit 1."""
+        from pixbatch.runtime.device import StartupError
+        from pixbatch.runtime.engine import check_destination
+        from pixbatch.runtime.session import load_runner
+
+        try:
+            runner = load_runner(self.device, model_name, scale, precision, compile_, channels_last,
+                                 n_jobs=len(plan.todo), kernels=kernels, task=task, info=self.info)
+            check_destination(dst)
+        except StartupError as exc:
+            self.fail_start(str(exc))
+        return runner
+
+    def run(self, task, plan, opts) -> None:
+        """Run a task's planned job through the engine, print the summary and exit."""
+        from pixbatch.runtime.engine import run_job
+        from pixbatch.runtime.jobs import Report
+
+        self.report = Report()
+        self.info(f"{len(plan.todo)} to do, {len(plan.skipped)} already done, {len(plan.problems)} problem(s)")
+        run_job(task, plan, opts, progress=self.progress, log=self.log, info=self.info, report=self.report)
+        self.info("settings: " + ", ".join(f"{k}={v}" for k, v in self.report.settings.items()))
+        self.finish(self.report)
+
     def finish(self, report, *, interrupted: bool = False) -> None:
         """Print the summary (stdout) and exit with the report's code (130 when interrupted)."""
         if self.as_json:

@@ -6,21 +6,16 @@ from pathlib import Path
 
 import click
 
-from pixbatch.cli._options import io_options, png_compression_option, precision_options
+from pixbatch.cli._options import io_options, png_compression_option, precision_options, window_options
 
 
 @click.command(short_help="Segment images and folders of images (masks, probabilities, overlays).")
 @io_options
 @png_compression_option
+@window_options(896, 64, "64")
 @precision_options
 @click.option("--model", "model_name", default="unet_drive", show_default=True, metavar="NAME|PATH",
               help="A built-in segmentation model or a checkpoint written by `pixbatch train seg`.")
-@click.option("--tile", type=click.IntRange(min=64), default=1024, show_default=True,
-              help="Window size in px; smaller images run whole.")
-@click.option("--overlap", type=click.IntRange(min=0), default=128, show_default=True,
-              help="Px shared by neighbouring windows, where their logits are blended (cosine ramps).")
-@click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Windows per batch (0 = automatic: from the memory budget on a GPU, 1 on the CPU).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Probability above which a pixel is foreground (binary models; default: the model's, else 0.5).")
 @click.option("--probabilities", is_flag=True, help="Also write NAME_prob.tif with the probability map(s).")
@@ -30,55 +25,40 @@ from pixbatch.cli._options import io_options, png_compression_option, precision_
 @click.option("--overlay-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.pass_obj
 def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, workers, writers, max_pixels,
-            png_compression, precision, compile_, channels_last, model_name, tile, overlap, batch_size, threshold,
+            png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, model_name, threshold,
             probabilities, prob_format, overlay, overlay_alpha) -> None:
     """Segment every image in SRC (files and/or folders, searched recursively) into DST.
 
     Each input gets a mask PNG: 0/255 for binary models, class indices with a palette for multi-class
-    models. Large images are cut into overlapping windows (mirror-padded at the image borders) whose
-    logits are blended, so tiling leaves no seams. Tiled (Big)TIFF inputs are read region by region and
-    their outputs written tile by tile as tiled BigTIFFs (NAME.tif), so memory stays bounded. Existing
-    outputs are skipped (resume); every output is written to a temporary file and renamed when complete.
+    models. Large images are cut into tiles whose windows overlap (mirror-padded at the image borders)
+    and whose logits are blended, so tiling leaves no seams. Tiled (Big)TIFF inputs are read region by
+    region and their outputs written tile by tile as tiled BigTIFFs (NAME.tif), so memory stays bounded.
+    Existing outputs are skipped (resume); every output is written to a temporary file and renamed when
+    complete.
 
     \b
     Examples:
       pixbatch segment fundus/ masks/
-      pixbatch segment slide.tif out/ --model my_unet.safetensors --tile 1024 --overlap 128
+      pixbatch segment slide.tif out/ --model my_unet.safetensors --tile 1024 --overlap 64
       pixbatch segment in/ out/ --probabilities --overlay
     """
     from pixbatch.io.discover import plan_jobs
     from pixbatch.io.regions import is_tiled_tiff
 
-    if overlap * 2 >= tile:
-        raise click.BadParameter(f"must be less than half of --tile ({tile})", param_hint="--overlap")
     try:  # before torch is imported: a missing input is an instant error
         plan = plan_jobs(list(src), dst, suffix=suffix, glob=glob, overwrite=not skip_existing,
                          suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png")
     except FileNotFoundError as exc:
         app.fail_start(str(exc))
     from pixbatch.io.encode import EncodeOptions
-    from pixbatch.runtime.device import StartupError
-    from pixbatch.runtime.pipeline import check_destination
-    from pixbatch.runtime.segment import SegmentOptions, segment_images
-    from pixbatch.runtime.session import load_runner
+    from pixbatch.runtime.engine import JobOptions
+    from pixbatch.tasks.segment import SegmentTask, segment_windowing
 
-    try:
-        runner = load_runner(app, model_name, None, precision, compile_, channels_last, n_jobs=len(plan.todo),
-                             kernels="torch", task="seg")
-        check_destination(dst)
-    except StartupError as exc:
-        app.fail_start(str(exc))
-    opts = SegmentOptions(
-        tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold,
-        probabilities=prob_format if probabilities else None, overlay=overlay, overlay_alpha=overlay_alpha,
-        workers=workers, writers=writers, max_pixels=max_pixels,
-        encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),
+    runner = app.start_runner(plan, dst, model_name, None, precision, compile_, channels_last, task="seg")
+    opts = JobOptions(
+        windowing=segment_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
+        max_pixels=max_pixels, encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),
     )
-    from pixbatch.runtime.pipeline import Report
-
-    app.report = Report()
-    app.info(f"{len(plan.todo)} to do, {len(plan.skipped)} already done, {len(plan.problems)} problem(s)")
-    report = segment_images(dst, runner, opts, plan, progress=app.progress, log=app.log,
-                              info=app.info, report=app.report)
-    app.info("settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items()))
-    app.finish(report)
+    task = SegmentTask(runner, threshold=threshold, probabilities=prob_format if probabilities else None,
+                       overlay=overlay, overlay_alpha=overlay_alpha)
+    app.run(task, plan, opts)

@@ -6,25 +6,35 @@ from pathlib import Path
 
 import click
 
-from pixbatch.cli._options import format_options, io_options, run_options
+from pixbatch.cli._options import (
+    format_options,
+    io_options,
+    kernels_option,
+    precision_options,
+    window_options,
+)
 
 
 @click.command(short_help="Upscale images and folders of images.")
 @io_options
 @format_options
-@run_options
+@window_options(0, None, "the model's receptive field")
+@precision_options
+@kernels_option
 @click.option("--scale", type=click.IntRange(min=1), default=None,
               help="Upscaling factor (default: the model's, or 4 with the built-in models).")
 @click.option("--model", "model_name", default=None, metavar="NAME|PATH",
               help="A built-in model (see `pixbatch models`) or a checkpoint file (.safetensors/.pth).")
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
-            workers, writers, max_pixels, tile, tile_overlap, batch_size, precision, compile_, channels_last,
+            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last,
             kernels, scale, model_name) -> None:
     """Upscale every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree. Existing outputs are skipped, so an interrupted run resumes
     where it stopped; every output is written to a temporary file and renamed when complete.
+    Tiled (Big)TIFF inputs with a TIFF output are read region by region and written tile by tile
+    into a tiled BigTIFF, so memory stays bounded whatever their size.
 
     \b
     Examples:
@@ -39,26 +49,13 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     except FileNotFoundError as exc:
         app.fail_start(str(exc))
     from pixbatch.io.encode import EncodeOptions
-    from pixbatch.runtime.device import StartupError
-    from pixbatch.runtime.pipeline import UpscaleOptions, check_destination, upscale_images
-    from pixbatch.runtime.session import load_runner
+    from pixbatch.runtime.engine import JobOptions
+    from pixbatch.tasks.upscale import UpscaleTask, upscale_windowing
 
-    try:
-        runner = load_runner(app, model_name, scale, precision, compile_, channels_last, n_jobs=len(plan.todo),
-                             kernels=kernels)
-        check_destination(dst)
-    except StartupError as exc:
-        app.fail_start(str(exc))
-    opts = UpscaleOptions(
-        tile=tile, tile_overlap=tile_overlap, batch_size=batch_size, workers=workers, writers=writers,
-        max_pixels=max_pixels, fp32_for_16bit=precision == "auto",
+    runner = app.start_runner(plan, dst, model_name, scale, precision, compile_, channels_last, kernels=kernels)
+    opts = JobOptions(
+        windowing=upscale_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
+        max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),
     )
-    from pixbatch.runtime.pipeline import Report
-
-    app.report = Report()
-    app.info(f"{len(plan.todo)} to do, {len(plan.skipped)} already done, {len(plan.problems)} problem(s)")
-    report = upscale_images(list(src), dst, runner, opts, plan, progress=app.progress, log=app.log,
-                              info=app.info, report=app.report)
-    app.info("settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items()))
-    app.finish(report)
+    app.run(UpscaleTask(runner, fp32_for_16bit=precision == "auto"), plan, opts)

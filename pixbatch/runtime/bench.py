@@ -64,15 +64,9 @@ def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
     from torch.utils.data import DataLoader
 
     from pixbatch.io.encode import write_image
-    from pixbatch.runtime.pipeline import (
-        Report,
-        UpscaleOptions,
-        _DecodeSet,
-        decode_workers,
-        pixels_from_planes,
-        planes_from_pixels,
-        upscale_tensor,
-    )
+    from pixbatch.runtime.engine import DecodeSet, decode_workers
+    from pixbatch.runtime.jobs import Report
+    from pixbatch.tasks.upscale import pixels_from_planes, planes_from_pixels, upscale_tensor
 
     dev, s, n = runner.device, runner.info.scale, len(files)
     from pixbatch.io.discover import Job
@@ -83,7 +77,7 @@ def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
 
     # decode: the pipeline's own DataLoader, workers included (their start-up counted, as in a run)
     t = time.perf_counter()
-    decoded = [(px, meta) for _, px, meta, _ in DataLoader(_DecodeSet(jobs, opts.max_pixels), batch_size=None,
+    decoded = [(px, meta) for _, px, meta, _ in DataLoader(DecodeSet(jobs, opts.max_pixels), batch_size=None,
                                                            num_workers=workers, prefetch_factor=4 if workers else None)]
     out_mp = sum(px.shape[0] * px.shape[1] for px, _ in decoded) * s * s / 1e6
     stages["decode"] = {**_rate(n, time.perf_counter() - t, out_mp), "workers": workers}
@@ -134,7 +128,6 @@ def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
             list(pool.map(lambda i: write_image(arrays[i], decoded[i][1], Path(tmp) / files[i].name, opts.encode),
                           range(n)))
         stages["encode"] = {**_rate(n, time.perf_counter() - t, out_mp), "writers": writers}
-    assert isinstance(opts, UpscaleOptions)
     return stages
 
 
@@ -160,9 +153,10 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
     from pixbatch.io.discover import plan_jobs
     from pixbatch.models import create_model
     from pixbatch.runtime.device import resolve_device, resolve_precision
-    from pixbatch.runtime.pipeline import UpscaleOptions, upscale_images
+    from pixbatch.runtime.engine import JobOptions, run_job
     from pixbatch.runtime.prepare import prepare_model
     from pixbatch.runtime.session import COMPILE_MIN_JOBS
+    from pixbatch.tasks.upscale import UpscaleTask
 
     dev = resolve_device(device)
     loaded = create_model(model)
@@ -171,7 +165,7 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
         tmp = Path(tmp)
         files = make_photo_folder(tmp / "in", photos, images, size)
         out_mp = images * (size * s) ** 2 / 1e6
-        opts = UpscaleOptions()
+        opts = JobOptions()
         runner = prepare_model(copy.deepcopy(loaded), dev, resolve_precision("auto", dev, loaded.info),
                                compile=dev.type == "cuda" and images >= COMPILE_MIN_JOBS)
         log("measuring each stage alone ...")
@@ -185,7 +179,7 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
         plain = _rate(images, time.perf_counter() - t, out_mp)
         log("pixbatch pipeline ...")
         t = time.perf_counter()
-        report = upscale_images([tmp / "in"], tmp / "out", runner, opts, plan_jobs([tmp / "in"], tmp / "out"))
+        report = run_job(UpscaleTask(runner), plan_jobs([tmp / "in"], tmp / "out"), opts)
         pipeline = {**_rate(images, time.perf_counter() - t, out_mp), "settings": report.settings}
         if report.done != images:
             raise RuntimeError(f"pipeline wrote {report.done} of {images} images: {report.failed}")

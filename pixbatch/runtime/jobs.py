@@ -1,4 +1,4 @@
-"""Bookkeeping shared by the image pipelines: the report, the progress bar, per-file errors, and a
+"""Bookkeeping of a job: the report, the progress bar, per-file errors, and a
 bounded pool of writer threads (back-pressure: a few encoded-but-unwritten images at most)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixbatch.io import claims
@@ -16,6 +17,38 @@ from pixbatch.io.atomic import OutputExistsError
 from pixbatch.io.discover import Plan, remove_stale_temps
 
 CLAIMED_ELSEWHERE = "\0claimed"  # a decode record's error: another run is making this output
+
+
+
+@dataclass
+class Report:
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    input_mp: float = 0.0
+    output_mp: float = 0.0
+    fp32_reruns: int = 0
+    oom_retries: int = 0
+    multi_frame: int = 0  # inputs with several frames or pages, of which the first was processed
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 123 if self.failed else 0
+
+    def as_dict(self) -> dict:
+        t = max(self.seconds, 1e-9)
+        return {
+            "done": self.done, "skipped": self.skipped, "failed": len(self.failed),
+            "errors": [{"path": p, "reason": r} for p, r in self.failed],
+            "seconds": round(self.seconds, 3), "images_per_s": round(self.done / t, 3),
+            "input_mp": round(self.input_mp, 3), "output_mp": round(self.output_mp, 3),
+            "output_mp_per_s": round(self.output_mp / t, 3),
+            "fp32_reruns": self.fp32_reruns, "oom_retries": self.oom_retries, "multi_frame": self.multi_frame,
+            "settings": self.settings,
+        }
+
 
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
 
@@ -30,7 +63,7 @@ class JobBook:
     """Starts a run from its plan (known problems reported, stale temporary files removed) and keeps
     its report; ``write`` runs an encoder in the pool and turns its outcome into done/skipped/failed."""
 
-    def __init__(self, plan: Plan, report, *, writers: int | None, progress: bool,
+    def __init__(self, plan: Plan, report: Report, *, writers: int | None, progress: bool,
                  log: Callable[[str], None], info: Callable[[str], None] | None = None) -> None:
         from tqdm import tqdm
 

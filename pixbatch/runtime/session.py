@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from pixbatch.runtime.device import StartupError, resolve_device, resolve_precision
@@ -39,9 +41,11 @@ def load_model_for_scale(model_name: str | None, scale: int | None, task: str = 
     return loaded
 
 
-def load_runner(app, model_name: str | None, scale: int | None, precision: str, compile_: bool | None,
-                channels_last: bool, *, n_jobs: int, kernels: str = "auto", task: str = "sr") -> Runner:
-    device = resolve_device(app.device)
+def load_runner(device_spec: str, model_name: str | None, scale: int | None, precision: str, compile_: bool | None,
+                channels_last: bool, *, n_jobs: int, kernels: str = "auto", task: str = "sr",
+                info: Callable[[str], None] | None = None) -> Runner:
+    """The prepared model of a command, or StartupError; ``info`` receives one line describing it."""
+    device = resolve_device(device_spec)
     loaded = load_model_for_scale(model_name, scale, task)
     dtype = resolve_precision(precision, device, loaded.info)
     if compile_ is None:
@@ -49,7 +53,7 @@ def load_runner(app, model_name: str | None, scale: int | None, precision: str, 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     what = f"x{loaded.info.scale}" if loaded.info.task == "sr" else f"{loaded.info.out_channels} output channel(s)"
-    app.info(f"model {loaded.info.name} ({loaded.info.arch}, {what}, {loaded.info.params:,} "
+    (info or (lambda message: None))(f"model {loaded.info.name} ({loaded.info.arch}, {what}, {loaded.info.params:,} "
              f"parameters) on {device}, {str(dtype).removeprefix('torch.')}, compile={compile_}")
     try:
         return prepare_model(loaded, device, dtype, channels_last=channels_last, compile=compile_, kernels=kernels)

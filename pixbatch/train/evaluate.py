@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from pixbatch.io.discover import IMAGE_SUFFIXES
-from pixbatch.runtime.pipeline import upscale_tensor
 from pixbatch.runtime.prepare import Runner
+from pixbatch.tasks.upscale import upscale_tensor
 from pixbatch.train.degrade import imresize_uint8, modcrop
 from pixbatch.train.metrics import sr_metrics
 

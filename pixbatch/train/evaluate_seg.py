@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixbatch.runtime.blend import predict_bands
 from pixbatch.runtime.prepare import Runner
+from pixbatch.tasks.segment import DEFAULT_OVERLAP, DEFAULT_TILE, predict_logits
 from pixbatch.train.metrics import auc_roc, confusion, multiclass_scores, scores_from_confusion
 from pixbatch.train.seg_data import load_mask, pair_folders
 
@@ -22,19 +22,16 @@ class SegResult:
     scores: dict[str, float]
 
 
-def predict_probabilities(runner: Runner, pixels: np.ndarray, tile: int = 1024, overlap: int = 128) -> torch.Tensor:
+def predict_probabilities(runner: Runner, pixels: np.ndarray, tile: int = DEFAULT_TILE,
+                          overlap: int = DEFAULT_OVERLAP) -> torch.Tensor:
     """(C, H, W) float32 probabilities (sigmoid for one channel, softmax otherwise) of an HWC image."""
-    from pixbatch.io.regions import RegionSource
-
-    source = RegionSource(pixels)
-    out = torch.empty(runner.info.out_channels, source.height, source.width)
-    for y0, logits in predict_bands(runner, source, tile, overlap):
-        out[:, y0:y0 + logits.shape[1]] = logits.float().cpu()
+    out = predict_logits(runner, pixels, tile, overlap).float().cpu()
     return torch.sigmoid(out) if out.shape[0] == 1 else torch.softmax(out, dim=0)
 
 
 def evaluate_seg(runner: Runner, images: Path, masks: Path, roi: Path | None = None, *, threshold: float = 0.5,
-                 ignore_index: int | None = None, tile: int = 1024, overlap: int = 128) -> tuple[list[SegResult], dict]:
+                 ignore_index: int | None = None, tile: int = DEFAULT_TILE,
+                 overlap: int = DEFAULT_OVERLAP) -> tuple[list[SegResult], dict]:
     """Per-image scores and the scores over all pixels of all images (``pooled``; AUC included)."""
     from pixbatch.io.decode import decode_image
 

@@ -96,7 +96,8 @@ def test_tiled_tiff_is_streamed_and_matches_the_in_memory_path(tmp_path, seg_che
     monkeypatch.setattr(regions.TiffRegionReader, "read_rows", spy)
     monkeypatch.setattr(tifffile.TiffPage, "asarray", whole_page)
     out = tmp_path / "out"
-    result = run("--json", "segment", src, out, "--model", seg_checkpoint, "--tile", "256", "--overlap", "64",
+    # 192 px tiles with 32 px of context on each side: windows of at most 256 rows
+    result = run("--json", "segment", src, out, "--model", seg_checkpoint, "--tile", "192", "--overlap", "32",
                  "--probabilities", "--overlay")
     monkeypatch.undo()
     assert result.exit_code == 0, result.output
@@ -122,9 +123,17 @@ def test_models_of_the_other_task_are_refused(tmp_path, seg_checkpoint, tiny_che
     assert result.exit_code == 1 and "error: unet is a segmentation model; use `pixbatch segment`" in result.output
 
 
-def test_overlap_must_leave_room_in_the_tile(tmp_path, seg_checkpoint):
-    result = run("segment", tmp_path, tmp_path / "o", "--model", seg_checkpoint, "--tile", "128", "--overlap", "64")
-    assert result.exit_code == 2 and "must be less than half of --tile (128)" in result.output
+def test_tile_and_overlap_mean_the_core_and_its_context(tmp_path, seg_checkpoint):
+    """--tile is the core edge and --overlap the context on each side, as in upscale: an overlap of
+    half the tile is fine (windows of 256 px for 128 px tiles)."""
+    src = tmp_path / "a.png"
+    Image.fromarray(gradient_rgb(300, 200)).save(src)
+    result = run("--json", "segment", src, tmp_path / "o", "--model", seg_checkpoint, "--tile", "128",
+                 "--overlap", "64")
+    assert result.exit_code == 0, result.output
+    settings = json.loads(result.stdout)["settings"]
+    assert settings["tile"] == 128 and settings["overlap"] == 64 and settings["blend"] is False
+    assert np.asarray(Image.open(tmp_path / "o" / "a.png")).shape == (300, 200)
 
 
 def test_a_corrupt_tiled_tiff_fails_alone_and_leaves_nothing_behind(tmp_path, seg_checkpoint):

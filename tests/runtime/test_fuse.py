@@ -11,8 +11,8 @@ from pixbatch.cli import cli
 from pixbatch.models import create_model
 from pixbatch.ops.conv_pixel_shuffle import ConvPixelShuffle
 from pixbatch.runtime.fuse import fuse_upsamplers
-from pixbatch.runtime.pipeline import upscale_tensor
 from pixbatch.runtime.prepare import prepare_model
+from pixbatch.tasks.upscale import upscale_tensor
 from tests.conftest import COMPACT, gradient_rgb, requires_data
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

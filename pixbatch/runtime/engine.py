@@ -1,0 +1,694 @@
+"""The one job engine: discover -> decode -> plan -> run -> post -> write -> report, for every task.
+
+A task (``pixbatch.tasks``) says how decoded pixels become model planes, how model output becomes
+output pixels, and which files each job writes. Everything else lives here, once:
+
+- decoding in DataLoader worker processes (a bad file is an error record, never an exception);
+- the window plan of every image (``runtime.windows``), cropped or blended;
+- ``WindowEngine``: windows of any number of images batched by shape, band by band, with the
+  out-of-memory back-off (a batch halves; a single window is computed in smaller pieces and still
+  delivered once) and the precision guard (samples that are not finite in reduced precision are
+  recomputed in fp32; still not finite, the image fails, never a black output);
+- outputs in memory (encoded by the writer pool) or, for tiled (Big)TIFF inputs, streamed into tiled
+  BigTIFFs band by band, so memory is bounded by one band of windows whatever the image size;
+- atomic commits (extras first, the main output last: its presence marks the job done), claims,
+  error lines, the progress bar and the report (``runtime.jobs``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pixbatch.io import claims
+from pixbatch.io.atomic import OutputExistsError, check_tiff_complete, commit, temp_path
+from pixbatch.io.decode import DEFAULT_MAX_PIXELS, MODES_BY_CHANNELS, DecodeError, ImageMeta, decode_image
+from pixbatch.io.discover import Job, Plan
+from pixbatch.io.encode import EncodeOptions
+from pixbatch.io.regions import RegionSource, TiffRegionReader, TiledTiffWriter, is_tiled_tiff
+from pixbatch.runtime.device import StartupError
+from pixbatch.runtime.jobs import CLAIMED_ELSEWHERE, JobBook, Report
+from pixbatch.runtime.prepare import NON_FINITE, ModelFailedError, Runner
+from pixbatch.runtime.windows import WindowPlan, plan_windows, reflect_index
+
+MIN_TILE = 16
+CPU_PIXEL_BUDGET = 512 * 512  # input pixels per window on the CPU: bounds RAM, costs no speed
+CPU_BATCH_PIXELS = 256 * 256  # batching larger inputs is slower on the CPU (measured), tiny ones still batch
+DEFAULT_CONTEXT = 32  # context px when the model's receptive field is unknown
+STREAM_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass
+class Windowing:
+    """How images are cut into windows: ``--tile`` and ``--overlap`` mean the same in every command."""
+
+    tile: int = 0  # core edge in input px (windows add ``overlap`` on each side); 0 = from the memory budget
+    overlap: int | None = None  # context px on each side of a window's core; None = the receptive field
+    blend: bool = False  # blend neighbouring windows with cosine ramps (else keep each core as is)
+    mirror_borders: bool = False  # mirror ``overlap`` px beyond the true borders (overlap-tile strategy)
+    batch_size: int = 0  # model inputs per batch; 0 = from the memory budget
+
+
+@dataclass
+class JobOptions:
+    windowing: Windowing = field(default_factory=Windowing)
+    workers: int | None = None  # decode processes; None = automatic
+    writers: int | None = None  # encode threads; None = automatic
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
+
+
+class RowSource(Protocol):
+    """What the engine reads an image from: rows of an array in memory, or of a huge TIFF by region."""
+
+    height: int
+    width: int
+
+    def read_rows(self, y0: int, y1: int) -> Any: ...
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def device_pixel_budget(runner: Runner) -> int:
+    """Input pixels one batch may hold. On a GPU, measured: bytes one input pixel costs at peak."""
+    if runner.device.type != "cuda":
+        return CPU_PIXEL_BUDGET
+    dev = runner.device
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    probe = torch.rand(1, runner.info.in_channels, 128, 128, device=dev)
+    runner.run_eager(probe)  # eager: no compilation for a throw-away shape
+    per_px = max((torch.cuda.max_memory_allocated(dev) - base) / probe[0, 0].numel(), 1.0)
+    free, _ = torch.cuda.mem_get_info(dev)
+    return max(int(free * 0.5 / per_px), 64 * 64)
+
+
+class Canvas:
+    """One image in flight: where its rows come from, its window plan, and where finished rows go.
+
+    ``to_planes`` turns rows read from ``source`` into (K, C, h, w) float32 model planes on the device
+    (K = 2 for colour and alpha); ``on_rows(y0, out)`` receives finished output rows (K, C', n, W')
+    top to bottom, each exactly once; then ``on_done()``, or ``on_failed(reason)`` once."""
+
+    def __init__(self, source: RowSource, to_planes: Callable[[Any], torch.Tensor],
+                 on_rows: Callable[[int, torch.Tensor], None], on_done: Callable[[], None],
+                 on_failed: Callable[[str], None], *, fp32: bool = False) -> None:
+        self.source, self.to_planes = source, to_planes
+        self.on_rows, self.on_done, self.on_failed = on_rows, on_done, on_failed
+        self.fp32 = fp32
+        self.plan: WindowPlan | None = None
+        self.band = 0
+        self.left = 0  # windows of the current band not yet delivered
+        self.planes: torch.Tensor | None = None  # the current band's input rows, frame columns
+        self.acc: torch.Tensor | None = None  # the current band's weighted output rows
+        self.carry: torch.Tensor | None = None  # rows the next band adds to (blending)
+        self.closed = False
+
+    @property
+    def key(self) -> tuple[int, int, bool]:
+        return self.plan.ys.window, self.plan.xs.window, self.fp32
+
+
+@dataclass
+class _Unit:
+    canvas: Canvas
+    band: int
+    col: int
+
+    @property
+    def k(self) -> int:
+        return self.canvas.planes.shape[0]
+
+    def input(self) -> torch.Tensor:
+        xs = self.canvas.plan.xs
+        return self.canvas.planes[..., xs.starts[self.col]:xs.starts[self.col] + xs.window]
+
+
+class WindowEngine:
+    """Runs the windows of many images through a Runner: batches of equal shapes across images, band
+    by band within an image, with the OOM back-off and the fp32 precision guard."""
+
+    def __init__(self, runner: Runner, windowing: Windowing, report: Report) -> None:
+        self.runner, self.report = runner, report
+        info = runner.info
+        self.scale, self.multiple = info.scale, info.size_multiple
+        rf = info.receptive_field
+        self.context = windowing.overlap if windowing.overlap is not None else (rf if rf is not None else DEFAULT_CONTEXT)
+        self.border = self.context if windowing.mirror_borders else 0
+        self.blend = windowing.blend
+        self.budget = device_pixel_budget(runner)
+        self.auto = windowing.tile == 0
+        self.tile = windowing.tile or max(4 * MIN_TILE, (int(math.sqrt(self.budget)) - 2 * self.context) // 8 * 8)
+        self.batch_size = windowing.batch_size
+        self.max_planes = windowing.batch_size or 64
+        self.queues: OrderedDict[tuple, deque[_Unit]] = OrderedDict()
+        self.queued = 0  # input pixels waiting (all planes)
+
+    def plan(self, height: int, width: int) -> WindowPlan:
+        tile = 0 if self.auto and height * width <= self.budget else self.tile
+        return plan_windows(height, width, tile, self.context, multiple=self.multiple, border=self.border,
+                            blend=self.blend)
+
+    def _batch_limit(self, h: int, w: int) -> int:
+        if self.batch_size:
+            return self.max_planes
+        budget = self.budget if self.runner.device.type == "cuda" else min(self.budget, CPU_BATCH_PIXELS)
+        return min(max(1, budget // max(h * w, 1)), self.max_planes)
+
+    # -- images in -------------------------------------------------------------------------------
+    def add(self, canvas: Canvas) -> None:
+        """Queue an image. One of several bands is driven to its end here (its rows are read band by
+        band, so memory holds one band); single-band images wait for their batch to fill."""
+        canvas.plan = self.plan(canvas.source.height, canvas.source.width)
+        if not self._start_band(canvas):
+            return
+        if len(canvas.plan.ys) == 1:
+            self.run_ready()
+            return
+        while not canvas.closed:
+            if canvas.left == 0:
+                if not self._start_band(canvas):
+                    return
+            else:
+                self._run_group(canvas.key)
+
+    def _start_band(self, canvas: Canvas) -> bool:
+        """Read the rows of the canvas's current band and queue its windows; False if it failed."""
+        ys, xs = canvas.plan.ys, canvas.plan.xs
+        y0 = ys.starts[canvas.band]
+        rows = reflect_index(np.arange(y0, y0 + ys.window) - ys.border, ys.size)
+        cols = reflect_index(np.arange(xs.frame) - xs.border, xs.size)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        try:
+            planes = canvas.to_planes(canvas.source.read_rows(lo, hi))
+        except (DecodeError, ValueError, OSError) as exc:
+            self._fail(canvas, str(exc))
+            return False
+        except (MemoryError, torch.OutOfMemoryError) as exc:
+            self._fail(canvas, f"not enough memory for a {xs.size}x{hi - lo} band ({type(exc).__name__})")
+            return False
+        except Exception as exc:  # a reader or conversion bug must not take the batch down
+            self._fail(canvas, f"cannot read rows {lo}-{hi} ({type(exc).__name__}: {exc})")
+            return False
+        dev = planes.device
+        if not np.array_equal(rows, np.arange(lo, hi)):
+            planes = planes.index_select(-2, torch.from_numpy(rows - lo).to(dev))
+        if not np.array_equal(cols, np.arange(xs.size)):
+            planes = planes.index_select(-1, torch.from_numpy(cols).to(dev))
+        canvas.planes = planes
+        canvas.left = len(xs)
+        for j in range(len(xs)):
+            self._enqueue(_Unit(canvas, canvas.band, j))
+        return True
+
+    def _enqueue(self, unit: _Unit) -> None:
+        self.queues.setdefault(unit.canvas.key, deque()).append(unit)
+        self.queued += unit.k * unit.canvas.plan.ys.window * unit.canvas.plan.xs.window
+
+    # -- batching --------------------------------------------------------------------------------
+    def run_ready(self) -> None:
+        """Run every full batch; then, while more than two batches' worth of pixels wait (shapes that
+        rarely repeat), the oldest group, so latency and memory stay bounded."""
+        for key in list(self.queues):
+            q = self.queues.get(key)
+            while q and sum(u.k for u in q) >= self._batch_limit(key[0], key[1]):
+                self._run_group(key)
+                q = self.queues.get(key)
+        while self.queues and self.queued > 2 * self.budget:
+            self._run_group(next(iter(self.queues)))
+
+    def flush(self) -> None:
+        while self.queues:
+            self._run_group(next(iter(self.queues)))
+
+    def _run_group(self, key: tuple) -> None:
+        q = self.queues[key]
+        limit = self._batch_limit(key[0], key[1])
+        batch, planes = [], 0
+        while q and (not batch or planes + q[0].k <= limit):
+            unit = q.popleft()
+            batch.append(unit)
+            planes += unit.k
+        if not q:
+            del self.queues[key]
+        self.queued -= planes * key[0] * key[1]
+        self._run_batch(batch)
+
+    # -- running ---------------------------------------------------------------------------------
+    def _run_batch(self, batch: list[_Unit]) -> None:
+        batch = [u for u in batch if not u.canvas.closed]
+        if not batch:
+            return
+        fp32 = batch[0].canvas.fp32
+        x = torch.cat([u.input() for u in batch])
+        try:
+            y = self._window_output(x, fp32) if len(batch) == 1 else self._forward(x, fp32)
+        except Exception as exc:
+            del x
+            if len(batch) > 1 and is_oom(exc):  # halve the batch and retry the same windows
+                self._after_oom()
+                self.max_planes = max(1, self.max_planes // 2)
+                half = len(batch) // 2
+                self._run_batch(batch[:half])
+                self._run_batch(batch[half:])
+                return
+            reason = str(exc) if isinstance(exc, ModelFailedError) else f"model failed ({type(exc).__name__}: {exc})"
+            for canvas in {id(u.canvas): u.canvas for u in batch}.values():
+                self._fail(canvas, reason)
+            return
+        del x
+        finite = torch.isfinite(y).flatten(1).all(1).tolist()
+        i = 0
+        for u in batch:  # still not finite after the fp32 rerun: that image fails, never a black output
+            k = u.k
+            if not all(finite[i:i + k]):
+                self._fail(u.canvas, NON_FINITE)
+            elif not u.canvas.closed:
+                self._deliver(u, y[i:i + k])
+            i += k
+
+    def _forward(self, x: torch.Tensor, fp32: bool) -> torch.Tensor:
+        if fp32 or self.runner.dtype == torch.float32:
+            return self.runner.run_fp32(x) if fp32 else self.runner(x)
+        y = self.runner(x)
+        bad = ~torch.isfinite(y).flatten(1).all(1)
+        if bool(bad.any()):  # the precision guard: redo those samples in fp32
+            y[bad] = self.runner.run_fp32(x[bad])
+            self.report.fp32_reruns += int(bad.sum())
+        return y
+
+    def _after_oom(self) -> None:
+        self.report.oom_retries += 1
+        if self.runner.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _window_output(self, x: torch.Tensor, fp32: bool) -> torch.Tensor:
+        """One window's output; out of memory, it is computed in core-cropped pieces of half the size
+        inside the window (with the same context), so it is still delivered once and whole."""
+        try:
+            return self._forward(x, fp32)
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+        self._after_oom()
+        h, w = x.shape[-2:]
+        tile = (max(h, w) - 2 * self.context) // 2
+        if tile < MIN_TILE:
+            raise ModelFailedError(f"out of memory even for a {w}x{h} window; use a smaller --tile")
+        self.tile = min(self.tile, tile)  # later images are cut to fit as well
+        self.budget = min(self.budget, h * w // 2)
+        sub = plan_windows(h, w, tile, self.context, multiple=self.multiple)
+        s, y = self.scale, None
+        for i, sy in enumerate(sub.ys.starts):
+            for j, sx in enumerate(sub.xs.starts):
+                part = self._window_output(x[..., sy:sy + sub.ys.window, sx:sx + sub.xs.window], fp32)
+                if y is None:
+                    y = part.new_empty(part.shape[0], part.shape[1], h * s, w * s)
+                (cy0, cy1), (cx0, cx1) = sub.ys.cuts[i:i + 2], sub.xs.cuts[j:j + 2]
+                y[..., cy0 * s:cy1 * s, cx0 * s:cx1 * s] = part[..., (cy0 - sy) * s:(cy1 - sy) * s,
+                                                                (cx0 - sx) * s:(cx1 - sx) * s]
+        return y
+
+    def _deliver(self, unit: _Unit, y: torch.Tensor) -> None:
+        """Weigh one window's output into its band; a complete band's final rows go out."""
+        canvas, s = unit.canvas, self.scale
+        ys, xs = canvas.plan.ys, canvas.plan.xs
+        i, j = unit.band, unit.col
+        ylo, yhi = ys.support(i)
+        xlo, xhi = xs.support(j)
+        part = y[..., (ylo - ys.starts[i]) * s:(yhi - ys.starts[i]) * s, (xlo - xs.starts[j]) * s:(xhi - xs.starts[j]) * s]
+        if canvas.acc is None:
+            canvas.acc = y.new_zeros(y.shape[0], y.shape[1], (yhi - ylo) * s, xs.size * s)
+            if canvas.carry is not None:
+                canvas.acc[..., :canvas.carry.shape[-2], :] = canvas.carry
+                canvas.carry = None
+        target = canvas.acc[..., (xlo - xs.border) * s:(xhi - xs.border) * s]
+        if self.blend:
+            wy = torch.from_numpy(ys.weights(i, s)).to(y.device)
+            wx = torch.from_numpy(xs.weights(j, s)).to(y.device)
+            target.add_(part * (wy[:, None] * wx[None, :]))
+        else:
+            target.copy_(part)
+        canvas.left -= 1
+        if canvas.left == 0:
+            self._finish_band(canvas)
+
+    def _finish_band(self, canvas: Canvas) -> None:
+        ys, s, i = canvas.plan.ys, self.scale, canvas.band
+        ylo, _ = ys.support(i)
+        n = (ys.final(i) - ylo) * s
+        acc, canvas.acc, canvas.planes = canvas.acc, None, None
+        last = i == len(ys) - 1
+        try:
+            canvas.on_rows((ylo - ys.border) * s, acc[..., :n, :])
+        except Exception as exc:  # the writer could not take the rows (disk full, ...)
+            self._fail(canvas, f"cannot write the output ({type(exc).__name__}: {exc})")
+            return
+        if last:
+            canvas.closed = True
+            canvas.on_done()
+        else:
+            canvas.carry = acc[..., n:, :].clone() if n < acc.shape[-2] else None
+            canvas.band += 1
+
+    def _fail(self, canvas: Canvas, reason: str) -> None:
+        if not canvas.closed:
+            canvas.closed = True
+            canvas.planes = canvas.acc = canvas.carry = None
+            canvas.on_failed(reason)
+
+
+class TensorSource:
+    """Rows of float planes (K, C, H, W) already on the device."""
+
+    def __init__(self, planes: torch.Tensor) -> None:
+        self.planes = planes
+        self.height, self.width = planes.shape[-2:]
+
+    def read_rows(self, y0: int, y1: int) -> torch.Tensor:
+        return self.planes[..., y0:y1, :]
+
+
+def run_planes(runner: Runner, x: torch.Tensor, windowing: Windowing | None = None, *,
+               report: Report | None = None) -> torch.Tensor:
+    """Float images (N, C, H, W) through the engine, each its own image (same windows, batching,
+    OOM back-off and precision guard as a job), without rounding: float (N, C', H*s, W*s) out."""
+    s = runner.info.scale
+    x = x.to(runner.device, torch.float32)
+    engine = WindowEngine(runner, windowing or Windowing(), report if report is not None else Report())
+    out: list[torch.Tensor | None] = [None]
+    errors: list[str] = []
+
+    def on_rows(n: int, y0: int, rows: torch.Tensor) -> None:
+        if out[0] is None:
+            out[0] = rows.new_empty(x.shape[0], rows.shape[1], x.shape[2] * s, x.shape[3] * s)
+        out[0][n:n + 1, :, y0:y0 + rows.shape[-2]] = rows
+
+    for n in range(x.shape[0]):
+        engine.add(Canvas(TensorSource(x[n:n + 1]), lambda p: p, lambda y0, rows, n=n: on_rows(n, y0, rows),
+                          lambda: None, errors.append))
+    engine.flush()
+    if errors:
+        raise ModelFailedError(errors[0])
+    return out[0]
+
+
+# -- jobs: decode, tasks, outputs -------------------------------------------------------------------
+class Task:
+    """What a command says about its job; the engine does the rest. Subclasses set ``name``,
+    ``windowing`` defaults and ``main`` (the output whose file marks the job done, written last)."""
+
+    name = "task"
+    main = "image"
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def model_input(self, pixels: np.ndarray) -> torch.Tensor:
+        """(h, w, C) uint8/uint16 rows -> (K, C_in, h, w) float32 model planes on the device."""
+        raise NotImplementedError
+
+    def post(self, y: torch.Tensor, meta: ImageMeta, rows: Callable[[], np.ndarray]) -> dict[str, torch.Tensor]:
+        """Finished model output rows (K, C', n, W') -> output pixels {name: (n, W', c)} on the device.
+        ``rows()`` reads the input rows they came from (for overlays)."""
+        raise NotImplementedError
+
+    def fp32(self, meta: ImageMeta) -> bool:
+        """Whether this image is computed in fp32 whatever the runner's precision."""
+        return False
+
+    def outputs(self, dst: Path, streamed: bool) -> dict[str, Path]:
+        """Every file a job writes, by output name (extras are known at planning time)."""
+        return {self.main: dst}
+
+    def encode(self, name: str, arr: np.ndarray, meta: ImageMeta, path: Path, opts: EncodeOptions) -> None:
+        """Write one in-memory output atomically."""
+        raise NotImplementedError
+
+    def tiff(self, name: str, channels: int) -> dict:
+        """tifffile arguments of a streamed output."""
+        return {"photometric": "rgb" if channels in (3, 4) else "minisblack",
+                "extrasamples": (2,) if channels in (2, 4) else None}
+
+    def settings(self) -> dict:
+        return {}
+
+
+class DecodeSet(Dataset):
+    """Decodes in worker processes; a bad file becomes an error record, never an exception. With an
+    ``owner``, each output is claimed for that run before its input is decoded."""
+
+    def __init__(self, jobs: list[Job], max_pixels: int, owner: str | None = None) -> None:
+        self.jobs, self.max_pixels, self.owner = jobs, max_pixels, owner
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int):
+        if self.owner is not None and not claims.claim(self.jobs[i].dst, self.owner):
+            return i, torch.empty(0), None, CLAIMED_ELSEWHERE
+        try:
+            arr, meta = decode_image(self.jobs[i].src, self.max_pixels)
+            return i, torch.from_numpy(arr), meta, ""
+        except DecodeError as exc:
+            return i, torch.empty(0), None, str(exc)
+        except MemoryError:
+            return i, torch.empty(0), None, "out of memory while decoding"
+        except Exception as exc:  # a decoder bug must not take the batch down
+            return i, torch.empty(0), None, f"cannot decode ({type(exc).__name__}: {exc})"
+
+
+WORKER_MEMORY = 1 << 30  # bytes a decode worker may need: its interpreter, torch and a few prefetched images
+
+
+def auto_workers(n_jobs: int) -> int:
+    """Decode processes: none for a handful of files; else about half the cores (the rest compute)."""
+    if n_jobs < 4:
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def available_memory() -> int | None:
+    """Bytes the system can give without swapping (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def decode_workers(requested: int | None, n_jobs: int) -> int:
+    """Worker processes for decoding: ``requested`` (None = automatic), never more than the cores,
+    the files to decode, or what free memory holds at ``WORKER_MEMORY`` each."""
+    workers = auto_workers(n_jobs) if requested is None else requested
+    memory = available_memory()
+    cap = min(os.cpu_count() or 1, n_jobs, memory // WORKER_MEMORY if memory is not None else workers)
+    return max(0, min(workers, cap))
+
+
+def check_destination(dst: Path) -> None:
+    """Fail before any work if the destination cannot be created or written."""
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        probe = dst / f".pixbatch-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(f"cannot write to {dst}: {exc.strerror or exc}") from None
+
+
+def streams(job: Job) -> bool:
+    """A tiled (Big)TIFF going to a TIFF output is read region by region and written tile by tile."""
+    return job.dst.suffix.lower() in STREAM_SUFFIXES and is_tiled_tiff(job.src)
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    arr = t.cpu().numpy()
+    return arr.astype(np.uint16) if arr.dtype == np.int32 else arr  # 16-bit samples travel as int32
+
+
+class _Outputs:
+    """The outputs of one job as its rows arrive: arrays in memory, or tiled BigTIFFs being written to
+    temporary files; ``finish`` commits them, the extras first and the main output last."""
+
+    def __init__(self, task: Task, job: Job, meta: ImageMeta, source: RowSource, streamed: bool,
+                 opts: EncodeOptions) -> None:
+        self.task, self.job, self.meta, self.source, self.opts = task, job, meta, source, opts
+        self.paths = task.outputs(job.dst, streamed)
+        self.streamed = streamed
+        self.arrays: dict[str, np.ndarray] = {}
+        self.writers: dict[str, TiledTiffWriter] = {}
+        self.tmps = {k: temp_path(p) for k, p in self.paths.items()} if streamed else {}
+        self.scale = task.runner.info.scale
+        self.rows_done = 0
+
+    def push(self, y0: int, y: torch.Tensor) -> None:
+        s, n = self.scale, y.shape[-2]
+        outs = self.task.post(y, self.meta, lambda: self.source.read_rows(y0 // s, (y0 + n) // s))
+        h, w = self.source.height * s, self.source.width * s
+        for name, t in outs.items():
+            arr = _host(t)
+            if self.streamed:
+                if name not in self.writers:
+                    c = arr.shape[2]
+                    self.writers[name] = TiledTiffWriter(self.tmps[name], h, w, c, arr.dtype, **self.task.tiff(name, c))
+                self.writers[name].push(arr)
+            else:
+                if name not in self.arrays:
+                    self.arrays[name] = np.empty((h, w, arr.shape[2]), arr.dtype)
+                self.arrays[name][y0:y0 + n] = arr
+        self.rows_done += n
+
+    def encode(self) -> tuple[float, float]:
+        """Encode and commit the in-memory outputs (run by a writer thread); input and output MP."""
+        for name in self._order():
+            try:
+                self.task.encode(name, self.arrays[name], self.meta, self.paths[name], self.opts)
+            except OutputExistsError:
+                if name == self.task.main:
+                    raise
+                # extras that a killed run left behind are kept unless --overwrite
+        return self._mp()
+
+    def commit_streamed(self) -> tuple[float, float]:
+        for name in list(self.writers):
+            self.writers.pop(name).close()
+        for tmp in self.tmps.values():  # all there on disk before any of them is committed
+            check_tiff_complete(tmp)
+        for name in self._order():
+            try:
+                commit(self.tmps[name], self.paths[name], self.opts.overwrite)
+            except OutputExistsError:
+                if name == self.task.main:
+                    raise
+        return self._mp()
+
+    def discard(self) -> None:
+        for wr in self.writers.values():
+            wr.abort()
+        self.writers.clear()
+        for tmp in self.tmps.values():
+            tmp.unlink(missing_ok=True)
+        self.arrays.clear()
+
+    def _order(self) -> list[str]:
+        return [k for k in self.paths if k != self.task.main] + [self.task.main]
+
+    def _mp(self) -> tuple[float, float]:
+        h, w = self.source.height, self.source.width
+        return h * w / 1e6, h * w * self.scale ** 2 / 1e6
+
+
+def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
+            log: Callable[[str], None] = print, info: Callable[[str], None] | None = None,
+            report: Report | None = None) -> Report:
+    """Run every planned job of ``task`` and write its outputs. Never raises for a bad file."""
+    from tqdm import tqdm
+
+    runner = task.runner
+    report = report if report is not None else Report()
+    book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info)
+    streamed = [j for j in plan.todo if streams(j)]
+    in_memory = [j for j in plan.todo if j not in set(streamed)]
+    workers = decode_workers(opts.workers, len(in_memory))
+    engine = WindowEngine(runner, opts.windowing, report)
+    report.settings = {
+        "task": task.name, "model": runner.info.name, "arch": runner.info.arch, "scale": runner.info.scale,
+        "device": str(runner.device), "precision": str(runner.dtype).removeprefix("torch."),
+        "channels_last": runner.channels_last, "compile": runner.compiled is not None, "kernels": runner.kernels,
+        "tile": engine.tile, "overlap": engine.context, "blend": engine.blend, **task.settings(),
+        "streamed": len(streamed), "workers": workers, "writers": book.writers,
+    }
+
+    def start(job: Job, meta: ImageMeta, source: RowSource, is_streamed: bool) -> _Outputs:
+        outputs = _Outputs(task, job, meta, source, is_streamed, opts.encode)
+
+        def failed(reason: str) -> None:
+            outputs.discard()
+            book.fail(job.src, reason)
+
+        def done() -> None:
+            if not is_streamed:
+                book.write(job.src, job.dst, outputs.encode)
+
+        engine.add(Canvas(source, task.model_input, outputs.push, done, failed, fp32=task.fp32(meta)))
+        return outputs
+
+    def run_streamed(job: Job) -> None:
+        try:
+            reader = TiffRegionReader(job.src)
+        except Exception as exc:
+            book.fail(job.src, f"cannot read {job.src.name} by region ({exc})")
+            claims.release(job.dst, book.owner)
+            return
+        outputs = None
+        try:
+            book.decoded(job.src, reader.frames, reader.notes)
+            bits = 16 if reader.dtype == np.uint16 else 8
+            meta = ImageMeta(MODES_BY_CHANNELS.get(reader.channels, "RGB"), bits, "TIFF")
+            with tqdm(total=reader.height, unit="row", desc=job.src.name, leave=False, disable=not progress,
+                      file=sys.stderr, dynamic_ncols=True) as bar:
+                outputs = start(job, meta, _Counted(reader, bar), True)
+            if outputs.rows_done == reader.height * runner.info.scale:  # else it failed and was booked
+                try:
+                    book.done(*outputs.commit_streamed())
+                except OutputExistsError:
+                    book.skipped()
+                except Exception as exc:
+                    book.fail(job.src, f"cannot write {job.dst}: {exc}")
+        finally:
+            if outputs is not None:
+                outputs.discard()
+            reader.close()
+            claims.release(job.dst, book.owner)
+
+    loader = DataLoader(DecodeSet(in_memory, opts.max_pixels, book.owner), batch_size=None, shuffle=False,
+                        num_workers=workers, pin_memory=runner.device.type == "cuda",
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    try:
+        for i, pixels, meta, error in loader:
+            job = in_memory[i]
+            if book.accept(job.src, error, meta):
+                start(job, meta, RegionSource(pixels.numpy()), False)
+        engine.flush()
+        for job in streamed:
+            if book.claim(job.dst):
+                run_streamed(job)
+            else:
+                book.elsewhere(job.src)
+        book.wait()
+    finally:
+        book.close()
+    return report
+
+
+class _Counted:
+    """A row source that advances a progress bar of rows read (one huge image can take minutes)."""
+
+    def __init__(self, source: RowSource, bar) -> None:
+        self.source, self.bar = source, bar
+        self.height, self.width = source.height, source.width
+        self.seen = 0
+
+    def read_rows(self, y0: int, y1: int):
+        if y1 > self.seen:
+            self.bar.update(min(y1, self.height) - self.seen)
+            self.seen = y1
+        return self.source.read_rows(y0, y1)

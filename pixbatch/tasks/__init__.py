@@ -1,0 +1,1 @@
+"""Task definitions over the one engine (``pixbatch.runtime.engine``): what each command computes."""

@@ -1,0 +1,153 @@
+"""Segmentation as a task: logits of overlapping windows (mirror-padded at the true borders), cropped
+or blended, then a mask (0/255, or class indices with a palette), and optionally probabilities and a
+colour overlay. The mask is written last: its presence marks the image done (resume skips it)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixbatch.io.atomic import write_bytes
+from pixbatch.io.decode import ImageMeta
+from pixbatch.io.encode import EncodeOptions, write_image
+from pixbatch.runtime.engine import Task, Windowing
+from pixbatch.runtime.prepare import Runner
+
+DEFAULT_TILE = 896  # core px: with the context, 1024 px windows
+DEFAULT_OVERLAP = 64  # context px on each side: neighbouring windows share 128 px
+BINARY_COLOR = (255, 0, 0)
+
+
+def palette(n: int = 256) -> np.ndarray:
+    """Distinct colours for class indices (0 = black): bits of the index spread over R, G and B."""
+    pal = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+def segment_windowing(tile: int = DEFAULT_TILE, overlap: int | None = DEFAULT_OVERLAP, batch_size: int = 0, *,
+                      blend: bool = False) -> Windowing:
+    """Defaults: 896 px cores in 1024 px windows (64 px of context on each side), cores cropped (the
+    shipped U-Net's output is then within 1e-4 of the whole image's), and ``overlap`` px mirrored
+    beyond the true borders (the overlap-tile strategy U-Nets are trained for)."""
+    return Windowing(tile=tile, overlap=overlap, blend=blend, mirror_borders=True, batch_size=batch_size)
+
+
+def model_planes(pixels: np.ndarray, device: torch.device, in_channels: int) -> torch.Tensor:
+    """(h, w, C) uint8/uint16 -> (1, in_channels, h, w) float in [0, 1]: gray repeated, alpha dropped."""
+    maxv = 255.0 if pixels.dtype == np.uint8 else 65535.0
+    c = pixels.shape[2]
+    color = pixels[:, :, : c - 1] if c in (2, 4) else pixels
+    color = color.astype(np.int32) if color.dtype == np.uint16 else np.ascontiguousarray(color)
+    x = torch.from_numpy(color).to(device).permute(2, 0, 1).to(torch.float32).div_(maxv)
+    if x.shape[0] == 1 and in_channels == 3:
+        x = x.expand(3, -1, -1)
+    elif x.shape[0] == 3 and in_channels == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114], device=device).view(3, 1, 1)).sum(0, keepdim=True)
+    return x.unsqueeze(0)
+
+
+def rgb8(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Input rows as (h, w, 3) float 0-255 for the overlay: gray repeated, alpha dropped, 16-bit scaled."""
+    c = pixels.shape[2]
+    color = pixels[:, :, : c - 1] if c in (2, 4) else pixels
+    color = color.astype(np.float32) / 257.0 if color.dtype == np.uint16 else np.ascontiguousarray(color)
+    t = torch.from_numpy(color).to(device).float()
+    return t.expand(-1, -1, 3) if t.shape[2] == 1 else t
+
+
+class SegmentTask(Task):
+    name = "segment"
+    main = "mask"
+
+    def __init__(self, runner: Runner, *, threshold: float | None = None, probabilities: str | None = None,
+                 overlay: bool = False, overlay_alpha: float = 0.5) -> None:
+        super().__init__(runner)
+        self.classes = runner.info.out_channels
+        training = runner.info.training or {}
+        self.threshold = threshold if threshold is not None else float(training.get("threshold", 0.5))
+        self.probabilities = probabilities  # None, "8bit" or "float"
+        self.overlay, self.overlay_alpha = overlay, overlay_alpha
+        self.colors = torch.from_numpy(palette()).to(runner.device)
+        if self.classes == 1:
+            self.colors[1] = torch.tensor(BINARY_COLOR)
+
+    def model_input(self, pixels: np.ndarray) -> torch.Tensor:
+        return model_planes(pixels, self.runner.device, self.runner.info.in_channels)
+
+    def post(self, y: torch.Tensor, meta: ImageMeta, rows: Callable[[], np.ndarray]) -> dict[str, torch.Tensor]:
+        logits = y[0]
+        out = {}
+        if self.classes == 1:
+            prob = torch.sigmoid(logits)
+            cls = (prob[0] > self.threshold).to(torch.uint8)
+            out["mask"] = (cls * 255).unsqueeze(-1)
+        else:
+            prob = torch.softmax(logits, dim=0)
+            cls = prob.argmax(0).to(torch.uint8)
+            out["mask"] = cls.unsqueeze(-1)
+        if self.probabilities == "8bit":
+            out["prob"] = prob.mul(255).round_().to(torch.uint8).permute(1, 2, 0)
+        elif self.probabilities == "float":
+            out["prob"] = prob.permute(1, 2, 0).contiguous()
+        if self.overlay:
+            rgb = rgb8(rows(), self.runner.device)
+            color = self.colors[cls.long()].float()
+            a = (cls > 0).unsqueeze(-1).float() * self.overlay_alpha
+            out["overlay"] = (rgb * (1 - a) + color * a).round_().to(torch.uint8)
+        return out
+
+    def outputs(self, dst: Path, streamed: bool) -> dict[str, Path]:
+        paths = {"mask": dst}
+        if self.probabilities:
+            paths["prob"] = dst.with_name(f"{dst.stem}_prob.tif")
+        if self.overlay:
+            paths["overlay"] = dst.with_name(f"{dst.stem}_overlay{'.tif' if streamed else '.png'}")
+        return paths
+
+    def encode(self, name: str, arr: np.ndarray, meta: ImageMeta, path: Path, opts: EncodeOptions) -> None:
+        if name == "overlay":
+            write_image(arr, ImageMeta("RGB", 8, "PNG", meta.icc), path, opts)
+        elif name == "prob":
+            import tifffile
+
+            buf = io.BytesIO()
+            tifffile.imwrite(buf, arr[:, :, 0] if arr.shape[2] == 1 else arr, photometric="minisblack",
+                             compression="zlib" if opts.png_compression else None)
+            write_bytes(buf.getbuffer(), path, overwrite=opts.overwrite)
+        elif self.classes == 1:
+            write_image(arr, ImageMeta("L", 8, "PNG"), path, opts)
+        else:
+            from PIL import Image
+
+            im = Image.fromarray(arr[:, :, 0], "P")
+            im.putpalette(palette().tobytes())
+            buf = io.BytesIO()
+            im.save(buf, format="PNG", compress_level=opts.png_compression)
+            write_bytes(buf.getbuffer(), path, overwrite=opts.overwrite)
+
+    def tiff(self, name: str, channels: int) -> dict:
+        return {"photometric": "rgb" if name == "overlay" else "minisblack"}
+
+    def settings(self) -> dict:
+        return {"classes": self.classes, "threshold": self.threshold if self.classes == 1 else None}
+
+
+def predict_logits(runner: Runner, pixels: np.ndarray, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+                   *, blend: bool = False) -> torch.Tensor:
+    """(C, H, W) float32 logits of an HWC image, exactly as ``pixbatch segment`` computes them."""
+    from pixbatch.runtime.engine import run_planes
+
+    x = model_planes(pixels, runner.device, runner.info.in_channels)
+    return run_planes(runner, x, segment_windowing(tile, overlap, blend=blend))[0]

@@ -1,0 +1,35 @@
+import numpy as np
+import torch
+
+from pixbatch.models import create_model
+from pixbatch.runtime.prepare import prepare_model
+from pixbatch.tasks.segment import SegmentTask, model_planes, palette
+
+
+def test_palette_is_distinct_for_the_first_classes():
+    pal = palette()
+    assert pal.shape == (256, 3) and tuple(pal[0]) == (0, 0, 0)
+    assert len({tuple(c) for c in pal[:64]}) == 64
+
+
+def test_model_planes_drop_alpha_and_match_the_model_channels():
+    rgba = np.full((3, 4, 4), 255, np.uint8)
+    assert model_planes(rgba, torch.device("cpu"), 3).shape == (1, 3, 3, 4)
+    gray16 = np.full((3, 4, 1), 65535, np.uint16)
+    x = model_planes(gray16, torch.device("cpu"), 3)
+    assert x.shape == (1, 3, 3, 4) and float(x.min()) == 1.0
+
+
+def test_outputs_are_declared_and_posted_with_the_same_names():
+    torch.manual_seed(0)
+    runner = prepare_model(create_model("unet", pretrained=False, base=4, depth=2), torch.device("cpu"), torch.float32)
+    task = SegmentTask(runner, probabilities="8bit", overlay=True)
+    from pathlib import Path
+
+    paths = task.outputs(Path("o/a.png"), streamed=False)
+    assert paths == {"mask": Path("o/a.png"), "prob": Path("o/a_prob.tif"), "overlay": Path("o/a_overlay.png")}
+    assert task.outputs(Path("o/a.tif"), streamed=True)["overlay"] == Path("o/a_overlay.tif")
+    logits = torch.randn(1, 1, 5, 6)
+    out = task.post(logits, None, lambda: np.zeros((5, 6, 3), np.uint8))
+    assert set(out) == set(paths) and out["mask"].shape == (5, 6, 1) and out["overlay"].shape == (5, 6, 3)
+    assert set(out["mask"].unique().tolist()) <= {0, 255}
