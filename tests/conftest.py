@@ -68,7 +68,7 @@ def exif_with(orientation: int, **tags) -> bytes:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A small x2 EDSR in our checkpoint format (random but fixed weights; fast on the CPU)."""
-    from pixbatch.models._registry import build_registered
+    from pixbatch.models import build_registered
     from pixbatch.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
@@ -110,7 +110,7 @@ def write_disk_set(folder: Path, n: int, size: int = 64, seed: int = 0) -> tuple
 
 
 def _seg_checkpoint(folder: Path, classes: int) -> Path:
-    from pixbatch.models._registry import build_registered
+    from pixbatch.models import build_registered
     from pixbatch.models.checkpoint import save_checkpoint
 
     torch.manual_seed(classes)

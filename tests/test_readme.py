@@ -60,7 +60,7 @@ ENTRIES = {
     "pixbatch upscale scan.tif out/ --scale 2 --tile 512": (False, [], ["out/scan.tif"]),
     "pixbatch upscale in/ out/ --model path/to/realesr-animevideov3.pth": (True, [], ["out/astronaut.jpg"]),
     "pixbatch segment fundus/ masks/": (False, [], ["masks/astronaut.png"]),
-    "pixbatch segment slide.tif out/ --model my_unet.safetensors --tile 1024 --overlap 128 --probabilities --overlay":
+    "pixbatch segment slide.tif out/ --model my_unet.safetensors --tile 896 --overlap 64 --probabilities --overlay":
         (False, [], ["out/slide.tif", "out/slide_prob.tif", "out/slide_overlay.tif"]),
     "pixbatch models": (False, [], []),
     "pixbatch eval sr --model imdn_x4.pth --hr Set5/": (True, [], []),

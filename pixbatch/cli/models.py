@@ -27,11 +27,12 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
         DEFAULT_SR_MODELS,
         UnknownModelError,
         UnsupportedModelError,
+        build_registered,
+        builtin_weights,
+        count_params,
         create_model,
         list_models,
     )
-    from pixbatch.models._registry import build_registered, builtin_weights
-    from pixbatch.models.checkpoint import count_params
 
     if checkpoint is not None:
         try:

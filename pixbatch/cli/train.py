@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -61,21 +62,18 @@ def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_siz
     """
     from pixbatch.models import UnknownModelError, list_models
     from pixbatch.runtime.device import StartupError, resolve_device
-    from pixbatch.train.sr import SrTrainConfig, command_line, train_sr
+    from pixbatch.train.sr import SrTrainConfig, train_sr
 
     name = arch if scale is None or arch.endswith(f"_x{scale}") else f"{arch}_x{scale}"
     if name not in list_models():
         app.fail_start(str(UnknownModelError(f"unknown model {name!r}; see `pixbatch models`")))
     kwargs = _json_object(app, model_kwargs)
-    if Path(sys.argv[0]).name in ("sr.py", "pixbatch.train.sr"):  # python -m pixbatch.train.sr ARGS
-        argv = sys.argv[1:]
-    else:
-        argv = _args_after("sr")
+    argv = _args_after("sr")
     cfg = SrTrainConfig(
         data=list(data), arch=name, out=out, model_kwargs=kwargs, steps=steps, batch_size=batch_size, patch=patch, lr=lr, loss=loss,
         pixel_weight=pixel_weight, vgg_weights=vgg_weights, init=init, freeze_steps=freeze_steps, amp=amp,
         seed=seed, threads=threads, val_every=val_every, save_every=save_every, resume=resume,
-        command=command_line(argv),
+        command="pixbatch train sr " + shlex.join(argv),
     )
     try:
         device = resolve_device(app.device)
@@ -162,8 +160,6 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
     pixbatch train seg --images train/images --masks train/masks --arch unet --loss bce+dice --size 512
     pixbatch train seg ... --size 256,512 --steps 4000          # progressive resizing
     """
-    import shlex
-
     from pixbatch.models import UnknownModelError, list_models
     from pixbatch.runtime.device import StartupError, resolve_device
     from pixbatch.train.seg import SegTrainConfig, train_seg

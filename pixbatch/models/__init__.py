@@ -6,10 +6,7 @@ descriptor (scale, channels, supported dtypes, size multiple, receptive field fo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
-
-from torch import nn
 
 from pixbatch.models._registry import (
     UnknownModelError,
@@ -19,6 +16,11 @@ from pixbatch.models._registry import (
     list_models,
     register_model,
 )
+from pixbatch.models.info import LoadedModel, ModelInfo, count_params
+
+# Importing a family module registers its variants; families import only the registry.
+from pixbatch.models.seg import resnet_unet, segnet, unet  # noqa: F401, E402, I001
+from pixbatch.models.sr import carn, edsr, imdn  # noqa: F401, E402
 
 __all__ = [
     "DEFAULT_SEG_MODEL",
@@ -27,6 +29,9 @@ __all__ = [
     "ModelInfo",
     "UnknownModelError",
     "UnsupportedModelError",
+    "build_registered",
+    "builtin_weights",
+    "count_params",
     "create_model",
     "default_model_for_scale",
     "list_models",
@@ -37,36 +42,6 @@ __all__ = [
 DEFAULT_SR_MODELS = {2: "edsr_tiny_x2", 3: "edsr_tiny_x3", 4: "edsr_tiny_x4"}
 DEFAULT_SEG_MODEL = "unet_drive"  # `pixbatch segment` without --model
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the engine needs to know about a model, whoever trained it."""
-
-    name: str
-    arch: str
-    source: str  # "builtin" (shipped weights), "untrained", "checkpoint" (ours), "foreign"
-    scale: int
-    in_channels: int
-    out_channels: int
-    params: int
-    supports_fp16: bool
-    supports_bf16: bool
-    size_multiple: int
-    receptive_field: int | None  # radius in input pixels; None when it could not be bounded
-    path: str | None = None
-    training: dict | None = None
-    recognised_by: str | None = None  # for foreign checkpoints: "pixbatch" (native implementation) or "spandrel"
-    task: str = "sr"  # "sr" (image -> image x scale) or "seg" (image -> out_channels logits per pixel)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class LoadedModel:
-    module: nn.Module
-    info: ModelInfo
 
 
 def default_model_for_scale(scale: int) -> str:

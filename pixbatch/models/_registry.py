@@ -1,4 +1,6 @@
-"""Registry of built-in architectures: ``register_model``, ``list_models``, ``create_model``."""
+"""Registry of built-in architectures: ``register_model``, ``list_models``, ``build_registered``.
+
+A leaf: family modules import it to register their variants; ``pixbatch.models`` imports the families."""
 
 from __future__ import annotations
 
@@ -32,7 +34,6 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style pattern, sorted."""
-    _import_families()
     return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
 
 
@@ -44,15 +45,9 @@ def builtin_weights(name: str) -> Path | None:
 
 def build_registered(name: str, **kwargs) -> nn.Module:
     """Build a registered architecture with fresh (initialised) weights."""
-    _import_families()
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `pixbatch models`"
         raise UnknownModelError(f"unknown model {name!r}{hint}")
     return _MODELS[name](**kwargs)
 
-
-def _import_families() -> None:
-    # Importing a family module registers its variants.
-    from pixbatch.models.seg import resnet_unet, segnet, unet  # noqa: F401
-    from pixbatch.models.sr import carn, edsr, imdn  # noqa: F401

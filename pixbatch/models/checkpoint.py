@@ -12,14 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pixbatch.models import LoadedModel, ModelInfo
 from pixbatch.models._registry import UnsupportedModelError, build_registered
+from pixbatch.models.info import LoadedModel, ModelInfo, count_params
 
 METADATA_KEY = "pixbatch.config"
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def describe_native(name: str, module: nn.Module, *, source: str, path: str | None = None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import random
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -260,18 +259,3 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     state_path.unlink(missing_ok=True)
     return recipe
 
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m pixbatch.train.sr ARGS`` = ``pixbatch train sr ARGS``."""
-    from pixbatch.cli import cli
-
-    args = sys.argv[1:] if argv is None else argv
-    cli.main(args=["train", "sr", *args], prog_name="pixbatch", standalone_mode=True)
-
-
-def command_line(args: list[str]) -> str:
-    return "pixbatch train sr " + shlex.join(args)
-
-
-if __name__ == "__main__":
-    main()

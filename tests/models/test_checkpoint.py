@@ -10,8 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pixbatch.models import UnsupportedModelError, create_model
-from pixbatch.models._registry import build_registered
+from pixbatch.models import UnsupportedModelError, build_registered, create_model
 from pixbatch.models.checkpoint import METADATA_KEY
 
 

@@ -5,8 +5,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixbatch.models import UnknownModelError, UnsupportedModelError, create_model, list_models
-from pixbatch.models._registry import build_registered
+from pixbatch.models import (
+    UnknownModelError,
+    UnsupportedModelError,
+    build_registered,
+    create_model,
+    list_models,
+)
 from pixbatch.models.checkpoint import save_checkpoint
 from pixbatch.models.foreign.spandrel_loader import probe_receptive_field
 from pixbatch.models.sr.edsr import icnr_

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from pixbatch.models import create_model, list_models
-from pixbatch.models._registry import build_registered
+from pixbatch.models import build_registered, create_model, list_models
 from pixbatch.models.checkpoint import save_checkpoint
 from pixbatch.models.foreign.spandrel_loader import probe_receptive_field
 from pixbatch.models.seg._common import match_size

@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pixbatch.models import LoadedModel, ModelInfo
 from pixbatch.models._registry import UnsupportedModelError
-from pixbatch.models.checkpoint import count_params
+from pixbatch.models.info import LoadedModel, ModelInfo, count_params
 
 
 def load_foreign(state_dict: dict, path: Path) -> LoadedModel:
