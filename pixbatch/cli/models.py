@@ -27,11 +27,10 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
         DEFAULT_SR_MODELS,
         UnknownModelError,
         UnsupportedModelError,
-        build_registered,
-        builtin_weights,
         count_params,
         create_model,
         list_models,
+        model_entry,
     )
 
     if checkpoint is not None:
@@ -65,14 +64,15 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
     import torch
 
     for name in list_models(pattern):
+        entry = model_entry(name)
         with torch.device("meta"):  # shapes only: no memory, no initialisation work
-            module = build_registered(name)
-        params = count_params(module)
-        task = getattr(module, "task", "sr")
-        entries.append({"name": name, "arch": type(module).__name__, "task": task, "scale": int(module.scale),
-                        "classes": int(module.out_channels) if task == "seg" else None, "params": params,
-                        "weights": builtin_weights(name) is not None,
+            module = entry.build()
+        entries.append({"name": name, "family": entry.family, "arch": type(module).__name__, "task": entry.task,
+                        "scale": int(module.scale),
+                        "classes": int(module.out_channels) if entry.task == "seg" else None,
+                        "params": count_params(module), "weights": entry.weights is not None,
                         "default_for_scale": defaults.get(name)})
+    entries.sort(key=lambda e: not e["weights"])  # shipped weights first, then by name
     if app.as_json:
         click.echo(json.dumps(entries, indent=2))
         return

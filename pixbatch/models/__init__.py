@@ -9,12 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixbatch.models._registry import (
+    ModelEntry,
     UnknownModelError,
     UnsupportedModelError,
     build_registered,
     builtin_weights,
     list_models,
+    model_entry,
     register_model,
+    register_recogniser,
 )
 from pixbatch.models.info import LoadedModel, ModelInfo, count_params
 
@@ -26,6 +29,7 @@ __all__ = [
     "DEFAULT_SEG_MODEL",
     "DEFAULT_SR_MODELS",
     "LoadedModel",
+    "ModelEntry",
     "ModelInfo",
     "UnknownModelError",
     "UnsupportedModelError",
@@ -35,7 +39,9 @@ __all__ = [
     "create_model",
     "default_model_for_scale",
     "list_models",
+    "model_entry",
     "register_model",
+    "register_recogniser",
 ]
 
 # The model `pixbatch upscale` uses when no --model is given, per scale.

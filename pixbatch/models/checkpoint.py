@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pixbatch.models._registry import UnsupportedModelError, build_registered
+from pixbatch.models._registry import UnsupportedModelError, build_registered, recognisers
 from pixbatch.models.info import LoadedModel, ModelInfo, count_params
 
 METADATA_KEY = "pixbatch.config"
@@ -178,14 +178,14 @@ def _load_checkpoint(path: Path, scale: int | None) -> LoadedModel:
 
 
 def _recognise_native(tensors: dict, scale: int | None = None) -> tuple[str, dict, dict] | None:
-    """Published architectures implemented here, recognised from their keys and shapes."""
-    from pixbatch.models.sr import carn, imdn
-
+    """Published architectures implemented here (each family registers its recogniser), from their
+    keys and shapes; DataParallel's ``module.`` prefix is allowed."""
     for prefix in ("", "module."):
         stripped = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
         if len(stripped) != len(tensors):
             continue
-        found = imdn.recognise(stripped) or carn.recognise(stripped, scale)
-        if found is not None:
-            return found[0], found[1], stripped
+        for _, recognise in recognisers():
+            found = recognise(stripped, scale)
+            if found is not None:
+                return found[0], found[1], stripped
     return None

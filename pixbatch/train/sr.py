@@ -159,7 +159,7 @@ def init_from_smaller_scale(net: nn.Module, path: Path) -> list[str]:
     """Progressive resizing: copy every tensor whose name and shape match (strict=False semantics),
     then re-apply ICNR to the upsampler convs that did not come from the checkpoint. Returns their names."""
     from pixbatch.models.checkpoint import read_state_dict
-    from pixbatch.models.sr.edsr import icnr_
+    from pixbatch.models.layers import icnr_
 
     source, _ = read_state_dict(Path(path))
     own = net.state_dict()

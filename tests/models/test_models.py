@@ -2,8 +2,6 @@ import pickle
 
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from pixbatch.models import (
     UnknownModelError,
@@ -14,7 +12,6 @@ from pixbatch.models import (
 )
 from pixbatch.models.checkpoint import save_checkpoint
 from pixbatch.models.foreign.spandrel_loader import probe_receptive_field
-from pixbatch.models.sr.edsr import icnr_
 from tests.conftest import COMPACT, requires_data
 
 SMALL = {"imdn": {"nf": 64, "num_modules": 1}, "carn": {"channels": 16},  # per family; default below
@@ -47,16 +44,6 @@ def test_list_models_filters():
 def test_unknown_model_suggests_close_names():
     with pytest.raises(UnknownModelError, match="did you mean edsr_tiny_x4"):
         create_model("edsr_tiny_x5")
-
-
-@pytest.mark.parametrize("scale", [2, 3])
-def test_icnr_starts_as_nearest_neighbour_upsampling(scale):
-    conv = nn.Conv2d(4, 4 * scale * scale, 3, padding=1, bias=False)
-    icnr_(conv.weight, scale)
-    x = torch.rand(1, 4, 6, 5)
-    y = F.pixel_shuffle(conv(x), scale)
-    nearest = F.interpolate(y[:, :, ::scale, ::scale], scale_factor=scale, mode="nearest")
-    torch.testing.assert_close(y, nearest)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -139,3 +126,16 @@ def test_imdn_keys_with_module_prefix_are_recognised(tmp_path):
     x = torch.rand(1, 3, 5, 6)
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), model(x), rtol=0, atol=0)
+
+
+def test_registry_records_task_family_and_weights_without_building():
+    from pixbatch.models import model_entry
+    from pixbatch.models._registry import recognisers
+
+    sr, seg = model_entry("edsr_tiny_x4"), model_entry("unet_drive")
+    assert (sr.task, sr.family, seg.task, seg.family) == ("sr", "edsr", "seg", "unet")
+    assert sr.weights is not None and model_entry("edsr_x4").weights is None
+    assert sr.value_range == (0.0, 1.0)
+    assert {arch for arch, _ in recognisers()} == {"IMDN", "CARN-M"}  # each family registers its own
+    with pytest.raises(UnknownModelError, match="edsr_tiny_x4"):
+        model_entry("edsr_tiny_x5")

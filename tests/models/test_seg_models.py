@@ -4,7 +4,6 @@ import torch
 from pixbatch.models import build_registered, create_model, list_models
 from pixbatch.models.checkpoint import save_checkpoint
 from pixbatch.models.foreign.spandrel_loader import probe_receptive_field
-from pixbatch.models.seg._common import match_size
 from pixbatch.models.seg.resnet_unet import load_encoder_weights
 
 
@@ -49,13 +48,6 @@ def test_analytic_receptive_field_bounds_the_measured_one(name, kwargs):
     model = build_registered(name, **kwargs).eval()
     measured = probe_receptive_field(model, 1, model.size_multiple, start=128, limit=512)
     assert measured is not None and measured <= model.receptive_field <= measured + 4
-
-
-def test_skip_sizes_are_reconciled():
-    x = torch.rand(1, 2, 5, 7)
-    assert match_size(x, torch.empty(1, 1, 6, 8)).shape[-2:] == (6, 8)
-    assert match_size(x, torch.empty(1, 1, 4, 6)).shape[-2:] == (4, 6)
-    assert match_size(x, torch.empty(1, 1, 4, 9)).shape[-2:] == (4, 9)
 
 
 def test_seg_checkpoint_round_trip(tmp_path):

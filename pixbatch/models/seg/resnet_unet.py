@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixbatch.models._registry import register_model
-from pixbatch.models.seg._common import SegModel, conv_bn_relu, match_size
+from pixbatch.models.layers import conv_bn_relu, match_size
+from pixbatch.models.seg._common import SegModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

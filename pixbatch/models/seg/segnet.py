@@ -8,7 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixbatch.models._registry import register_model
-from pixbatch.models.seg._common import SegModel, conv_bn_relu
+from pixbatch.models.layers import conv_bn_relu
+from pixbatch.models.seg._common import SegModel
 
 VGG16_LEVELS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 

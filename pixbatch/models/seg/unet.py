@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from pixbatch.models._registry import register_model
-from pixbatch.models.seg._common import SegModel, conv_bn_relu, match_size
+from pixbatch.models.layers import conv_bn_relu, match_size
+from pixbatch.models.seg._common import SegModel
 
 
 def double_conv(cin: int, cout: int) -> nn.Sequential:

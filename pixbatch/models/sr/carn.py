@@ -9,25 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pixbatch.models._registry import register_model
-
-_MEAN = (0.4488, 0.4371, 0.4040)
-
-
-class MeanShift(nn.Module):
-    """Subtract (or add) the dataset mean as a frozen 1x1 conv, as the original stores it."""
-
-    def __init__(self, sign: float) -> None:
-        super().__init__()
-        self.shifter = nn.Conv2d(3, 3, 1)
-        with torch.no_grad():
-            self.shifter.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-            self.shifter.bias.copy_(sign * torch.tensor(_MEAN))
-        for p in self.shifter.parameters():
-            p.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shifter(x)
+from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models.layers import MeanShift
 
 
 class BasicBlock(nn.Module):
@@ -144,6 +127,7 @@ def carn_m_x4(**kw) -> CARNM:
     return CARNM(**{"scale": 4, **kw})
 
 
+@register_recogniser("CARN-M")
 def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> tuple[str, dict] | None:
     """(registered name, kwargs) when the keys are CARN-M's; the scale is the caller's choice (default 4)."""
     needed = ("entry.weight", "b1.b1.body.0.weight", "c3.body.0.weight", "upsample.up2.body.0.weight",

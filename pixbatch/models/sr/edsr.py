@@ -5,40 +5,12 @@ Inputs and outputs are RGB in [0, 1], NCHW. Every upsampler is conv -> PixelShuf
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from pixbatch.models._registry import register_model
-
-# Mean RGB of DIV2K on a [0, 1] scale: EDSR subtracts it before the head and adds it back at the end.
-_DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
-
-
-def icnr_(weight: torch.Tensor, scale: int, init=nn.init.kaiming_normal_) -> torch.Tensor:
-    """ICNR init (Aitken et al. 2017): the r*r sub-pixel kernels of each output channel start equal,
-    so conv -> PixelShuffle begins as nearest-neighbour upsampling, free of checkerboard artefacts."""
-    out_c, in_c, kh, kw = weight.shape
-    r2 = scale * scale
-    if out_c % r2:
-        raise ValueError(f"out channels {out_c} not divisible by scale^2 = {r2}")
-    sub = torch.empty(out_c // r2, in_c, kh, kw, dtype=weight.dtype, device=weight.device)
-    init(sub)
-    with torch.no_grad():
-        weight.copy_(sub.repeat_interleave(r2, dim=0))
-    return weight
-
-
-def _make_act(kind: str, n_feats: int) -> nn.Module:
-    if kind == "relu":
-        return nn.ReLU(inplace=True)
-    if kind == "prelu":
-        return nn.PReLU(n_feats)
-    if kind == "lrelu":
-        return nn.LeakyReLU(0.1, inplace=True)
-    raise ValueError(f"unknown activation {kind!r}")
+from pixbatch.models.layers import DIV2K_MEAN, Upsampler, make_act
 
 
 class ResBlock(nn.Module):
@@ -47,36 +19,12 @@ class ResBlock(nn.Module):
     def __init__(self, n_feats: int, res_scale: float, act: str) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(n_feats, n_feats, 3, padding=1)
-        self.act = _make_act(act, n_feats)
+        self.act = make_act(act, n_feats)
         self.conv2 = nn.Conv2d(n_feats, n_feats, 3, padding=1)
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(self.act(self.conv1(x))) * self.res_scale
-
-
-def upsample_steps(scale: int) -> list[int]:
-    """x2 steps for powers of two, one x3 step for 3."""
-    if scale == 3:
-        return [3]
-    if scale >= 2 and scale & (scale - 1) == 0:
-        return [2] * int(math.log2(scale))
-    raise ValueError(f"scale must be 2, 3, 4 or 8, got {scale}")
-
-
-class Upsampler(nn.Sequential):
-    """conv(C -> C*r^2) -> PixelShuffle(r) per step, with an optional activation after each shuffle."""
-
-    def __init__(self, scale: int, n_feats: int, act: str | None = None) -> None:
-        layers: list[nn.Module] = []
-        for r in upsample_steps(scale):
-            conv = nn.Conv2d(n_feats, n_feats * r * r, 3, padding=1)
-            icnr_(conv.weight, r)
-            nn.init.zeros_(conv.bias)
-            layers += [conv, nn.PixelShuffle(r)]
-            if act is not None:
-                layers.append(_make_act(act, n_feats))
-        super().__init__(*layers)
 
 
 class EDSR(nn.Module):
@@ -94,7 +42,7 @@ class EDSR(nn.Module):
         super().__init__()
         self.scale = scale
         self.n_resblocks = n_resblocks
-        self.register_buffer("mean", torch.tensor(_DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
         self.head = nn.Conv2d(n_colors, n_feats, 3, padding=1)
         self.body = nn.Sequential(*[ResBlock(n_feats, res_scale, act) for _ in range(n_resblocks)])
         self.body_tail = nn.Conv2d(n_feats, n_feats, 3, padding=1)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pixbatch.models._registry import register_model
-from pixbatch.models.sr.edsr import icnr_
+from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models.layers import icnr_
 
 
 def _conv(c_in: int, c_out: int, k: int) -> nn.Conv2d:
@@ -98,8 +98,10 @@ def imdn_x4(**kw) -> IMDN:
     return IMDN(**{"scale": 4, **kw})
 
 
-def recognise(state_dict: dict[str, torch.Tensor]) -> tuple[str, dict] | None:
-    """(registered name, kwargs) when the keys and shapes are IMDN's, else None."""
+@register_recogniser("IMDN")
+def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> tuple[str, dict] | None:
+    """(registered name, kwargs) when the keys and shapes are IMDN's, else None; the scale is the
+    file's own (from the upsampler's out-channels)."""
     needed = ("fea_conv.weight", "IMDB1.c1.weight", "c.0.weight", "LR_conv.weight", "upsampler.0.weight")
     if not all(k in state_dict for k in needed):
         return None

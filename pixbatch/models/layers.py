@@ -1,0 +1,93 @@
+"""Layers the model families share: ICNR initialisation, activations, PixelShuffle upsamplers, mean
+shifts, conv-BN-ReLU and size matching for skip connections."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# Mean RGB of DIV2K on a [0, 1] scale: EDSR-style models subtract it before the head and add it back.
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+def icnr_(weight: torch.Tensor, scale: int, init=nn.init.kaiming_normal_) -> torch.Tensor:
+    """ICNR init (Aitken et al. 2017): the r*r sub-pixel kernels of each output channel start equal,
+    so conv -> PixelShuffle begins as nearest-neighbour upsampling, free of checkerboard artefacts."""
+    out_c, in_c, kh, kw = weight.shape
+    r2 = scale * scale
+    if out_c % r2:
+        raise ValueError(f"out channels {out_c} not divisible by scale^2 = {r2}")
+    sub = torch.empty(out_c // r2, in_c, kh, kw, dtype=weight.dtype, device=weight.device)
+    init(sub)
+    with torch.no_grad():
+        weight.copy_(sub.repeat_interleave(r2, dim=0))
+    return weight
+
+
+def make_act(kind: str, n_feats: int) -> nn.Module:
+    if kind == "relu":
+        return nn.ReLU(inplace=True)
+    if kind == "prelu":
+        return nn.PReLU(n_feats)
+    if kind == "lrelu":
+        return nn.LeakyReLU(0.1, inplace=True)
+    raise ValueError(f"unknown activation {kind!r}")
+
+
+def upsample_steps(scale: int) -> list[int]:
+    """x2 steps for powers of two, one x3 step for 3."""
+    if scale == 3:
+        return [3]
+    if scale >= 2 and scale & (scale - 1) == 0:
+        return [2] * int(math.log2(scale))
+    raise ValueError(f"scale must be 2, 3, 4 or 8, got {scale}")
+
+
+class Upsampler(nn.Sequential):
+    """conv(C -> C*r^2) -> PixelShuffle(r) per step, with an optional activation after each shuffle."""
+
+    def __init__(self, scale: int, n_feats: int, act: str | None = None) -> None:
+        layers: list[nn.Module] = []
+        for r in upsample_steps(scale):
+            conv = nn.Conv2d(n_feats, n_feats * r * r, 3, padding=1)
+            icnr_(conv.weight, r)
+            nn.init.zeros_(conv.bias)
+            layers += [conv, nn.PixelShuffle(r)]
+            if act is not None:
+                layers.append(make_act(act, n_feats))
+        super().__init__(*layers)
+
+
+class MeanShift(nn.Module):
+    """Subtract (sign -1) or add (+1) the dataset mean as a frozen 1x1 conv, as published checkpoints
+    store it (keys ``shifter.weight``/``shifter.bias``)."""
+
+    def __init__(self, sign: float, mean: tuple[float, float, float] = DIV2K_MEAN) -> None:
+        super().__init__()
+        self.shifter = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.shifter.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.shifter.bias.copy_(sign * torch.tensor(mean))
+        for p in self.shifter.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shifter(x)
+
+
+def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def match_size(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Pad (replicate) or crop ``x`` to ``like``'s height and width, for skip connections of odd sizes."""
+    dh, dw = like.shape[-2] - x.shape[-2], like.shape[-1] - x.shape[-1]
+    if dh == 0 and dw == 0:
+        return x
+    if dh < 0 or dw < 0:
+        x = x[..., : like.shape[-2], : like.shape[-1]]
+        dh, dw = max(dh, 0), max(dw, 0)
+    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), mode="replicate") if dh or dw else x
