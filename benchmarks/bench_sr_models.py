@@ -33,10 +33,10 @@ def main() -> None:
 
     from bench_pipeline import cpu_name
 
+    from pixbatch.eval.sr import evaluate_sr, mean_metrics
     from pixbatch.models import DEFAULT_SR_MODELS, create_model
     from pixbatch.runtime.device import resolve_device, resolve_precision
     from pixbatch.runtime.prepare import prepare_model
-    from pixbatch.train.evaluate import evaluate_sr, mean_metrics
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="*", help="models or checkpoints (default: shipped + published ones)")

@@ -40,10 +40,10 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None
       pixbatch eval sr --hr Set5/ --scale 4                 # the shipped x4 model
       pixbatch eval sr --model imdn_x4.pth --hr Set5/ --lr Set5/LR_bicubic/X4 --out imdn_x4.json
     """
+    from pixbatch.eval.sr import evaluate_sr, mean_metrics
     from pixbatch.runtime.device import StartupError
     from pixbatch.runtime.prepare import ModelFailedError
     from pixbatch.runtime.session import load_runner
-    from pixbatch.train.evaluate import evaluate_sr, mean_metrics
 
     try:
         runner = load_runner(app.device, model_name, scale, precision, False, True, n_jobs=0, kernels="auto",
@@ -101,12 +101,12 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile,
       pixbatch eval seg --images DRIVE/test/images --masks DRIVE/test/masks --roi DRIVE/test/fov
       pixbatch eval seg --model m.safetensors --images test/images --masks test/masks --out scores.json
     """
+    from pixbatch.eval.seg import evaluate_seg
+    from pixbatch.eval.sr import mean_metrics
+    from pixbatch.io.pairs import PairingError
     from pixbatch.runtime.device import StartupError
     from pixbatch.runtime.prepare import ModelFailedError
     from pixbatch.runtime.session import load_runner
-    from pixbatch.train.evaluate import mean_metrics
-    from pixbatch.train.evaluate_seg import evaluate_seg
-    from pixbatch.train.seg_data import PairingError
 
     try:
         runner = load_runner(app.device, model_name, None, precision, False, True, n_jobs=0, kernels="torch", task="seg",

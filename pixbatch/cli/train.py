@@ -160,10 +160,10 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
     pixbatch train seg --images train/images --masks train/masks --arch unet --loss bce+dice --size 512
     pixbatch train seg ... --size 256,512 --steps 4000          # progressive resizing
     """
+    from pixbatch.io.pairs import PairingError
     from pixbatch.models import UnknownModelError, list_models
     from pixbatch.runtime.device import StartupError, resolve_device
     from pixbatch.train.seg import SegTrainConfig, train_seg
-    from pixbatch.train.seg_data import PairingError
 
     if arch not in list_models() or not arch.startswith(("unet", "segnet", "resnet34")):
         app.fail_start(str(UnknownModelError(f"unknown segmentation model {arch!r}; see `pixbatch models`")))

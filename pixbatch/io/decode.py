@@ -259,3 +259,14 @@ def _decode_tiff(path: Path, max_pixels: int):
     if a.dtype.kind not in "ui" or a.dtype.itemsize > 2:
         raise DecodeError(f"unsupported {a.dtype} TIFF (pixbatch reads 8- and 16-bit integer images)")
     return a.astype(np.uint16), orientation, icc, None, "TIFF", frames
+
+
+def decode_rgb8(path: Path, max_pixels: int = 0) -> np.ndarray:
+    """An upright (H, W, 3) uint8 RGB array, for evaluation and training on 8-bit RGB protocols:
+    gray is repeated, alpha dropped, 16-bit samples rounded to 8 bits."""
+    arr, meta = decode_image(path, max_pixels)
+    if meta.has_alpha:
+        arr = arr[..., :-1]
+    if arr.dtype == np.uint16:
+        arr = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr)

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixbatch.train.seg_data import Pair, augment, load_image, load_mask, pair_folders, random_crop
+from pixbatch.io.pairs import Pair, load_image, load_mask, pair_folders
+from pixbatch.train.seg_data import augment, random_crop
 
 
 @dataclass
@@ -87,7 +88,7 @@ def sample(data, size: int, batch: int, rng: random.Random) -> tuple[torch.Tenso
 def validate(net: torch.nn.Module, data, classes: int, device: torch.device,
              ignore_index: int | None) -> float:
     """Dice over all validation pixels (binary at p = 0.5; multi-class: mean over classes)."""
-    from pixbatch.train.metrics import confusion, multiclass_scores, scores_from_confusion
+    from pixbatch.eval.metrics import confusion, multiclass_scores, scores_from_confusion
 
     net.eval()
     total = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
@@ -108,7 +109,7 @@ def validate(net: torch.nn.Module, data, classes: int, device: torch.device,
 @torch.no_grad()
 def best_threshold(net: torch.nn.Module, data, device: torch.device, ignore_index: int | None) -> tuple[float, float]:
     """The probability threshold (0.05 steps) with the best Dice over the validation pixels, and that Dice."""
-    from pixbatch.train.metrics import confusion, scores_from_confusion
+    from pixbatch.eval.metrics import confusion, scores_from_confusion
 
     net.eval()
     probs, targets = [], []

@@ -15,7 +15,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -48,16 +47,14 @@ class SrTrainConfig:
 
 
 def load_images(folders: list[Path], min_side: int) -> list[torch.Tensor]:
-    """All RGB images of the folders as uint8 CHW tensors (small sets fit in memory)."""
-    from PIL import Image
-
+    """All images of the folders as upright 8-bit RGB, uint8 CHW tensors (small sets fit in memory)."""
+    from pixbatch.io.decode import decode_rgb8
     from pixbatch.io.discover import IMAGE_SUFFIXES
 
     images = []
     for folder in folders:
         for path in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
+            arr = decode_rgb8(path)
             if min(arr.shape[:2]) >= min_side:
                 images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
     if not images:
@@ -68,7 +65,7 @@ def load_images(folders: list[Path], min_side: int) -> list[torch.Tensor]:
 def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """MATLAB-compatible bicubic downscaling (HR in [0, 1], NCHW), rounded to 8-bit levels like the
     LR images of the standard benchmarks."""
-    from pixbatch.train.degrade import imresize
+    from pixbatch.eval.degrade import imresize
 
     return imresize(hr, 1 / scale).mul_(255).round_().clamp_(0, 255).div_(255)
 
@@ -92,8 +89,8 @@ def sample_batch(images: list[torch.Tensor], batch: int, hr_patch: int, scale: i
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """RGB PSNR of [0, 1] tensors, through the one PSNR definition in pixbatch.train.metrics."""
-    from pixbatch.train.metrics import psnr as psnr_np
+    """RGB PSNR of [0, 1] tensors, through the one PSNR definition in pixbatch.eval.metrics."""
+    from pixbatch.eval.metrics import psnr as psnr_np
 
     return psnr_np(a.clamp(0, 1).float().cpu().numpy(), b.float().cpu().numpy(), max_val=1.0)
 

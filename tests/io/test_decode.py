@@ -120,3 +120,21 @@ def test_decompression_bomb_refused_before_decoding(tmp_path):
     with pytest.raises(DecodeError, match=r"4000x3000 = 12 MP, above the limit of 10 MP .*--max-pixels"):
         decode_image(path, max_pixels=10_000_000)
     assert decode_image(path, max_pixels=0)[0].shape == (3000, 4000, 1)
+
+
+def test_decode_rgb8_is_upright_rgb_for_every_mode(tmp_path):
+    """What SR evaluation and training read: EXIF orientation applied, gray repeated, alpha dropped,
+    16-bit rounded to 8 bits."""
+    from pixbatch.io.decode import decode_rgb8
+    from pixbatch.io.encode import encode_png16
+
+    a = gradient_rgb(6, 10)
+    Image.fromarray(a).save(tmp_path / "rot.png", exif=exif_with(6))  # rotated 90 degrees clockwise
+    got = decode_rgb8(tmp_path / "rot.png")
+    assert got.shape == (10, 6, 3) and np.array_equal(got, np.rot90(a, -1))
+    Image.fromarray(a[..., 0]).save(tmp_path / "gray.png")
+    assert np.array_equal(decode_rgb8(tmp_path / "gray.png"), np.repeat(a[..., :1], 3, axis=2))
+    Image.fromarray(np.dstack([a, np.full(a.shape[:2], 7, np.uint8)])).save(tmp_path / "rgba.png")
+    assert np.array_equal(decode_rgb8(tmp_path / "rgba.png"), a)
+    (tmp_path / "deep.png").write_bytes(encode_png16(a.astype(np.uint16) * 257))
+    assert np.array_equal(decode_rgb8(tmp_path / "deep.png"), a)

@@ -52,9 +52,9 @@ def test_shipped_segmentation_model_has_weights():
 @requires_data
 def test_shipped_segmentation_model_finds_retinal_vessels(tmp_path):
     """Four DRIVE test images inside the field of view (all 20 are in the README: F1 / AUC)."""
+    from pixbatch.eval.seg import evaluate_seg
     from pixbatch.models import DEFAULT_SEG_MODEL
     from pixbatch.runtime.prepare import prepare_model
-    from pixbatch.train.evaluate_seg import evaluate_seg
 
     drive = DATA / "seg" / "drive" / "test"
     subset = {k: tmp_path / k for k in ("images", "masks", "fov")}

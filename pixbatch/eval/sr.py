@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from pixbatch.eval.degrade import imresize_uint8, modcrop
+from pixbatch.eval.metrics import sr_metrics
+from pixbatch.io.decode import decode_rgb8
 from pixbatch.io.discover import IMAGE_SUFFIXES
 from pixbatch.runtime.prepare import Runner
 from pixbatch.tasks.upscale import upscale_tensor
-from pixbatch.train.degrade import imresize_uint8, modcrop
-from pixbatch.train.metrics import sr_metrics
 
 
 @dataclass
@@ -26,11 +26,6 @@ class SrResult:
     name: str
     model: dict[str, float]
     bicubic: dict[str, float]
-
-
-def _rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
 
 
 def find_lr(lr_dir: Path, stem: str, scale: int) -> Path:
@@ -54,8 +49,8 @@ def evaluate_sr(runner: Runner, hr_dir: Path, lr_dir: Path | None = None) -> lis
         raise FileNotFoundError(f"no images in {hr_dir}")
     results = []
     for path in paths:
-        hr = modcrop(_rgb(path), scale)
-        lr = _rgb(find_lr(lr_dir, path.stem, scale)) if lr_dir else imresize_uint8(hr, 1 / scale)
+        hr = modcrop(decode_rgb8(path), scale)
+        lr = decode_rgb8(find_lr(lr_dir, path.stem, scale)) if lr_dir else imresize_uint8(hr, 1 / scale)
         if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
             raise ValueError(f"{path.name}: LR {lr.shape[1]}x{lr.shape[0]} does not match HR {hr.shape[1]}x{hr.shape[0]} / {scale}")
         sr = run_sr(runner, lr)

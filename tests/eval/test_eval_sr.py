@@ -7,9 +7,9 @@ import torch
 from click.testing import CliRunner
 
 from pixbatch.cli import cli
+from pixbatch.eval.sr import evaluate_sr, mean_metrics
 from pixbatch.models import create_model
 from pixbatch.runtime.prepare import prepare_model
-from pixbatch.train.evaluate import evaluate_sr, mean_metrics
 from tests.conftest import DATA, requires_data
 
 SET5 = DATA / "sr" / "set5"

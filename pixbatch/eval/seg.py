@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pixbatch.eval.metrics import auc_roc, confusion, multiclass_scores, scores_from_confusion
+from pixbatch.io.pairs import load_mask, pair_folders
 from pixbatch.runtime.prepare import Runner
 from pixbatch.tasks.segment import DEFAULT_OVERLAP, DEFAULT_TILE, predict_logits
-from pixbatch.train.metrics import auc_roc, confusion, multiclass_scores, scores_from_confusion
-from pixbatch.train.seg_data import load_mask, pair_folders
 
 
 @dataclass

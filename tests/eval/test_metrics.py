@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pixbatch.train.metrics import psnr, rgb_to_y, sr_metrics, ssim
+from pixbatch.eval.metrics import psnr, rgb_to_y, sr_metrics, ssim
 
 
 def test_psnr_of_a_constant_error():
@@ -41,7 +41,7 @@ def test_sr_metrics_keys():
 # -- segmentation -----------------------------------------------------------------------------------
 
 def test_confusion_and_scores_by_hand():
-    from pixbatch.train.metrics import confusion, scores_from_confusion
+    from pixbatch.eval.metrics import confusion, scores_from_confusion
 
     pred = np.array([[1, 1, 0, 0], [1, 0, 0, 0]])
     target = np.array([[1, 0, 1, 0], [1, 0, 0, 0]])
@@ -56,14 +56,14 @@ def test_confusion_and_scores_by_hand():
 
 
 def test_empty_prediction_of_empty_target_is_perfect():
-    from pixbatch.train.metrics import confusion, scores_from_confusion
+    from pixbatch.eval.metrics import confusion, scores_from_confusion
 
     s = scores_from_confusion(confusion(np.zeros((3, 3)), np.zeros((3, 3))))
     assert s["iou"] == 1.0 and s["dice"] == 1.0
 
 
 def test_auc_matches_pair_counting_with_ties():
-    from pixbatch.train.metrics import auc_roc
+    from pixbatch.eval.metrics import auc_roc
 
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 6, 200) / 5.0  # many ties
@@ -76,7 +76,7 @@ def test_auc_matches_pair_counting_with_ties():
 
 
 def test_multiclass_scores_by_hand():
-    from pixbatch.train.metrics import multiclass_scores
+    from pixbatch.eval.metrics import multiclass_scores
 
     pred = np.array([0, 0, 1, 2, 2])
     target = np.array([0, 1, 1, 2, 9])

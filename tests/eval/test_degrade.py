@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixbatch.train.degrade import imresize, imresize_uint8, modcrop, resize_matrix
+from pixbatch.eval.degrade import imresize, imresize_uint8, modcrop, resize_matrix
 from tests.conftest import DATA, requires_data
 
 

@@ -6,9 +6,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pixbatch.cli import cli
+from pixbatch.eval.seg import evaluate_seg
 from pixbatch.models import LoadedModel, ModelInfo
 from pixbatch.runtime.prepare import prepare_model
-from pixbatch.train.evaluate_seg import evaluate_seg
 from tests.conftest import write_disk_set
 
 
