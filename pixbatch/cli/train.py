@@ -147,10 +147,13 @@ def _sizes(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on a GPU or a CPU with native bf16).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0 = torch's default).")
+@click.option("--save-every", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Write OUT.state (for --resume) this often.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.state if it exists (the best weights so far included).")
 @click.pass_obj
 def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_index, loss, sizes, steps, batch_size,
                       lr, val_fraction, val_images, val_masks, val_every, encoder_weights, tune_threshold, out, amp,
-                      seed, threads) -> None:
+                      seed, threads, save_every, resume) -> None:
     """Train on random crops of the images with augmentations applied alike to image and mask
     (flips, 90-degree and small rotations; brightness/contrast on the image). The checkpoint keeps the
     weights with the best validation Dice and the full recipe.
@@ -161,11 +164,11 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
     pixbatch train seg ... --size 256,512 --steps 4000          # progressive resizing
     """
     from pixbatch.io.pairs import PairingError
-    from pixbatch.models import UnknownModelError, list_models
+    from pixbatch.models import UnknownModelError, list_models, model_entry
     from pixbatch.runtime.device import StartupError, resolve_device
     from pixbatch.train.seg import SegTrainConfig, train_seg
 
-    if arch not in list_models() or not arch.startswith(("unet", "segnet", "resnet34")):
+    if arch not in list_models() or model_entry(arch).task != "seg":
         app.fail_start(str(UnknownModelError(f"unknown segmentation model {arch!r}; see `pixbatch models`")))
     kwargs = _json_object(app, model_kwargs)
     cfg = SegTrainConfig(
@@ -173,6 +176,7 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
         ignore_index=ignore_index, loss=loss, sizes=sizes, steps=steps, batch_size=batch_size, lr=lr,
         val_fraction=val_fraction, val_images=val_images, val_masks=val_masks, val_every=val_every,
         encoder_weights=encoder_weights, tune_threshold=tune_threshold, amp=amp, seed=seed, threads=threads,
+        save_every=save_every, resume=resume,
         command="pixbatch train seg " + shlex.join(_args_after("seg")),
     )
     try:

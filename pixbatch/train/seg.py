@@ -1,17 +1,14 @@
 """Train a segmentation model on a folder of images and a folder of masks (paired by file stem).
 
 Random crops with joint augmentation; BCE / soft Dice / focal / cross-entropy and their sums; Adam
-with a one-cycle schedule; AMP; progressive resizing (``sizes=(256, 512)`` trains the first half of
+with a one-cycle schedule (the shared loop, train/loop.py: AMP, clipping, ``--resume``); progressive resizing (``sizes=(256, 512)`` trains the first half of
 the steps on 256 px crops, the second on 512 px, at equal pixels per batch); the checkpoint with the
 best validation Dice is kept. CLI: ``pixbatch train seg``.
 """
 
 from __future__ import annotations
 
-import copy
 import random
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +37,8 @@ class SegTrainConfig:
     val_images: Path | None = None
     val_masks: Path | None = None
     val_every: int = 100
+    save_every: int = 500
+    resume: bool = False
     encoder_weights: Path | None = None  # resnet34_unet: local ImageNet weights
     tune_threshold: bool = False  # binary: store the validation-best threshold instead of 0.5
     amp: bool | None = None
@@ -126,18 +125,13 @@ def best_threshold(net: torch.nn.Module, data, device: torch.device, ignore_inde
 
 def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress: bool = True) -> dict:
     """Train and save ``cfg.out`` (the best validation Dice; safetensors with the recipe). Returns the recipe."""
-    from tqdm import tqdm
-
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
-    from pixbatch.runtime.device import training_amp_dtype
+    from pixbatch.train.loop import LoopOptions, TrainLoop, seed_everything
     from pixbatch.train.losses import SegLoss
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
+    rng = seed_everything(cfg.seed, cfg.threads)
     binary = cfg.classes == 1
     loss_fn = SegLoss(cfg.loss, cfg.ignore_index)  # validates the loss names before any work
     if not binary and any(n in ("bce",) for n in loss_fn.names):
@@ -162,51 +156,41 @@ def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress:
             raise ValueError("--encoder-weights is for resnet34_unet")
         load_encoder_weights(net, cfg.encoder_weights)
     net = net.to(device).train()
-    amp = training_amp_dtype(cfg.amp, device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    loop = TrainLoop(net, LoopOptions(steps=cfg.steps, lr=cfg.lr, clip=5.0, amp=cfg.amp, val_every=cfg.val_every,
+                                      save_every=cfg.save_every, resume=cfg.resume),
+                     device, Path(str(cfg.out) + ".state"), rng, progress=progress)
     stage_len = cfg.steps / len(cfg.sizes)
+    best = loop.extra.setdefault("best", {"dice": -1.0, "step": 0, "weights": None})  # kept across a resume
 
-    t0 = time.perf_counter()
-    best, best_step, best_state, val = -1.0, 0, None, float("nan")
-    bar = tqdm(range(1, cfg.steps + 1), total=cfg.steps, disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, unit="step")
-    for step in bar:
-        size = cfg.sizes[min(int((step - 1) / stage_len), len(cfg.sizes) - 1)]
+    def size_at(step: int) -> int:  # progressive resizing: equal parts of the steps per size
+        return cfg.sizes[min(int((step - 1) / stage_len), len(cfg.sizes) - 1)]
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = size_at(step)
         x, y = sample(train_data, size, batch_size_for(cfg, size), rng)
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = net(x)
-        loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        opt.step()
-        sched.step()
-        if val_data and (step % cfg.val_every == 0 or step == cfg.steps):
-            val = validate(net, val_data, cfg.classes, device, cfg.ignore_index)
-            if val > best:
-                best, best_step = val, step
-                best_state = copy.deepcopy(net.state_dict())
-            bar.set_postfix_str(f"loss {loss.item():.4f} val Dice {val:.4f} (best {best:.4f})")
-            if not progress:
-                print(f"step {step}/{cfg.steps} size {size} loss {loss.item():.4f} val Dice {val:.4f} "
-                      f"(best {best:.4f} at {best_step}) {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-        elif step % 10 == 0:
-            bar.set_postfix_str(f"loss {loss.item():.4f} val Dice {val:.4f}", refresh=False)
-    bar.close()
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    else:
-        best_step = cfg.steps
+        return x.to(device), y.to(device)
+
+    def validate_step(step: int) -> str:
+        dice = validate(net, val_data, cfg.classes, device, cfg.ignore_index)
+        if dice > best["dice"]:
+            best.update(dice=dice, step=step, weights={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+        return f"size {size_at(step)} val Dice {dice:.4f} (best {best['dice']:.4f} at {best['step']})"
+
+    loop.run(batch, loss_fn, validate_step if val_data else None)
+    best_step = cfg.steps
+    if best["weights"] is not None:
+        net.load_state_dict(best["weights"])
+        best_step = best["step"]
     threshold, val_dice_at_threshold = 0.5, None
     if cfg.tune_threshold and binary and val_data:  # chosen on the validation images, used by segment/eval
         threshold, val_dice_at_threshold = best_threshold(net, val_data, device, cfg.ignore_index)
-    recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in ("out", "command")}
-    recipe.update(command=cfg.command, seconds=round(time.perf_counter() - t0), device=str(device),
-                  amp=str(amp).removeprefix("torch.") if amp else "off", train_images=len(train_data),
-                  val_images=[p.name for p in val_pairs], val_dice=round(best, 4) if val_data else None,
+    recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
+              if k not in ("out", "command", "resume")}
+    recipe.update(command=cfg.command, seconds=round(loop.elapsed), device=str(device),
+                  amp=str(loop.amp).removeprefix("torch.") if loop.amp else "off", train_images=len(train_data),
+                  val_images=[p.name for p in val_pairs], val_dice=round(best["dice"], 4) if val_data else None,
                   best_step=best_step, threshold=threshold,
                   val_dice_at_threshold=None if val_dice_at_threshold is None else round(val_dice_at_threshold, 4))
     save_checkpoint(net.eval(), cfg.out, name=cfg.arch, kwargs=kwargs, training=recipe)
+    loop.finish()
     return recipe

@@ -2,24 +2,19 @@
 
 HR crops are degraded with MATLAB-compatible bicubic downscaling (rounded to 8 bits like a saved LR
 image) and augmented with the 8 dihedral transforms. L1, MSE or perceptual loss; Adam with a
-one-cycle schedule; AMP; gradient clipping; checkpoint/resume; progressive resizing from a model of a
-smaller scale (``--init``). CLI: ``pixbatch train sr`` (``python -m pixbatch.train.sr`` is the same).
+one-cycle schedule; AMP; gradient clipping; checkpoint/resume (the shared loop, train/loop.py);
+progressive resizing from a model of a smaller scale (``--init``). CLI: ``pixbatch train sr``.
 """
 
 from __future__ import annotations
 
-import io
 import random
-import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from pixbatch.io.atomic import write_bytes
 
 
 @dataclass
@@ -173,17 +168,12 @@ def init_from_smaller_scale(net: nn.Module, path: Path) -> list[str]:
 
 def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: bool = True) -> dict:
     """Train and save ``cfg.out`` (safetensors with the recipe in its metadata). Returns the recipe."""
-    from tqdm import tqdm
-
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
-    from pixbatch.runtime.device import training_amp_dtype
+    from pixbatch.train.loop import LoopOptions, TrainLoop, seed_everything
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
+    rng = seed_everything(cfg.seed, cfg.threads)
     model = create_model(cfg.arch, pretrained=False, **cfg.model_kwargs)
     net, scale = model.module.to(device).train(), model.info.scale
     fresh = init_from_smaller_scale(net, cfg.init) if cfg.init else []
@@ -191,68 +181,30 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     images = load_images(cfg.data, hr_patch)
     val_lr, val_hr = (t.to(device) for t in sample_batch(images, 32, hr_patch, scale, random.Random(cfg.seed + 1)))
     loss_fn = make_loss(cfg).to(device)
-    amp = training_amp_dtype(cfg.amp, device)
+    loop = TrainLoop(net, LoopOptions(steps=cfg.steps, lr=cfg.lr, betas=(0.9, 0.99), clip=1.0, amp=cfg.amp,
+                                      val_every=cfg.val_every, save_every=cfg.save_every, resume=cfg.resume),
+                     device, Path(str(cfg.out) + ".state"), rng, progress=progress)
+    scores = {"val": float("nan"), "bicubic": float("nan")}
 
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    state_path = Path(str(cfg.out) + ".state")
-    start_step, seconds = 0, 0.0
-    if cfg.resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        rng.setstate(state["python_rng"])
-        start_step, seconds = int(state["step"]), float(state["seconds"])
-
-    def set_frozen(frozen: bool) -> None:
+    def set_frozen(step: int) -> None:  # progressive resizing: only the new upsampler at first
+        frozen = bool(fresh) and step <= cfg.freeze_steps
         for name, p in net.named_parameters():
             p.requires_grad_(not frozen or name in fresh)
 
-    def save_state(step: int) -> None:
-        buf = io.BytesIO()
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "python_rng": rng.getstate(), "step": step,
-                    "seconds": seconds + time.perf_counter() - t0}, buf)
-        write_bytes(buf.getbuffer(), state_path, overwrite=True)
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(t.to(device) for t in sample_batch(images, cfg.batch_size, hr_patch, scale, rng))
 
-    t0 = time.perf_counter()
-    val = bic = float("nan")
-    bar = tqdm(range(start_step + 1, cfg.steps + 1), initial=start_step, total=cfg.steps, disable=not progress,
-               file=sys.stderr, dynamic_ncols=True, unit="step")
-    for step in bar:
-        set_frozen(bool(fresh) and step <= cfg.freeze_steps)
-        lr_img, hr_img = (t.to(device) for t in sample_batch(images, cfg.batch_size, hr_patch, scale, rng))
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            sr = net(lr_img)
-        loss = loss_fn(sr.float(), hr_img)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            net.eval()
-            with torch.no_grad():
-                val = psnr(net(val_lr), val_hr)
-                bic = psnr(F.interpolate(val_lr, scale_factor=scale, mode="bicubic"), val_hr)
-            net.train()
-            bar.set_postfix_str(f"loss {loss.item():.4f} val {val:.2f} dB (bicubic {bic:.2f})")
-            if not progress:
-                print(f"step {step}/{cfg.steps} loss {loss.item():.4f} val PSNR {val:.2f} dB (bicubic {bic:.2f}) "
-                      f"{seconds + time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-        elif step % 10 == 0:
-            bar.set_postfix_str(f"loss {loss.item():.4f} val {val:.2f} dB", refresh=False)
-        if step % cfg.save_every == 0 and step < cfg.steps:
-            save_state(step)
-    bar.close()
+    def validate(step: int) -> str:
+        scores["val"] = psnr(net(val_lr), val_hr)
+        scores["bicubic"] = psnr(F.interpolate(val_lr, scale_factor=scale, mode="bicubic"), val_hr)
+        return f"val PSNR {scores['val']:.2f} dB (bicubic {scores['bicubic']:.2f})"
+
+    loop.run(batch, loss_fn, validate, before_step=set_frozen)
     recipe = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "data" else v)
               for k, v in asdict(cfg).items() if k not in ("out", "resume", "command")}
-    recipe.update(command=cfg.command, seconds=round(seconds + time.perf_counter() - t0), device=str(device),
-                  amp=str(amp).removeprefix("torch.") if amp else "off",
-                  val_psnr_rgb=round(val, 2), val_bicubic=round(bic, 2))
+    recipe.update(command=cfg.command, seconds=round(loop.elapsed), device=str(device),
+                  amp=str(loop.amp).removeprefix("torch.") if loop.amp else "off",
+                  val_psnr_rgb=round(scores["val"], 2), val_bicubic=round(scores["bicubic"], 2))
     save_checkpoint(net.eval(), cfg.out, name=cfg.arch, kwargs=cfg.model_kwargs, training=recipe)
-    state_path.unlink(missing_ok=True)
+    loop.finish()
     return recipe
-

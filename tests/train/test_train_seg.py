@@ -63,3 +63,33 @@ def test_training_errors_are_clear(tmp_path):
     assert result.exit_code == 1 and "unknown segmentation model 'edsr_tiny_x2'" in result.output
     result = runner.invoke(cli, base + ["--size", "8"])
     assert result.exit_code == 2 and "crop sizes of at least 16 px" in result.output
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_with_the_best_weights(tmp_path, monkeypatch):
+    """train seg shares the training loop with train sr: an interrupted run resumed from its state
+    ends where an uninterrupted one ends, best-validation weights included."""
+    from safetensors.torch import load_file
+
+    import pixbatch.models.checkpoint as ckpt
+
+    images, masks = write_disk_set(tmp_path / "data", 4)
+    common = ["train", "seg", "--images", str(images), "--masks", str(masks), "--size", "32", *ARGS,
+              "--save-every", "3"]
+    runner = CliRunner()
+    full = tmp_path / "full.safetensors"
+    assert runner.invoke(cli, [*common, "--out", str(full)]).exit_code == 0
+    part = tmp_path / "part.safetensors"
+    # interrupt right after the step-3 state is written: the final save fails
+    monkeypatch.setattr(ckpt, "save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    result = runner.invoke(cli, [*common, "--out", str(part)])
+    monkeypatch.undo()
+    assert result.exit_code != 0 and not part.exists()  # stopped before the final checkpoint
+    state = torch.load(tmp_path / "part.safetensors.state", weights_only=True)
+    assert state["step"] == 3 and state["extra"]["best"]["step"] == 3
+    result = runner.invoke(cli, [*common, "--resume", "--out", str(part)])
+    assert result.exit_code == 0, result.output
+    a, b = load_file(full), load_file(part)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert create_model(part).info.training["best_step"] == create_model(full).info.training["best_step"]
+    assert not (tmp_path / "part.safetensors.state").exists()
