@@ -128,10 +128,7 @@ class _Unit:
     canvas: Canvas
     band: int
     col: int
-
-    @property
-    def k(self) -> int:
-        return self.canvas.planes.shape[0]
+    k: int  # model inputs (planes) of this window; fixed when queued, whatever becomes of the canvas
 
     def input(self) -> torch.Tensor:
         xs = self.canvas.plan.xs
@@ -212,7 +209,7 @@ class WindowEngine:
         canvas.planes = planes
         canvas.left = len(xs)
         for j in range(len(xs)):
-            self._enqueue(_Unit(canvas, canvas.band, j))
+            self._enqueue(_Unit(canvas, canvas.band, j, planes.shape[0]))
         return True
 
     def _enqueue(self, unit: _Unit) -> None:
@@ -606,7 +603,8 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
     report = report if report is not None else Report()
     book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info)
     streamed = [j for j in plan.todo if streams(j)]
-    in_memory = [j for j in plan.todo if j not in set(streamed)]
+    streamed_set = set(streamed)
+    in_memory = [j for j in plan.todo if j not in streamed_set]
     workers = decode_workers(opts.workers, len(in_memory))
     engine = WindowEngine(runner, opts.windowing, report)
     report.settings = {

@@ -263,3 +263,26 @@ def test_a_streamed_tiled_tiff_equals_the_same_pixels_in_memory(tmp_path):
     assert np.abs(a.astype(int) - b).max() <= 1
     assert np.array_equal(tifffile.imread(tmp_path / "oa" / "big_neg.tif"), 255 - a)
     assert not [p for p in (tmp_path / "oa").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_an_image_that_fails_on_one_window_leaves_the_others_running():
+    """Its other windows still queued are dropped; the other images are computed."""
+    loaded = create_model("edsr_tiny_x2", pretrained=False, n_resblocks=1, n_feats=8)
+    runner = _runner(loaded)
+    real = runner.__class__.__call__
+
+    def picky(self, inp):
+        if bool((inp[:, :, 0, 0] > 0.99).any()):  # the marked window of the marked image
+            raise RuntimeError("cannot handle this window")
+        return real(self, inp)
+
+    runner.__class__ = type("PickyRunner", (runner.__class__,), {"__call__": picky})
+    good, bad = torch.rand(1, 3, 40, 90) * 0.9, torch.rand(1, 3, 40, 90) * 0.9
+    bad[..., 0, 0] = 1.0  # only the first window of this image sees it
+    done, failed = [], []
+    engine = WindowEngine(runner, Windowing(tile=30, overlap=4, batch_size=1), Report())
+    for name, x in (("bad", bad), ("good", good)):
+        engine.add(Canvas(TensorSource(x), lambda p: p, lambda y0, rows: None, lambda n=name: done.append(n),
+                          lambda reason, n=name: failed.append((n, reason))))
+    engine.flush()
+    assert done == ["good"] and failed == [("bad", "model failed (RuntimeError: cannot handle this window)")]
