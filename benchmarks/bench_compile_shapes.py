@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchlib import environment, write_result
 
 
 def child(model: str, images: int, bucket: int, device: str) -> dict:
@@ -81,9 +81,10 @@ def main() -> None:
               f"(dynamo's limit: {r['recompile_limit']}; {r['shapes_run_uncompiled']} shapes fell back to eager), "
               f"{r['seconds']:7.1f} s for {args.images} images")
     print(f"time with buckets / per size: {rows[1]['seconds'] / rows[0]['seconds']:.2f}")
-    dev = "cpu" if rows[0]["device"] == "cpu" else "cuda"
-    out = args.out or REPO / "benchmarks" / "results" / f"compile_shapes_{dev}.json"
-    out.write_text(json.dumps({"model": args.model, "rows": rows}, indent=2) + "\n")
+    import torch
+
+    dev = torch.device(rows[0]["device"])
+    out = write_result({**environment(dev), "model": args.model, "rows": rows}, f"compile_shapes_{dev.type}", args.out)
     print(f"wrote {out}")
 
 

@@ -9,7 +9,7 @@ and of Real-ESRGAN's compact model when ../shared/data has it), at LR inputs of 
   * eager: cuDNN conv2d + pixel_shuffle (+ activation / residual) -- the baseline
   * compiled: torch.compile of that same unfused function
   * fused: the Triton kernel
-Reported per shape and dtype: median us (triton.testing.do_bench), TFLOP/s (2*M*N*K counted from the
+Reported per shape and dtype: median us (triton.testing.do_bench, through benchlib.median_seconds), TFLOP/s (2*M*N*K counted from the
 shape), effective GB/s (input + weights + output bytes, each touched once) and speed-ups over eager
 and over compiled. On a CPU the kernel cannot run natively: the script times the reference only and
 says so (with --check it still verifies every variant, the kernel in Triton's interpreter).
@@ -18,16 +18,13 @@ says so (with --check it still verifies every variant, the kernel in Triton's in
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from benchlib import COMPACT, device_tag, environment, median_seconds, write_result
 
-REPO = Path(__file__).resolve().parents[1]
-COMPACT = REPO.parent / "shared" / "data" / "weights" / "realesr-animevideov3.pth"
 SIZES = {"256": (256, 256), "512": (512, 512), "1080p": (1080, 1920)}
 
 
@@ -97,8 +94,7 @@ def setup(layer: Layer, size: tuple[int, int], dtype: torch.dtype, device: str, 
 
 
 def bench_gpu(layers: list[Layer], dtypes: list[torch.dtype]) -> list[dict]:
-    from triton.testing import do_bench
-
+    cuda = torch.device("cuda")
     rows = []
     for layer in layers:
         for size_name, size in SIZES.items():
@@ -110,7 +106,7 @@ def bench_gpu(layers: list[Layer], dtypes: list[torch.dtype]) -> list[dict]:
                 ref = fns["eager"]()
                 for name, fn in fns.items():
                     err = (fn().float() - ref.float()).abs().max().item()
-                    us = do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+                    us = median_seconds(fn, cuda, 0.1) * 1e6  # do_bench: 25 ms warm-up, 100 ms of runs
                     row[name] = {"us": us, "tflops": flops / us / 1e6, "gbps": nbytes / us / 1e3, "max_abs_err": err}
                 row["speedup_vs_eager"] = row["eager"]["us"] / row["fused"]["us"]
                 row["speedup_vs_compiled"] = row["compiled"]["us"] / row["fused"]["us"]
@@ -124,13 +120,10 @@ def bench_gpu(layers: list[Layer], dtypes: list[torch.dtype]) -> list[dict]:
 
 
 def bench_cpu_reference(layers: list[Layer]) -> list[dict]:
-    from torch.utils.benchmark import Timer
-
     rows = []
     for layer in layers:
         fns, flops, _ = setup(layer, (64, 64), torch.float32, "cpu")
-        m = Timer("f()", globals={"f": fns["eager"]}).blocked_autorange(min_run_time=0.5)
-        us = m.median * 1e6
+        us = median_seconds(fns["eager"], torch.device("cpu"), 0.5) * 1e6
         rows.append({"model": layer.model, "layer": f"{layer.c_in}->{layer.c}x{layer.r}^2", "stage": layer.stage_scale,
                      "lr_size": "64", "dtype": "float32", "eager": {"us": us, "tflops": flops / us / 1e6}})
         print(f"{layer.model:<22} {layer.c_in}->{layer.c}x{layer.r}^2 x{layer.stage_scale} at 64x64 LR: "
@@ -186,22 +179,17 @@ def main() -> None:
     if args.check:
         check(layers)
         return
-    meta = {"torch": torch.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
-        import triton
-
-        meta.update(device=torch.cuda.get_device_name(), triton=triton.__version__, cuda=torch.version.cuda)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    meta = environment(device)
+    if device.type == "cuda":
+        meta.update(cuda=torch.version.cuda)
         rows = bench_gpu(layers, [getattr(torch, d) for d in args.dtypes.split(",")])
-        stem = "conv_pixel_shuffle_" + meta["device"].replace(" ", "_")
     else:
         print("No CUDA GPU: the fused Triton kernel cannot run natively here. Timing the reference "
               "(conv2d + pixel_shuffle, fp32, CPU) only; no speed-up is claimed.")
-        meta.update(device=platform.processor() or platform.machine(), note="CPU: reference only")
+        meta.update(note="CPU: reference only")
         rows = bench_cpu_reference(layers)
-        stem = "conv_pixel_shuffle_cpu"
-    out = args.out or REPO / "benchmarks" / "results" / f"{stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    out = write_result({"meta": meta, "rows": rows}, f"conv_pixel_shuffle_{device_tag(device)}", args.out)
     print(f"wrote {out}")
     if torch.cuda.is_available():
         plot(rows, out.with_suffix(".png"))

@@ -23,13 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import REPO, SHARED_DATA, environment, write_result
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from benchmarks.bench_pipeline import cpu_name  # noqa: E402
-
-SOURCES = [REPO.parent / "shared" / "data" / "seg" / "drive" / "test" / "images", REPO / "examples"]
+SOURCES = [SHARED_DATA / "seg" / "drive" / "test" / "images", REPO / "examples"]
 
 
 def make_mosaic(path: Path, size: int) -> str:
@@ -107,10 +104,8 @@ def main() -> None:
         "command": " ".join(["pixbatch", *cmd[3:]]).replace(tmp, "$TMP"),
         "size": [args.size, args.size], "megapixels": mp, "model": settings["model"], "scale": settings["scale"],
         "tile": settings["tile"], "overlap": settings["overlap"], "blend": settings["blend"],
-        "precision": settings["precision"], "device": device,
-        "cpu": cpu_name(), "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-        "torch": torch.__version__, "made_from": made_from, "make_input_s": round(make_s, 1),
+        "precision": settings["precision"],
+        **environment(torch.device(device)), "made_from": made_from, "make_input_s": round(make_s, 1),
         "input_file_bytes": input_bytes, "wall_s": round(wall, 1), "pipeline_s": summary["seconds"],
         "input_mp_per_s": round(mp / summary["seconds"], 3),
         "output_mp_per_s": round(mp * settings["scale"] ** 2 / summary["seconds"], 3), "peak_rss_bytes": peak_rss,
@@ -127,8 +122,7 @@ def main() -> None:
           f"{result['input_decoded_whole_gib']:.2f} GiB and the output {result['output_decoded_whole_gib']:.2f} GiB)")
     print(f"  output: {output_info}")
     kind = "cuda" if device.startswith("cuda") else "cpu"
-    out = args.out or REPO / "benchmarks" / "results" / f"{args.task}_huge_{args.size}_{kind}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, f"{args.task}_huge_{args.size}_{kind}", args.out)
     print(f"wrote {out}")
 
 

@@ -16,20 +16,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from benchlib import COMPACT, device_name, device_tag, environment, median_seconds, write_result
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from benchmarks.bench_pipeline import cpu_name  # noqa: E402
-
-COMPACT = REPO.parent / "shared" / "data" / "weights" / "realesr-animevideov3.pth"
 # Dense tensor-core peaks in TFLOP/s (vendor data sheets, SXM parts), by dtype.
 GPU_PEAK_TFLOPS = {
     "H100": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},  # fp32 through TF32
@@ -57,18 +51,6 @@ def count_flops(module, x) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(x)
     return int(counter.get_total_flops())
-
-
-def bench_seconds(fn, device: torch.device, min_time: float) -> float:
-    """Median seconds per call: CUDA events on a GPU, torch.utils.benchmark on the CPU."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=25, rep=max(100, int(min_time * 1000)), return_mode="median") / 1e3
-    from torch.utils.benchmark import Timer
-
-    fn()
-    return Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time).median
 
 
 def make_variants(loaded, device: torch.device, args) -> list[tuple[str, object, dict]]:
@@ -157,7 +139,7 @@ def run_model(name: str, device: torch.device, args) -> list[dict]:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 first_s = time.perf_counter() - t0
-                seconds = bench_seconds(lambda v=variant, o=opts, xi=x: call(v, o, xi, device), device, args.min_time)
+                seconds = median_seconds(lambda v=variant, o=opts, xi=x: call(v, o, xi, device), device, args.min_time)
                 base_s = base_s or seconds
                 tflops = flops / seconds / 1e12
                 dt = _dt(opts["dtype"])
@@ -253,27 +235,13 @@ def main() -> None:
             sys.exit(f"check failed: {bad}")
         print(f"check: {len(rows)} variant runs agree with the fp32 baseline")
         return
-    dev_name = torch.cuda.get_device_name(device) if gpu else cpu_name()
-    result = {"device": dev_name, "device_type": device.type, "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "triton": _triton_version(), "python": platform.python_version(),
-              "peak_tflops": device_peak(device), "rows": rows}
-    tag = "cuda_" + dev_name.split()[-1].lower() if gpu else "cpu"
-    out = args.out or REPO / "benchmarks" / "results" / f"models_{tag}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = {**environment(device), "peak_tflops": device_peak(device), "rows": rows}
+    out = write_result(result, f"models_{device_tag(device)}", args.out)
     png = out.with_suffix(".png")
-    if chart(rows, png, f"{dev_name}, torch {torch.__version__}"):
+    if chart(rows, png, f"{device_name(device)}, torch {torch.__version__}"):
         print(f"wrote {out} and {png}")
     else:
         print(f"wrote {out}")
-
-
-def _triton_version() -> str | None:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return None
 
 
 if __name__ == "__main__":

@@ -22,12 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PHOTOS = [REPO.parent / "shared" / "data" / "sr" / "train" / "sun_hays80", REPO / "examples"]
+from benchlib import REPO, SHARED_DATA, write_result
+
+PHOTOS = [SHARED_DATA / "sr" / "train" / "sun_hays80", REPO / "examples"]
 
 
 def timed(fn, min_time: float = 0.5) -> float:
-    """Median seconds per call over at least ``min_time`` seconds of calls, after one warm-up call."""
+    """Median seconds per call over at least ``min_time`` seconds of calls, after one warm-up call
+    (a plain timer: this script must run without torch, in a pillow-simd environment too)."""
     fn()
     times, start = [], time.perf_counter()
     while time.perf_counter() - start < min_time or len(times) < 5:
@@ -91,8 +93,7 @@ def main() -> None:
     result = {"pillow": PIL.__version__, "simd_build": simd, "python": platform.python_version(),
               "machine": platform.machine(), "photos": str(folder), "images": n, "ops": rows}
     tag = "pillow-simd" if simd else "pillow"
-    out = args.out or REPO / "benchmarks" / "results" / f"{tag}_cpu.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, f"{tag}_cpu", args.out)
     print(f"Pillow {PIL.__version__}: wrote {out}")
 
 

@@ -15,19 +15,12 @@ Prints a table and writes JSON to benchmarks/results/pipeline_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-PHOTOS = [REPO.parent / "shared" / "data" / "sr" / "train" / "sun_hays80", REPO / "examples"]
+from benchlib import REPO, SHARED_DATA, write_result
 
-
-def cpu_name() -> str:
-    from pixbatch.runtime.bench import cpu_name as name
-
-    return name()
+PHOTOS = [SHARED_DATA / "sr" / "train" / "sun_hays80", REPO / "examples"]
 
 
 def main() -> None:
@@ -47,8 +40,7 @@ def main() -> None:
     result["photos"] = str(photos[0])
     print("\n".join(format_report(result)))
     tag = "cpu" if result["device_type"] == "cpu" else "cuda_" + result["device"].split()[-1].lower()
-    out = args.out or REPO / "benchmarks" / "results" / f"pipeline_{tag}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(result, f"pipeline_{tag}", args.out)
     print(f"wrote {out}")
 
 

@@ -10,28 +10,14 @@ Writes benchmarks/results/sr_models_<device>.json.
 
 from __future__ import annotations
 
-import json
-import platform
-import sys
 from pathlib import Path
 
 import torch
-from torch.utils.benchmark import Timer
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-
-def ms(fn) -> float:
-    fn()
-    return Timer("f()", globals={"f": fn}).blocked_autorange(min_run_time=1.0).median * 1e3
+from benchlib import SHARED_DATA, environment, median_seconds, write_result
 
 
 def main() -> None:
     import argparse
-
-    from bench_pipeline import cpu_name
 
     from pixbatch.eval.sr import evaluate_sr, mean_metrics
     from pixbatch.models import DEFAULT_SR_MODELS, create_model
@@ -44,7 +30,7 @@ def main() -> None:
     args = p.parse_args()
     device = resolve_device("auto")
     names = args.models or list(DEFAULT_SR_MODELS.values()) + [
-        str(q) for q in (DATA / "weights" / "imdn_x4.pth", DATA / "weights" / "realesr-animevideov3.pth") if q.is_file()]
+        str(q) for q in (SHARED_DATA / "weights" / "imdn_x4.pth", SHARED_DATA / "weights" / "realesr-animevideov3.pth") if q.is_file()]
     rows = []
     for name in names:
         loaded = create_model(name)
@@ -54,18 +40,16 @@ def main() -> None:
         fast_dtype = resolve_precision("auto", device, loaded.info)
         fast = prepare_model(create_model(name), device, fast_dtype)
         row = {"model": Path(name).stem, "scale": s, "params": loaded.info.params,
-               "eager_fp32_nchw_ms": ms(lambda r=eager, x=x: r(x)), "fast_path_ms": ms(lambda r=fast, x=x: r(x)),
+               "eager_fp32_nchw_ms": median_seconds(lambda r=eager, x=x: r(x), device) * 1e3,
+               "fast_path_ms": median_seconds(lambda r=fast, x=x: r(x), device) * 1e3,
                "fast_path": f"channels-last, {str(fast_dtype).removeprefix('torch.')}, kernels={fast.kernels}"}
-        if (DATA / "sr" / "set5").is_dir() and "realesr" not in name:  # the GAN model has no PSNR to report
-            m = mean_metrics([r.model for r in evaluate_sr(eager, DATA / "sr" / "set5")])
+        if (SHARED_DATA / "sr" / "set5").is_dir() and "realesr" not in name:  # the GAN model has no PSNR to report
+            m = mean_metrics([r.model for r in evaluate_sr(eager, SHARED_DATA / "sr" / "set5")])
             row.update(set5_psnr_y=round(m["psnr_y"], 2), set5_ssim_y=round(m["ssim_y"], 4))
         rows.append(row)
         print(f"{row['model']:<22} x{s} {row['params']:>9,} params  eager {row['eager_fp32_nchw_ms']:8.1f} ms  "
               f"fast {row['fast_path_ms']:8.1f} ms ({row['fast_path']})  Set5 {row.get('set5_psnr_y', '-')}")
-    dev = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
-    out = args.out or REPO / "benchmarks" / "results" / f"sr_models_{device.type}.json"
-    out.write_text(json.dumps({"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                               "python": platform.python_version(), "output": "512x512", "rows": rows}, indent=2) + "\n")
+    out = write_result({**environment(device), "output": "512x512", "rows": rows}, f"sr_models_{device.type}", args.out)
     print(f"wrote {out}")
 
 
