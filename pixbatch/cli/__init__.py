@@ -38,6 +38,35 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, device: str, as_json: boo
     App.current = ctx.obj
 
 
+def _late(attr: str, value_of):
+    """A callback that sets a global option given after the command on this invocation's App."""
+    def callback(ctx: click.Context, param: click.Parameter, value) -> None:
+        app = ctx.find_object(App)
+        if app is not None and value:
+            setattr(app, attr, value_of(app, value))
+
+    return callback
+
+
+def _accept_global_options_after(command: click.Command) -> None:
+    """Global options work after the command too (``pixbatch upscale in/ out/ --json``), as users
+    type them; ``--help`` lists them once, on ``pixbatch --help``."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_global_options_after(sub)
+        return
+    command.params += [
+        click.Option(["-v", "--verbose"], count=True, hidden=True, expose_value=False,
+                     callback=_late("verbosity", lambda app, n: max(app.verbosity, 0) + n)),
+        click.Option(["-q", "--quiet"], is_flag=True, hidden=True, expose_value=False,
+                     callback=_late("verbosity", lambda app, _: -1)),
+        click.Option(["--device"], default=None, hidden=True, expose_value=False,
+                     callback=_late("device", lambda app, spec: spec)),
+        click.Option(["--json", "as_json"], is_flag=True, hidden=True, expose_value=False,
+                     callback=_late("as_json", lambda app, _: True)),
+    ]
+
+
 def _register() -> None:
     from pixbatch.cli.bench import bench
     from pixbatch.cli.eval import eval_group
@@ -52,6 +81,9 @@ def _register() -> None:
     cli.add_command(eval_group)
     cli.add_command(train_group)
     cli.add_command(bench)
+
+    for command in cli.commands.values():
+        _accept_global_options_after(command)
 
 
 _register()

@@ -18,6 +18,13 @@ def _check_suffix(ctx: click.Context, param: click.Parameter, value: str) -> str
         raise click.BadParameter(str(exc)) from None
 
 
+def _need_src_and_dst(ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]) -> tuple[Path, ...]:
+    if not value:  # with one path Click takes it as DST and finds no SRC: say what is needed
+        raise click.UsageError(f"give the inputs and the output folder: {ctx.command_path} SRC... DST "
+                               f"(e.g. `{ctx.command_path} photos/ out/`)", ctx)
+    return value
+
+
 def _apply(options):
     def decorator(f):
         for option in reversed(options):
@@ -32,14 +39,15 @@ png_compression_option = click.option(
     help="zlib level for PNG/TIFF: 1 encodes ~4x faster than 6 for ~15% larger files; 0 stores raw.")
 
 format_options = _apply([
-    click.option("--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp", "tiff"]), default="same",
+    click.option("-f", "--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp", "tiff"]), default="same",
                  show_default=True, help="Output format; 'same' keeps PNG/JPEG/WebP/TIFF and writes others as PNG."),
     click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality."),
     png_compression_option,
 ])
 
 io_options = _apply([
-    click.argument("src", nargs=-1, required=True, type=click.Path(path_type=Path)),
+    click.argument("src", nargs=-1, required=False, metavar="SRC...", type=click.Path(path_type=Path),
+                   callback=_need_src_and_dst),
     click.argument("dst", nargs=1, type=click.Path(path_type=Path, file_okay=False)),
     click.option("--glob", default=None, metavar="PATTERN",
                  help="Only files whose path (relative to the folder) or name matches, e.g. '*.png'."),
@@ -70,7 +78,7 @@ precision_options = _apply([
 def window_options(tile: int, overlap: int | None, overlap_default: str):
     """``--tile``, ``--overlap`` and ``--batch-size``: the same meaning in every command, defaults per task."""
     return _apply([
-        click.option("--tile", type=click.IntRange(min=0), default=tile, show_default=True,
+        click.option("-t", "--tile", type=click.IntRange(min=0), default=tile, show_default=True,
                      help="Tile edge in input px: images are cut into tiles of at most this size, each run in a "
                           "window with --overlap px of context on every side (0 = from the memory budget: whole "
                           "images when they fit)."),

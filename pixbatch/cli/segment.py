@@ -14,7 +14,7 @@ from pixbatch.cli._options import io_options, png_compression_option, precision_
 @png_compression_option
 @window_options(896, 64, "64")
 @precision_options
-@click.option("--model", "model_name", default="unet_drive", show_default=True, metavar="NAME|PATH",
+@click.option("-m", "--model", "model_name", default="unet_drive", show_default=True, metavar="NAME|PATH",
               help="A built-in segmentation model or a checkpoint written by `pixbatch train seg`.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Probability above which a pixel is foreground (binary models; default: the model's, else 0.5).")

@@ -21,9 +21,9 @@ from pixbatch.cli._options import (
 @window_options(0, None, "the model's receptive field")
 @precision_options
 @kernels_option
-@click.option("--scale", type=click.IntRange(min=1), default=None,
+@click.option("-s", "--scale", type=click.IntRange(min=1), default=None,
               help="Upscaling factor (default: the model's, or 4 with the built-in models).")
-@click.option("--model", "model_name", default=None, metavar="NAME|PATH",
+@click.option("-m", "--model", "model_name", default=None, metavar="NAME|PATH",
               help="A built-in model (see `pixbatch models`) or a checkpoint file (.safetensors/.pth).")
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
