@@ -41,20 +41,18 @@ def bench(app, model_name, photos, images, size, out_json) -> None:
       pixbatch bench                                  # the example photos installed with pixbatch
       pixbatch --device cpu bench --photos my_photos/ --images 48 --size 512 --out bench.json
     """
-    from pixbatch.runtime.bench import bench_upscale, format_report
+    from pixbatch.runtime.bench import bench_upscale
 
     examples = shipped_examples()
     sources = list(photos) or ([examples] if examples is not None else [])
     if not sources:
         app.fail_start("the example photos are missing from this installation: pass --photos FOLDER")
     try:
-        result = bench_upscale(model_name, sources, images=images, size=size, device=app.device, log=app.info)
+        result = bench_upscale(model_name, sources, images=images, size=size, device=app.device, log=app.info,
+                               on_line=None if app.as_json else click.echo)  # each line as it is measured
     except (FileNotFoundError, ValueError) as exc:
         app.fail_start(str(exc))
     if out_json:
         out_json.write_text(json.dumps(result, indent=2) + "\n")
     if app.as_json:
         click.echo(json.dumps(result, indent=2))
-        return
-    for line in format_report(result):
-        click.echo(line)

@@ -59,8 +59,9 @@ def _rate(n: int, seconds: float, mp: float) -> dict:
     return {"seconds": seconds, "images_per_s": n / seconds, "output_mp_per_s": mp / seconds}
 
 
-def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
-    """Each stage alone, timed over all files, with the resources the pipeline gives it."""
+def stage_capacities(files: list[Path], runner, opts, on_stage=None) -> dict[str, dict]:
+    """Each stage alone, timed over all files, with the resources the pipeline gives it;
+    ``on_stage(name, figures)`` hears of each stage as soon as it is measured."""
     from torch.utils.data import DataLoader
 
     from pixbatch.io.encode import write_image
@@ -81,6 +82,7 @@ def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
                                                            num_workers=workers, prefetch_factor=4 if workers else None)]
     out_mp = sum(px.shape[0] * px.shape[1] for px, _ in decoded) * s * s / 1e6
     stages["decode"] = {**_rate(n, time.perf_counter() - t, out_mp), "workers": workers}
+    _tell(on_stage, "decode", stages)
 
     # host -> device (GPU): pinned, non-blocking, as the loader hands it over
     if dev.type == "cuda":
@@ -90,6 +92,7 @@ def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
         on_dev = [p.to(dev, non_blocking=True) for p in pinned]
         torch.cuda.synchronize(dev)
         stages["host_to_device"] = _rate(n, time.perf_counter() - t, out_mp)
+        _tell(on_stage, "host_to_device", stages)
         del on_dev
 
     # compute: the prepared model with the pipeline's windows and batching, float in and out
@@ -106,6 +109,7 @@ def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     stages["compute"] = _rate(n, time.perf_counter() - t, out_mp)
+    _tell(on_stage, "compute", stages)
     pixels = [pixels_from_planes(o, meta.mode, meta.bits) for o, (_, meta) in zip(outs, decoded)]
 
     # device -> host (GPU)
@@ -117,6 +121,7 @@ def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
             h.copy_(p, non_blocking=True)
         torch.cuda.synchronize(dev)
         stages["device_to_host"] = _rate(n, time.perf_counter() - t, out_mp)
+        _tell(on_stage, "device_to_host", stages)
         pixels = host
     arrays = [p.cpu().numpy() for p in pixels]
 
@@ -128,7 +133,13 @@ def stage_capacities(files: list[Path], runner, opts) -> dict[str, dict]:
             list(pool.map(lambda i: write_image(arrays[i], decoded[i][1], Path(tmp) / files[i].name, opts.encode),
                           range(n)))
         stages["encode"] = {**_rate(n, time.perf_counter() - t, out_mp), "writers": writers}
+    _tell(on_stage, "encode", stages)
     return stages
+
+
+def _tell(on_stage, name: str, stages: dict) -> None:
+    if on_stage is not None:
+        on_stage(name, stages[name])
 
 
 def plain_loop(module: torch.nn.Module, files: list[Path], out: Path, device: torch.device) -> None:
@@ -146,8 +157,9 @@ def plain_loop(module: torch.nn.Module, files: list[Path], out: Path, device: to
 
 
 def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int = 256, device: str = "auto",
-                  log=print) -> dict:
-    """Stage capacities, the pipeline and the plain loop on one generated folder; returns the figures."""
+                  log=print, on_line=None) -> dict:
+    """Stage capacities, the pipeline and the plain loop on one generated folder; returns the figures.
+    ``on_line`` receives the report's lines as each measurement finishes (a run takes minutes)."""
     import copy
 
     from pixbatch.io.discover import plan_jobs
@@ -161,6 +173,13 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
     dev = resolve_device(device)
     loaded = create_model(model)
     s = loaded.info.scale
+    env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+           "device_type": dev.type, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "torch": torch.__version__, "python": platform.python_version(), "pillow": _pillow_version(),
+           "model": model, "params": loaded.info.params, "scale": s, "images": images, "size": size}
+    say = on_line or (lambda line: None)
+    for line in _head(env):
+        say(line)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = make_photo_folder(tmp / "in", photos, images, size)
@@ -169,7 +188,7 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
         runner = prepare_model(copy.deepcopy(loaded), dev, resolve_precision("auto", dev, loaded.info),
                                compile=dev.type == "cuda" and images >= COMPILE_MIN_JOBS)
         log("measuring each stage alone ...")
-        stages = stage_capacities(files, runner, opts)
+        stages = stage_capacities(files, runner, opts, on_stage=lambda name, st: say(_row(name, st)))
         log("plain eager loop ...")
         (tmp / "plain").mkdir()
         plain_module = copy.deepcopy(loaded.module)
@@ -177,23 +196,24 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
         t = time.perf_counter()
         plain_loop(plain_module, files, tmp / "plain", dev)
         plain = _rate(images, time.perf_counter() - t, out_mp)
+        say(_row("plain eager loop", plain))
         log("pixbatch pipeline ...")
         t = time.perf_counter()
         report = run_job(UpscaleTask(runner), plan_jobs([tmp / "in"], tmp / "out"), opts)
         pipeline = {**_rate(images, time.perf_counter() - t, out_mp), "settings": report.settings}
         if report.done != images:
             raise RuntimeError(f"pipeline wrote {report.done} of {images} images: {report.failed}")
+        say(_row("pixbatch pipeline", pipeline))
     bottleneck = min(stages, key=lambda k: stages[k]["images_per_s"])
-    return {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
-        "device_type": dev.type, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "torch": torch.__version__, "python": platform.python_version(), "pillow": _pillow_version(),
-        "model": model, "params": loaded.info.params, "scale": s, "images": images, "size": size,
-        "stages": stages, "bottleneck": bottleneck,
+    result = {
+        **env, "stages": stages, "bottleneck": bottleneck,
         "pipeline": pipeline, "plain_loop": plain,
         "efficiency": pipeline["images_per_s"] / stages[bottleneck]["images_per_s"],
         "speedup_vs_plain_loop": pipeline["images_per_s"] / plain["images_per_s"],
     }
+    for line in _closing(result):
+        say(line)
+    return result
 
 
 def _pillow_version() -> str:
@@ -202,15 +222,28 @@ def _pillow_version() -> str:
     return getattr(PIL, "__version__", "?")
 
 
-def format_report(r: dict) -> list[str]:
-    lines = [f"{r['model']} x{r['scale']} on {r['device']} ({r['device_type']}, {r['threads']} threads), "
-             f"{r['images']} photos {r['size']}x{r['size']} (JPEG+PNG), torch {r['torch']}, Pillow {r['pillow']}",
-             f"{'stage (alone)':<22} {'img/s':>8} {'MP/s out':>9}"]
-    for name, st in r["stages"].items():
-        mark = "  <- bottleneck" if name == r["bottleneck"] else ""
-        lines.append(f"{name:<22} {st['images_per_s']:8.2f} {st['output_mp_per_s']:9.2f}{mark}")
-    lines.append(f"{'pixbatch pipeline':<22} {r['pipeline']['images_per_s']:8.2f} {r['pipeline']['output_mp_per_s']:9.2f}"
-                 f"   efficiency {100 * r['efficiency']:.0f}% of the bottleneck")
-    lines.append(f"{'plain eager loop':<22} {r['plain_loop']['images_per_s']:8.2f} {r['plain_loop']['output_mp_per_s']:9.2f}"
-                 f"   pixbatch is {r['speedup_vs_plain_loop']:.2f}x faster")
+def _head(r: dict) -> list[str]:
+    return [f"{r['model']} x{r['scale']} on {r['device']} ({r['device_type']}, {r['threads']} threads), "
+            f"{r['images']} photos {r['size']}x{r['size']} (JPEG+PNG), torch {r['torch']}, Pillow {r['pillow']}",
+            f"{'measured':<22} {'img/s':>8} {'MP/s out':>9}"]
+
+
+def _row(label: str, st: dict) -> str:
+    return f"{label:<22} {st['images_per_s']:8.2f} {st['output_mp_per_s']:9.2f}"
+
+
+def _closing(r: dict) -> list[str]:
+    name = r["bottleneck"]
+    lines = [f"<- bottleneck: {name} ({r['stages'][name]['images_per_s']:.2f} img/s alone); the pipeline reaches "
+             f"{100 * r['efficiency']:.0f}% of it and is {r['speedup_vs_plain_loop']:.2f}x the plain eager loop"]
+    if r["efficiency"] > 1:
+        lines.append("(over 100 %: each stage alone was timed with its one-time costs, such as starting the decode "
+                     "workers and the first batches, which the pipeline overlaps with other work; the stage's "
+                     "capacity is then a lower bound)")
     return lines
+
+
+def format_report(r: dict) -> list[str]:
+    """The whole report: what ``on_line`` receives during a run, in the same order."""
+    return [*_head(r), *(_row(n, st) for n, st in r["stages"].items()), _row("plain eager loop", r["plain_loop"]),
+            _row("pixbatch pipeline", r["pipeline"]), *_closing(r)]

@@ -1,0 +1,25 @@
+"""`pixbatch bench`: its lines arrive as each measurement finishes, and an efficiency over 100 % is explained."""
+
+from pixbatch.runtime.bench import bench_upscale, format_report
+from tests.conftest import REPO
+
+
+def test_lines_arrive_as_measured_and_match_the_report():
+    lines = []
+    result = bench_upscale("edsr_tiny_x2", [REPO / "examples"], images=2, size=24, device="cpu", on_line=lines.append)
+    assert lines == format_report(result)
+    labels = [line.split()[0] for line in lines[2:]]
+    assert labels[:5] == ["decode", "compute", "encode", "plain", "pixbatch"]  # the order they are measured in
+    closing = [line for line in lines if line.startswith("<- bottleneck: ")]
+    assert len(closing) == 1 and closing[0].startswith(f"<- bottleneck: {result['bottleneck']} (")
+    assert lines[-1].startswith("(over 100 %") == (result["efficiency"] > 1)
+
+
+def test_an_efficiency_over_100_percent_is_explained():
+    lines = []
+    result = bench_upscale("edsr_tiny_x2", [REPO / "examples"], images=2, size=24, device="cpu", on_line=lines.append)
+    result["efficiency"] = 1.15
+    report = format_report(result)
+    assert "reaches 115% of it" in report[-2] and report[-1].startswith("(over 100 %: each stage alone was timed")
+    result["efficiency"] = 0.9
+    assert "over 100 %" not in format_report(result)[-1]
