@@ -53,7 +53,8 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None
         app.fail_start(str(exc))
     model_mean = mean_metrics([r.model for r in results])
     bicubic_mean = mean_metrics([r.bicubic for r in results])
-    summary = {"model": runner.info.name, "scale": runner.info.scale, "hr": str(hr_dir),
+    summary = {"model": model_label(runner.info), "arch": runner.info.name, "scale": runner.info.scale,
+               "hr": str(hr_dir),
                "lr": str(lr_dir) if lr_dir else "MATLAB bicubic from HR", "precision": precision,
                "images": [{"name": r.name, "model": r.model, "bicubic": r.bicubic} for r in results],
                "mean": {"model": model_mean, "bicubic": bicubic_mean}}
@@ -62,12 +63,21 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None
     if app.as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"{runner.info.name} x{runner.info.scale} on {hr_dir} ({summary['lr']}), {precision}")
+    click.echo(f"{summary['model']} x{runner.info.scale} on {hr_dir} ({summary['lr']}), {precision}")
     click.echo(f"{'image':<16} {'PSNR-Y':>8} {'SSIM-Y':>8} {'PSNR-RGB':>9}   {'bicubic PSNR-Y':>15} {'SSIM-Y':>8}")
     for r in results + [None]:
         name, m, b = ("mean", model_mean, bicubic_mean) if r is None else (r.name, r.model, r.bicubic)
         click.echo(f"{name:<16} {m['psnr_y']:8.2f} {m['ssim_y']:8.4f} {m['psnr_rgb']:9.2f}   "
                    f"{b['psnr_y']:15.2f} {b['ssim_y']:8.4f}")
+
+
+def model_label(info) -> str:
+    """What a results table is headed with: the checkpoint file's name (and its architecture) for a
+    file, the built-in name otherwise."""
+    if info.path is None or info.source == "builtin":
+        return info.name
+    name = Path(info.path).name
+    return name if name == info.name else f"{name} ({info.name})"
 
 
 SEG_COLUMNS = ("dice", "iou", "accuracy", "precision", "recall", "specificity", "auc")
@@ -118,7 +128,8 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile,
     except (StartupError, FileNotFoundError, PairingError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
     mean = mean_metrics([r.scores for r in results])
-    summary = {"model": runner.info.name, "images": str(images), "masks": str(masks),
+    summary = {"model": model_label(runner.info), "arch": runner.info.name, "images": str(images),
+               "masks": str(masks),
                "roi": str(roi) if roi else None, "threshold": threshold, "precision": precision,
                "per_image": [{"name": r.name, **r.scores} for r in results], "mean": mean, "pooled": pooled}
     if out_json:
@@ -127,7 +138,7 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile,
         click.echo(json.dumps(summary, indent=2))
         return
     cols = [c for c in SEG_COLUMNS if c in mean]
-    click.echo(f"{runner.info.name} on {images}{' inside ' + str(roi) if roi else ''}, threshold {threshold}, {precision}")
+    click.echo(f"{summary['model']} on {images}{' inside ' + str(roi) if roi else ''}, threshold {threshold}, {precision}")
     click.echo(f"{'image':<20}" + "".join(f"{c:>12}" for c in cols))
     for name, row in [(r.name, r.scores) for r in results] + [("mean", mean), ("all pixels", pooled)]:
         click.echo(f"{name:<20}" + "".join(f"{row[c]:12.4f}" for c in cols))

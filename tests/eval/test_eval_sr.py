@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from pixbatch.cli import cli
 from pixbatch.eval.sr import evaluate_sr, mean_metrics
 from pixbatch.models import create_model
 from pixbatch.runtime.prepare import prepare_model
-from tests.conftest import DATA, requires_data
+from tests.conftest import DATA, gradient_rgb, requires_data
 
 SET5 = DATA / "sr" / "set5"
 # Hui et al. 2019 (IMDN), Set5, Y channel: PSNR / SSIM
@@ -63,3 +64,15 @@ def test_eval_reports_a_missing_lr_image(tmp_path, tiny_checkpoint):
                                       "--lr", str(tmp_path / "lr")])
     assert result.exit_code == 1
     assert "no LR image for a in" in result.stderr
+
+
+def test_a_checkpoint_file_heads_the_table_with_its_own_name(tmp_path, tiny_checkpoint):
+    (tmp_path / "hr").mkdir()
+    Image.fromarray(gradient_rgb(24, 32)).save(tmp_path / "hr" / "a.png")
+    result = CliRunner().invoke(cli, ["eval", "sr", "--model", str(tiny_checkpoint), "--hr", str(tmp_path / "hr")])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("tiny_x2.safetensors (edsr_tiny_x2) x2 on ")
+    result = CliRunner().invoke(cli, ["--json", "eval", "sr", "--model", str(tiny_checkpoint), "--hr",
+                                      str(tmp_path / "hr")])
+    summary = json.loads(result.stdout)
+    assert summary["model"] == "tiny_x2.safetensors (edsr_tiny_x2)" and summary["arch"] == "edsr_tiny_x2"
