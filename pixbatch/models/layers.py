@@ -20,6 +20,8 @@ def icnr_(weight: torch.Tensor, scale: int, init=nn.init.kaiming_normal_) -> tor
     r2 = scale * scale
     if out_c % r2:
         raise ValueError(f"out channels {out_c} not divisible by scale^2 = {r2}")
+    if weight.is_meta:  # a shapes-only build (e.g. `pixbatch models`): nothing to initialise
+        return weight
     sub = torch.empty(out_c // r2, in_c, kh, kw, dtype=weight.dtype, device=weight.device)
     init(sub)
     with torch.no_grad():
@@ -68,9 +70,9 @@ class MeanShift(nn.Module):
     def __init__(self, sign: float, mean: tuple[float, float, float] = DIV2K_MEAN) -> None:
         super().__init__()
         self.shifter = nn.Conv2d(3, 3, 1)
-        with torch.no_grad():
-            self.shifter.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-            self.shifter.bias.copy_(sign * torch.tensor(mean))
+        with torch.no_grad():  # constants made on the CPU: torch.eye on the meta device imports torch._dynamo (1 s)
+            self.shifter.weight.copy_(torch.eye(3, device="cpu").view(3, 3, 1, 1))
+            self.shifter.bias.copy_(sign * torch.tensor(mean, device="cpu"))
         for p in self.shifter.parameters():
             p.requires_grad_(False)
 

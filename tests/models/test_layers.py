@@ -21,3 +21,22 @@ def test_skip_sizes_are_reconciled():
     assert match_size(x, torch.empty(1, 1, 6, 8)).shape[-2:] == (6, 8)
     assert match_size(x, torch.empty(1, 1, 4, 6)).shape[-2:] == (4, 6)
     assert match_size(x, torch.empty(1, 1, 4, 9)).shape[-2:] == (4, 9)
+
+
+def test_shapes_only_builds_stay_light():
+    """`pixbatch models` builds every architecture on the meta device: ours must not pull in
+    torch._dynamo (about a second) through ops that have no meta kernel (torch.eye, normal_)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from pixbatch.models import list_models, model_entry\n"
+            "for name in list_models():\n"
+            "    if model_entry(name).family == 'resnet_unet':\n"
+            "        continue  # torchvision's encoder: torchvision itself imports torch._dynamo\n"
+            "    with torch.device('meta'):\n"
+            "        model_entry(name).build()\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
