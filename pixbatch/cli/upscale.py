@@ -23,12 +23,16 @@ from pixbatch.cli._options import (
 @kernels_option
 @click.option("-s", "--scale", type=click.IntRange(min=1), default=None,
               help="Upscaling factor (default: the model's, or 4 with the built-in models).")
+@click.option("--outscale", type=click.FloatRange(min=0, min_open=True), default=None, metavar="FACTOR",
+              help="Output size / input size when it should differ from the model's scale (e.g. 2 or 3 with an "
+                   "x4 model): the model's output is resized with antialiased bicubic before rounding, on the "
+                   "device, streamed row by row. Sizes are int(input x FACTOR), as in Real-ESRGAN.")
 @click.option("-m", "--model", "model_name", default=None, metavar="NAME|PATH",
               help="A built-in model (see `pixbatch models`) or a checkpoint file (.safetensors/.pth).")
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
             workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last,
-            kernels, scale, model_name) -> None:
+            kernels, scale, outscale, model_name) -> None:
     """Upscale every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree. Existing outputs are skipped, so an interrupted run resumes
@@ -41,6 +45,7 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
       pixbatch upscale photos/ out/ --scale 4
       pixbatch upscale scan.tif out/ --scale 2 --tile 512
       pixbatch upscale in/ out/ --model realesr-animevideov3.pth
+      pixbatch upscale in/ out/ --scale 4 --outscale 2
     """
     from pixbatch.io.discover import plan_jobs
 
@@ -58,4 +63,4 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
         max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),
     )
-    app.run(UpscaleTask(runner, fp32_for_16bit=precision == "auto"), plan, opts)
+    app.run(UpscaleTask(runner, fp32_for_16bit=precision == "auto", outscale=outscale), plan, opts)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixbatch.eval.degrade import imresize_uint8, modcrop
 from pixbatch.eval.metrics import sr_metrics
 from pixbatch.io.decode import decode_rgb8
 from pixbatch.io.discover import IMAGE_SUFFIXES
+from pixbatch.ops.imresize import imresize_uint8
 from pixbatch.runtime.prepare import Runner
 from pixbatch.tasks.upscale import upscale_tensor
 
@@ -26,6 +26,12 @@ class SrResult:
     name: str
     model: dict[str, float]
     bicubic: dict[str, float]
+
+
+def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Crop H and W down to multiples of ``scale`` (bottom/right), as the SR protocol does."""
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
 
 
 def find_lr(lr_dir: Path, stem: str, scale: int) -> Path:

@@ -36,6 +36,7 @@ from pixbatch.io.decode import DEFAULT_MAX_PIXELS, MODES_BY_CHANNELS, DecodeErro
 from pixbatch.io.discover import Job, Plan
 from pixbatch.io.encode import EncodeOptions
 from pixbatch.io.regions import RegionSource, TiffRegionReader, TiledTiffWriter, is_tiled_tiff
+from pixbatch.ops.imresize import RowResampler
 from pixbatch.runtime.device import StartupError
 from pixbatch.runtime.jobs import CLAIMED_ELSEWHERE, JobBook, Report
 from pixbatch.runtime.prepare import NON_FINITE, ModelFailedError, Runner
@@ -432,6 +433,12 @@ class Task:
         """Every file a job writes, by output name (extras are known at planning time)."""
         return {self.main: dst}
 
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Output size of an input; when it differs from the model's (input x scale), the model's
+        float output is resized (antialiased bicubic, streamed row by row) before ``post``."""
+        s = self.runner.info.scale
+        return height * s, width * s
+
     def encode(self, name: str, arr: np.ndarray, meta: ImageMeta, path: Path, opts: EncodeOptions) -> None:
         """Write one in-memory output atomically."""
         raise NotImplementedError
@@ -534,12 +541,20 @@ class _Outputs:
         self.writers: dict[str, TiledTiffWriter] = {}
         self.tmps = {k: temp_path(p) for k, p in self.paths.items()} if streamed else {}
         self.scale = task.runner.info.scale
-        self.rows_done = 0
+        self.rows_done = 0  # model output rows received
+        h, w = self.source.height * self.scale, self.source.width * self.scale
+        self.size = task.output_size(self.source.height, self.source.width)
+        self.resampler = RowResampler(h, w, *self.size) if self.size != (h, w) else None
 
     def push(self, y0: int, y: torch.Tensor) -> None:
-        s, n = self.scale, y.shape[-2]
-        outs = self.task.post(y, self.meta, lambda: self.source.read_rows(y0 // s, (y0 + n) // s))
-        h, w = self.source.height * s, self.source.width * s
+        self.rows_done += y.shape[-2]
+        if self.resampler is not None:
+            y0, y = self.resampler.push(y)
+            if y.shape[-2] == 0:
+                return
+        (h, w), n = self.size, y.shape[-2]
+        ratio = self.source.height / h  # input rows per output row, for overlays
+        outs = self.task.post(y, self.meta, lambda: self.source.read_rows(int(y0 * ratio), int((y0 + n) * ratio)))
         for name, t in outs.items():
             arr = _host(t)
             if self.streamed:
@@ -551,7 +566,6 @@ class _Outputs:
                 if name not in self.arrays:
                     self.arrays[name] = np.empty((h, w, arr.shape[2]), arr.dtype)
                 self.arrays[name][y0:y0 + n] = arr
-        self.rows_done += n
 
     def encode(self) -> tuple[float, float]:
         """Encode and commit the in-memory outputs (run by a writer thread); input and output MP."""
@@ -589,8 +603,7 @@ class _Outputs:
         return [k for k in self.paths if k != self.task.main] + [self.task.main]
 
     def _mp(self) -> tuple[float, float]:
-        h, w = self.source.height, self.source.width
-        return h * w / 1e6, h * w * self.scale ** 2 / 1e6
+        return self.source.height * self.source.width / 1e6, self.size[0] * self.size[1] / 1e6
 
 
 def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,

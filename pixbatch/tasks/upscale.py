@@ -55,9 +55,19 @@ class UpscaleTask(Task):
     name = "upscale"
     main = "image"
 
-    def __init__(self, runner: Runner, *, fp32_for_16bit: bool = True) -> None:
+    def __init__(self, runner: Runner, *, fp32_for_16bit: bool = True, outscale: float | None = None) -> None:
         super().__init__(runner)
         self.fp32_for_16bit = fp32_for_16bit  # 16-bit inputs are computed in fp32 unless a precision was forced
+        self.outscale = outscale  # output size / input size when it is not the model's scale
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.outscale is None:
+            return super().output_size(height, width)
+        # int(size x factor), as Real-ESRGAN sizes its --outscale outputs (the epsilon absorbs 2.9999...)
+        return max(1, int(height * self.outscale + 1e-9)), max(1, int(width * self.outscale + 1e-9))
+
+    def settings(self) -> dict:
+        return {"outscale": self.outscale} if self.outscale is not None else {}
 
     def model_input(self, pixels: np.ndarray) -> torch.Tensor:
         bits = 8 if pixels.dtype == np.uint8 else 16

@@ -60,7 +60,7 @@ def load_images(folders: list[Path], min_side: int) -> list[torch.Tensor]:
 def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """MATLAB-compatible bicubic downscaling (HR in [0, 1], NCHW), rounded to 8-bit levels like the
     LR images of the standard benchmarks."""
-    from pixbatch.eval.degrade import imresize
+    from pixbatch.ops.imresize import imresize
 
     return imresize(hr, 1 / scale).mul_(255).round_().clamp_(0, 255).div_(255)
 

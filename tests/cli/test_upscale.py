@@ -256,3 +256,35 @@ def test_foreign_checkpoint_end_to_end(tmp_path):
 def test_version():
     code, stdout, _ = run("--version")
     assert code == 0 and stdout.startswith("pixbatch, version ")
+
+
+def test_outscale_gives_the_exact_size_in_memory_and_streamed(tmp_path, tiny_checkpoint):
+    """An x2 model asked for x1.5: the model output resized (antialiased bicubic) before rounding,
+    to int(size x 1.5); a streamed tiled TIFF gives the same pixels as the same image in memory."""
+    import torch
+
+    from pixbatch.models import create_model
+    from pixbatch.ops.imresize import resize_matrix
+    from pixbatch.runtime.prepare import prepare_model
+    from pixbatch.tasks.upscale import upscale_tensor
+
+    img = gradient_rgb(41, 30)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(img).save(tmp_path / "a" / "p.png")
+    tifffile.imwrite(tmp_path / "a" / "t.tif", img, tile=(16, 16), photometric="rgb")
+    code, stdout, _ = run("--json", "--device", "cpu", "upscale", tmp_path / "a", tmp_path / "out", "--model",
+                          tiny_checkpoint, "--outscale", "1.5", "--tile", "16", "--precision", "fp32")
+    summary = json.loads(stdout)
+    assert code == 0 and summary["done"] == 2 and summary["settings"]["outscale"] == 1.5
+    assert summary["settings"]["streamed"] == 1
+    png = decode_image(tmp_path / "out" / "p.png")[0].astype(int)
+    tif = tifffile.imread(tmp_path / "out" / "t.tif").astype(int)
+    assert png.shape == tif.shape == (61, 45, 3)  # int(41 x 1.5), int(30 x 1.5)
+    assert np.abs(png - tif).max() <= 1
+    # what it is: the x2 output, resized to 61 x 45, then rounded
+    runner = prepare_model(create_model(tiny_checkpoint), torch.device("cpu"), torch.float32)
+    y = upscale_tensor(runner, torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255).double()
+    mh = torch.from_numpy(resize_matrix(82, 61, 61 / 82))
+    mw = torch.from_numpy(resize_matrix(60, 45, 45 / 60))
+    expected = ((mh @ y @ mw.T).clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
+    assert np.abs(png - expected).max() <= 1

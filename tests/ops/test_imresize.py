@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pixbatch.eval.degrade import imresize, imresize_uint8, modcrop, resize_matrix
+from pixbatch.eval.sr import modcrop
+from pixbatch.ops.imresize import imresize, imresize_uint8, resize_matrix
 from tests.conftest import DATA, requires_data
 
 
@@ -31,3 +32,25 @@ def test_upscaling_matches_known_cubic_weights():
     m = resize_matrix(8, 16, 2.0)
     np.testing.assert_allclose(m[6, 1:5], [-0.0234375, 0.2265625, 0.8671875, -0.0703125])
     assert m[6, 0] == 0 and not m[6, 5:].any()
+
+
+@pytest.mark.parametrize(("in_hw", "out_hw"), [((40, 30), (20, 15)), ((40, 30), (27, 31)), ((9, 13), (30, 7))])
+def test_row_resampler_streams_the_same_resize(in_hw, out_hw):
+    """Rows pushed in uneven bands come out as one resize of the whole (width pass, then height)."""
+    from pixbatch.ops.imresize import RowResampler, resize_matrix
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, *in_hw, dtype=torch.float64)
+    (h, w), (oh, ow) = in_hw, out_hw
+    mh = torch.from_numpy(resize_matrix(h, oh, oh / h))
+    mw = torch.from_numpy(resize_matrix(w, ow, ow / w))
+    expected = mh @ x @ mw.T
+    rs, got, y = RowResampler(h, w, oh, ow), [], 0
+    for n in (1, 4, 2, 7, 3, 100):
+        if y >= h:
+            break
+        first, out = rs.push(x[..., y:y + n, :])
+        assert first == sum(g.shape[-2] for g in got)  # output rows in order, without gaps
+        got.append(out)
+        y += n
+    torch.testing.assert_close(torch.cat(got, dim=-2), expected, rtol=0, atol=1e-12)
