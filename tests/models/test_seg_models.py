@@ -78,3 +78,27 @@ def test_resnet34_encoder_weights_from_a_local_file(tmp_path):
     torch.save({"other": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="no ResNet34 encoder weights"):
         load_encoder_weights(model, tmp_path / "bad.pth")
+
+
+def test_the_resnet34_encoder_computes_what_torchvision_s_does(tmp_path):
+    """Our encoder has torchvision's layout: its weight file loads as it is, and the features agree."""
+    from torchvision.models import resnet34
+
+    torch.manual_seed(0)
+    reference = resnet34(weights=None).eval()
+    for m in reference.modules():  # non-trivial batch-norm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.save(reference.state_dict(), tmp_path / "r34.pth")
+    model = build_registered("resnet34_unet").eval()
+    assert load_encoder_weights(model, tmp_path / "r34.pth") == len(
+        [k for k in reference.state_dict() if not k.startswith("fc.")])  # every encoder tensor
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        want = reference.layer4(reference.layer3(reference.layer2(reference.layer1(reference.maxpool(
+            reference.relu(reference.bn1(reference.conv1(x))))))))
+        got = model.pool(model.stem(x))
+        for layer in model.layers:
+            got = layer(got)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

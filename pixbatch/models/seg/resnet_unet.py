@@ -1,7 +1,8 @@
-"""U-Net decoder on a torchvision ResNet34 encoder (as segmentation_models_pytorch builds it).
+"""U-Net decoder on a ResNet34 encoder (as segmentation_models_pytorch builds it).
 
-ImageNet encoder weights are used only when given as a local file (``load_encoder_weights``); nothing
-is ever downloaded."""
+The encoder is torchvision's ResNet34, written here with torchvision's module layout, so its
+ImageNet weight files load as they are (``load_encoder_weights``, a local file only: nothing is ever
+downloaded) and importing the model does not import torchvision (which costs a second and a half)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,35 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class BasicBlock(nn.Module):
+    """ResNet's two 3x3 convs with batch norm and an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+def resnet34_stages() -> nn.ModuleList:
+    """layer1..layer4 of ResNet34 (3, 4, 6, 3 basic blocks; 64, 128, 256, 512 channels)."""
+    stages, cin = [], 64
+    for i, (blocks, cout) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+        layers = [BasicBlock(cin, cout, 1 if i == 0 else 2)] + [BasicBlock(cout, cout) for _ in range(blocks - 1)]
+        stages.append(nn.Sequential(*layers))
+        cin = cout
+    return nn.ModuleList(stages)
+
+
 class DecoderBlock(nn.Module):
     def __init__(self, cin: int, cskip: int, cout: int) -> None:
         super().__init__()
@@ -34,15 +64,14 @@ class DecoderBlock(nn.Module):
 class ResNetUNet(SegModel):
     def __init__(self, in_channels: int = 3, num_classes: int = 1,
                  decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)) -> None:
-        from torchvision.models import resnet34
-
         super().__init__(in_channels, num_classes, 32)
-        enc = resnet34(weights=None)
-        if in_channels != 3:
-            enc.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.stem = nn.Sequential(enc.conv1, enc.bn1, enc.relu)  # 1/2, 64
-        self.pool = enc.maxpool
-        self.layers = nn.ModuleList([enc.layer1, enc.layer2, enc.layer3, enc.layer4])  # 1/4 .. 1/32
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(inplace=True))  # 1/2, 64
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layers = resnet34_stages()  # 1/4 .. 1/32
+        for m in [*self.stem.modules(), *self.layers.modules()]:  # torchvision's initialisation of the encoder
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:  # (nothing to initialise in a shapes-only build)
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         skips = (256, 128, 64, 64, 0)  # layer3, layer2, layer1, stem, none
         cins = (512,) + tuple(decoder_channels[:-1])
         self.decoder = nn.ModuleList([DecoderBlock(ci, cs, co) for ci, cs, co in zip(cins, skips, decoder_channels)])
