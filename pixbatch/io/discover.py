@@ -68,6 +68,35 @@ def _stat_problem(path: Path) -> str | None:
     return None
 
 
+def carries_output_mark(path: Path) -> bool:
+    """Whether a file holds pixbatch's output mark (an earlier output of any pixbatch job). Reads the
+    header only; a file Pillow cannot open has no mark (the decoder reports it properly)."""
+    if path.suffix.lower() not in SAME_SUFFIXES:
+        return False
+    import warnings
+
+    from PIL import Image
+
+    from pixbatch.io.encode import OUTPUT_MARK
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if path.suffix.lower() in (".tif", ".tiff"):  # tifffile reads any TIFF layout we write
+                import tifffile
+
+                with tifffile.TiffFile(path) as tf:
+                    tag = tf.pages[0].tags.get(305)
+                    return tag is not None and tag.value == OUTPUT_MARK
+            with Image.open(path) as im:
+                info = im.info
+                if info.get("pixbatch") == "output" or info.get("comment") == OUTPUT_MARK.encode():
+                    return True
+                return OUTPUT_MARK.encode() in (info.get("xmp") or b"")
+    except Exception:
+        return False
+
+
 def _walk(folder: Path, pattern: str | None, exclude: set[str], plan: Plan) -> list[Path]:
     """Image files under ``folder`` (sorted, hidden names skipped), never descending into a folder in
     ``exclude`` (real paths: the destination)."""
@@ -107,7 +136,9 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
     """Map every input to ``dst_root/<path relative to its source folder>`` and sort out what to do.
 
     A file given directly goes to ``dst_root/<name>``. Never read as inputs: the destination folder
-    (when it lies inside a source folder) and files that are this job's own outputs (``a_x2.png`` when ``a.png`` maps to it). Problems, never silent
+    (when it lies inside a source folder), files that are this job's own outputs (``a_x2.png`` when
+    ``a.png`` maps to it), and files in a folder that carry pixbatch's output mark (earlier outputs of
+    any job; a marked file given directly is read). Problems, never silent
     overwrites or crashes: two inputs with one output, an output that would replace an input or land
     outside ``dst_root``, unreadable files (symbolic link loops, broken links, FIFOs, permissions).
     ``suffix_of`` chooses the output file type per input (default: from ``fmt``)."""
@@ -125,12 +156,16 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
         else:
             plan.problems.append(Problem(src, "no such file or folder"))
     readable = []
+    given = {os.path.realpath(s) for s in sources if not os.path.isdir(s)}
     for src, rel in pairs:
         reason = _stat_problem(src)
-        if reason is None:
-            readable.append((src, rel))
-        else:
+        if reason is not None:
             plan.problems.append(Problem(src, reason))
+        elif os.path.realpath(src) not in given and carries_output_mark(src):
+            plan.notes.append(f"{src}: written by pixbatch (an earlier output), not read as input; "
+                              "name the file itself to process it")
+        else:
+            readable.append((src, rel))
     planned = []
     for src, rel in readable:
         ext = suffix_of(src) if suffix_of is not None else output_suffix(src, fmt)

@@ -30,6 +30,32 @@ class EncodeOptions:
 
 __all__ = ["EncodeOptions", "OutputExistsError", "encode_image", "write_image"]
 
+# Every file pixbatch writes carries this mark (PNG text chunk, JPEG comment, WebP XMP, TIFF Software tag),
+# so discovery never takes an earlier output for an input, whatever --suffix or --format made it.
+OUTPUT_MARK = "pixbatch output"
+_XMP = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+        f'xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreatorTool="{OUTPUT_MARK}"/></rdf:RDF></x:xmpmeta>'
+        '<?xpacket end="r"?>').encode()
+
+
+def mark_kwargs(fmt: str) -> dict:
+    """Pillow save arguments that put the output mark into a ``fmt`` (png, jpeg, webp) file."""
+    if fmt == "png":
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_text("pixbatch", "output")
+        return {"pnginfo": info}
+    if fmt == "jpeg":
+        return {"comment": OUTPUT_MARK.encode()}
+    if fmt == "webp":
+        return {"xmp": _XMP}
+    return {}
+
+
+TIFF_MARK = {"software": OUTPUT_MARK}  # tifffile arguments: the Software tag
+
 
 def write_image(arr: np.ndarray, meta: ImageMeta, dst: Path, opts: EncodeOptions) -> None:
     """Encode ``arr`` (HWC, channels as in ``meta.mode``) to the format named by ``dst``'s suffix and
@@ -49,7 +75,7 @@ def _encode(arr: np.ndarray, meta: ImageMeta, f, fmt: str, opts: EncodeOptions) 
         return _write_tiff(arr, meta, f, opts)
     if arr.dtype == np.uint16:
         if fmt == "png":
-            f.write(encode_png16(arr, meta.icc, meta.exif, opts.png_compression))
+            f.write(encode_png16(arr, meta.icc, meta.exif, opts.png_compression, mark=True))
             return
         arr = _to_uint8(arr)  # JPEG and WebP hold 8 bits
     from PIL import Image
@@ -58,7 +84,7 @@ def _encode(arr: np.ndarray, meta: ImageMeta, f, fmt: str, opts: EncodeOptions) 
         arr = _flatten_on_white(arr)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[2]]
     im = Image.fromarray(arr[:, :, 0] if mode == "L" else arr, mode)
-    kwargs: dict = {}
+    kwargs: dict = mark_kwargs(fmt)
     if meta.icc:
         kwargs["icc_profile"] = meta.icc
     if meta.exif:
@@ -87,7 +113,7 @@ def _write_tiff(arr: np.ndarray, meta: ImageMeta, f, opts: EncodeOptions) -> Non
 
     channels = arr.shape[2]
     kwargs: dict = {"photometric": "rgb" if channels >= 3 else "minisblack",
-                    "compression": "zlib" if opts.png_compression else None}
+                    "compression": "zlib" if opts.png_compression else None, **TIFF_MARK}
     if channels in (2, 4):
         kwargs["extrasamples"] = ["unassalpha"]
     if meta.icc:
@@ -99,8 +125,10 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def encode_png16(arr: np.ndarray, icc: bytes | None = None, exif: bytes | None = None, level: int = 1) -> bytes:
-    """A 16-bit PNG (gray, gray+alpha, RGB or RGBA), which Pillow cannot write for colour images.
+def encode_png16(arr: np.ndarray, icc: bytes | None = None, exif: bytes | None = None, level: int = 1,
+                 *, mark: bool = False) -> bytes:
+    """A 16-bit PNG (gray, gray+alpha, RGB or RGBA), which Pillow cannot write for colour images;
+    ``mark`` adds pixbatch's output mark (outputs have it, other uses of this encoder do not).
 
     Every row uses the PNG "Up" filter (byte-wise difference to the row above), vectorised in numpy."""
     h, w, c = arr.shape
@@ -110,6 +138,8 @@ def encode_png16(arr: np.ndarray, icc: bytes | None = None, exif: bytes | None =
     filtered[1:] -= rows[:-1]  # uint8 arithmetic wraps modulo 256, as the filter requires
     raw = np.concatenate([np.full((h, 1), 2, np.uint8), filtered], axis=1)
     out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0))]
+    if mark:
+        out.append(_png_chunk(b"tEXt", b"pixbatch\x00output"))
     if icc:
         out.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
     if exif:

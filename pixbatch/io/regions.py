@@ -140,7 +140,9 @@ class TiledTiffWriter:
         self.rows_in = 0
         self.q: queue.Queue = queue.Queue(maxsize=4)
         shape = (height, width) if channels == 1 else (height, width, channels)
-        kwargs = {"photometric": photometric, "compression": compression, "tile": (OUT_TILE, OUT_TILE)}
+        from pixbatch.io.encode import TIFF_MARK
+
+        kwargs = {"photometric": photometric, "compression": compression, "tile": (OUT_TILE, OUT_TILE), **TIFF_MARK}
         if channels > 1:
             kwargs["planarconfig"] = "contig"
         if extrasamples:

@@ -13,7 +13,7 @@ import torch
 
 from pixbatch.io.atomic import write_bytes
 from pixbatch.io.decode import ImageMeta
-from pixbatch.io.encode import EncodeOptions, write_image
+from pixbatch.io.encode import TIFF_MARK, EncodeOptions, mark_kwargs, write_image
 from pixbatch.runtime.engine import Task, Windowing
 from pixbatch.runtime.prepare import Runner
 
@@ -124,7 +124,7 @@ class SegmentTask(Task):
 
             buf = io.BytesIO()
             tifffile.imwrite(buf, arr[:, :, 0] if arr.shape[2] == 1 else arr, photometric="minisblack",
-                             compression="zlib" if opts.png_compression else None)
+                             compression="zlib" if opts.png_compression else None, **TIFF_MARK)
             write_bytes(buf.getbuffer(), path, overwrite=opts.overwrite)
         elif self.classes == 1:
             write_image(arr, ImageMeta("L", 8, "PNG"), path, opts)
@@ -134,7 +134,7 @@ class SegmentTask(Task):
             im = Image.fromarray(arr[:, :, 0], "P")
             im.putpalette(palette().tobytes())
             buf = io.BytesIO()
-            im.save(buf, format="PNG", compress_level=opts.png_compression)
+            im.save(buf, format="PNG", compress_level=opts.png_compression, **mark_kwargs("png"))
             write_bytes(buf.getbuffer(), path, overwrite=opts.overwrite)
 
     def tiff(self, name: str, channels: int) -> dict:

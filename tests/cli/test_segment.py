@@ -170,3 +170,18 @@ def test_16bit_gray_tiled_tiff_streams_like_the_in_memory_path(tmp_path, seg_che
     overlay = tifffile.imread(out / "deep_tiled_overlay.tif")
     np.testing.assert_array_equal(overlay, np.asarray(Image.open(out / "deep_strips_overlay.png")))
     assert overlay.shape == (300, 280, 3) and overlay.dtype == np.uint8
+
+
+def test_segment_outputs_carry_the_mark(tmp_path, seg3_checkpoint):
+    from pixbatch.io.discover import carries_output_mark
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(gradient_rgb(40, 30)).save(src / "a.png")
+    tifffile.imwrite(src / "b.tif", gradient_rgb(300, 260), tile=(128, 128), photometric="rgb")
+    result = run("segment", src, tmp_path / "out", "--model", seg3_checkpoint, "--probabilities", "--overlay")
+    assert result.exit_code == 0, result.output
+    written = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in written] == ["a.png", "a_overlay.png", "a_prob.tif", "b.tif", "b_overlay.tif",
+                                         "b_prob.tif"]
+    assert all(carries_output_mark(p) for p in written)

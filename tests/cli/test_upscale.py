@@ -288,3 +288,19 @@ def test_outscale_gives_the_exact_size_in_memory_and_streamed(tmp_path, tiny_che
     mw = torch.from_numpy(resize_matrix(60, 45, 45 / 60))
     expected = ((mh @ y @ mw.T).clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
     assert np.abs(png - expected).max() <= 1
+
+
+def test_earlier_outputs_are_never_inputs_whatever_their_suffix(tmp_path, tiny_checkpoint):
+    """Outputs carry pixbatch's mark: a second run with another --suffix into the same folder does not
+    take the first run's outputs for inputs; a marked file named directly is processed."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(gradient_rgb(8, 8)).save(folder / "a.png")
+    assert run("upscale", folder, folder, "--model", tiny_checkpoint, "--suffix", "_x2")[0] == 0
+    code, stdout, stderr = run("--json", "-v", "upscale", folder, folder, "--model", tiny_checkpoint, "--suffix", "_up",
+                               "--format", "jpg")
+    assert code == 0 and json.loads(stdout)["done"] == 1
+    assert "a_x2.png: written by pixbatch (an earlier output), not read as input" in stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_up.jpg", "a_x2.png"]
+    code, stdout, _ = run("--json", "upscale", folder / "a_x2.png", tmp_path / "again", "--model", tiny_checkpoint)
+    assert code == 0 and json.loads(stdout)["done"] == 1 and (tmp_path / "again" / "a_x2.png").is_file()

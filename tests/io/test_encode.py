@@ -75,3 +75,17 @@ def test_16bit_to_jpeg_rounds_to_8bit(tmp_path):
     dst = tmp_path / "d.webp"
     write_image(a, ImageMeta("RGB", 16, "PNG"), dst, EncodeOptions(quality=100))
     assert decode_image(dst)[1].bits == 8
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_every_output_carries_the_mark_and_inputs_do_not(tmp_path, suffix, bits):
+    from pixbatch.io.decode import ImageMeta
+    from pixbatch.io.discover import carries_output_mark
+    from pixbatch.io.encode import EncodeOptions, write_image
+
+    arr = gradient_rgb(6, 5).astype(np.uint16) * 257 if bits == 16 else gradient_rgb(6, 5)
+    write_image(arr, ImageMeta("RGB", bits, "PNG"), tmp_path / f"out{suffix}", EncodeOptions())
+    assert carries_output_mark(tmp_path / f"out{suffix}")
+    Image.fromarray(gradient_rgb(6, 5)).save(tmp_path / f"photo{suffix}")
+    assert not carries_output_mark(tmp_path / f"photo{suffix}")
