@@ -63,7 +63,8 @@ def _modules_after(*argv):
     """Which heavy modules a command imports (in a fresh interpreter)."""
     code = ("import sys\nfrom pixbatch.cli import main\nsys.argv = ['pixbatch', *sys.argv[1:]]\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print([m for m in ('torch', 'torch._dynamo', 'spandrel') if m in sys.modules], file=sys.stderr)")
+            "print([m for m in ('torch', 'torch._dynamo', 'torchvision', 'spandrel') if m in sys.modules], "
+            "file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, timeout=120)
     return proc.stderr.strip().splitlines()[-1]
 
@@ -71,4 +72,6 @@ def _modules_after(*argv):
 def test_start_up_imports_only_what_the_command_needs(tmp_path):
     assert _modules_after("--help") == "[]"
     assert _modules_after("upscale", tmp_path / "nonexistent", tmp_path / "out") == "[]"  # an instant error
-    assert "spandrel" not in _modules_after("models")  # spandrel (~4 s) only for foreign checkpoints
+    assert _modules_after("upscale", "--tile", "-5", tmp_path, tmp_path / "out") == "[]"  # a usage error
+    # spandrel (~4 s) only for foreign checkpoints; torch._dynamo and torchvision (~1.5 s each) not at all
+    assert _modules_after("models") == "['torch']"
