@@ -85,6 +85,9 @@ class App:
             click.echo(line)
             if report.fp32_reruns:
                 click.echo(f"{report.fp32_reruns} tile(s) were not finite in reduced precision and ran again in fp32")
+            if report.big_outputs:
+                click.echo(f"note: {report.big_outputs} output(s) above --max-pixels were written tile by tile as "
+                           "tiled BigTIFFs (.tif), never whole in memory")
             if report.multi_frame:
                 click.echo(f"note: {report.multi_frame} input(s) had several frames or pages (animated GIF/PNG/WebP, "
                            "multi-page TIFF): only the first was processed")

@@ -58,6 +58,17 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     from pixbatch.tasks.upscale import UpscaleTask, upscale_windowing
 
     runner = app.start_runner(plan, dst, model_name, scale, precision, compile_, channels_last, kernels=kernels)
+    if max_pixels:  # now that the scale is known: outputs too large for memory go to tiled BigTIFFs
+        from pixbatch.io.discover import header_pixels, output_suffix
+
+        factor = (outscale or runner.info.scale) ** 2
+
+        def suffix_of(p: Path) -> str:
+            pixels = header_pixels(p)
+            return ".tif" if pixels is not None and pixels * factor > max_pixels else output_suffix(p, fmt)
+
+        plan = plan_jobs(list(src), dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
+                         suffix_of=suffix_of)
     opts = JobOptions(
         windowing=upscale_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,

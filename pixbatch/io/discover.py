@@ -68,6 +68,21 @@ def _stat_problem(path: Path) -> str | None:
     return None
 
 
+def header_pixels(path: Path) -> int | None:
+    """Width x height from the file's header (no decoding), None when it cannot be read."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return im.width * im.height
+    except Exception:
+        return None
+
+
 def carries_output_mark(path: Path) -> bool:
     """Whether a file holds pixbatch's output mark (an earlier output of any pixbatch job). Reads the
     header only; a file Pillow cannot open has no mark (the decoder reports it properly)."""

@@ -38,7 +38,7 @@ from pixbatch.io.encode import EncodeOptions
 from pixbatch.io.regions import RegionSource, TiffRegionReader, TiledTiffWriter, is_tiled_tiff
 from pixbatch.ops.imresize import RowResampler
 from pixbatch.runtime.device import StartupError
-from pixbatch.runtime.jobs import CLAIMED_ELSEWHERE, JobBook, Report
+from pixbatch.runtime.jobs import CLAIMED_ELSEWHERE, JobBook, Report, one_line
 from pixbatch.runtime.prepare import NON_FINITE, ModelFailedError, Runner
 from pixbatch.runtime.windows import WindowPlan, plan_windows, reflect_index
 
@@ -628,7 +628,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
         "streamed": len(streamed), "workers": workers, "writers": book.writers,
     }
 
-    def start(job: Job, meta: ImageMeta, source: RowSource, is_streamed: bool) -> _Outputs:
+    def start(job: Job, meta: ImageMeta, source: RowSource, is_streamed: bool, *, commit_when_done: bool = False):
         outputs = _Outputs(task, job, meta, source, is_streamed, opts.encode)
 
         def failed(reason: str) -> None:
@@ -638,6 +638,8 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
         def done() -> None:
             if not is_streamed:
                 book.write(job.src, job.dst, outputs.encode)
+            elif commit_when_done:  # a decoded image whose output is streamed: the writer pool commits it
+                book.write(job.src, job.dst, outputs.commit_streamed)
 
         engine.add(Canvas(source, task.model_input, outputs.push, done, failed, fp32=task.fp32(meta)))
         return outputs
@@ -677,7 +679,14 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
         for i, pixels, meta, error in loader:
             job = in_memory[i]
             if book.accept(job.src, error, meta):
-                start(job, meta, RegionSource(pixels.numpy()), False)
+                source = RegionSource(pixels.numpy())
+                oh, ow = task.output_size(source.height, source.width)
+                big = job.dst.suffix.lower() in STREAM_SUFFIXES and opts.max_pixels and oh * ow > opts.max_pixels
+                if big:  # planning sent it to a TIFF: written band by band, never whole in memory
+                    report.big_outputs += 1
+                    book.info(f"note: {one_line(job.src)}: its {ow}x{oh} output is above --max-pixels "
+                              f"({opts.max_pixels / 1e6:.3g} MP): written tile by tile as a tiled BigTIFF")
+                start(job, meta, source, bool(big), commit_when_done=bool(big))
         engine.flush()
         for job in streamed:
             if book.claim(job.dst):

@@ -31,6 +31,7 @@ class Report:
     fp32_reruns: int = 0
     oom_retries: int = 0
     multi_frame: int = 0  # inputs with several frames or pages, of which the first was processed
+    big_outputs: int = 0  # outputs above --max-pixels, written tile by tile as tiled BigTIFFs
     settings: dict = field(default_factory=dict)
 
     @property
@@ -46,6 +47,7 @@ class Report:
             "input_mp": round(self.input_mp, 3), "output_mp": round(self.output_mp, 3),
             "output_mp_per_s": round(self.output_mp / t, 3),
             "fp32_reruns": self.fp32_reruns, "oom_retries": self.oom_retries, "multi_frame": self.multi_frame,
+            "big_outputs": self.big_outputs,
             "settings": self.settings,
         }
 

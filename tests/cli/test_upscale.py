@@ -304,3 +304,23 @@ def test_earlier_outputs_are_never_inputs_whatever_their_suffix(tmp_path, tiny_c
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_up.jpg", "a_x2.png"]
     code, stdout, _ = run("--json", "upscale", folder / "a_x2.png", tmp_path / "again", "--model", tiny_checkpoint)
     assert code == 0 and json.loads(stdout)["done"] == 1 and (tmp_path / "again" / "a_x2.png").is_file()
+
+
+def test_outputs_above_max_pixels_stream_into_a_tiled_bigtiff(tmp_path, tiny_checkpoint):
+    """A PNG whose x2 output is above --max-pixels: a tiled BigTIFF written band by band, said in the
+    summary, with the pixels of the same image upscaled in memory."""
+    Image.fromarray(gradient_rgb(60, 50)).save(tmp_path / "a.png")  # 3000 px in, 12000 px out
+    code, stdout, _ = run("--json", "--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "big", "--model",
+                          tiny_checkpoint, "--max-pixels", 5000, "--tile", 16)
+    summary = json.loads(stdout)
+    assert code == 0 and summary["done"] == 1 and summary["big_outputs"] == 1
+    code, stdout, _ = run("--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "small", "--model",
+                          tiny_checkpoint, "--tile", 16)
+    assert code == 0 and "tiled BigTIFF" not in stdout
+    with tifffile.TiffFile(tmp_path / "big" / "a.tif") as tf:
+        assert tf.is_bigtiff and tf.pages[0].is_tiled
+        big = tf.asarray()
+    assert np.array_equal(big, decode_image(tmp_path / "small" / "a.png")[0])
+    code, stdout, _ = run("--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "big2", "--model",
+                          tiny_checkpoint, "--max-pixels", 5000)
+    assert code == 0 and "1 output(s) above --max-pixels were written tile by tile as tiled BigTIFFs" in stdout
