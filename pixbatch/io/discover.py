@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import functools
 import os
 import stat
 from collections.abc import Callable
@@ -70,46 +71,50 @@ def _stat_problem(path: Path) -> str | None:
 
 def header_pixels(path: Path) -> int | None:
     """Width x height from the file's header (no decoding), None when it cannot be read."""
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                return im.width * im.height
-    except Exception:
-        return None
+    return _header(path)[0]
 
 
 def carries_output_mark(path: Path) -> bool:
-    """Whether a file holds pixbatch's output mark (an earlier output of any pixbatch job). Reads the
-    header only; a file Pillow cannot open has no mark (the decoder reports it properly)."""
-    if path.suffix.lower() not in SAME_SUFFIXES:
-        return False
+    """Whether a file holds pixbatch's output mark (an earlier output of any pixbatch job). A file
+    that cannot be opened has no mark (the decoder reports it properly)."""
+    return path.suffix.lower() in SAME_SUFFIXES and _header(path)[1]
+
+
+def _header(path: Path) -> tuple[int | None, bool]:
+    """(pixels, output mark) of a file, from its header only; one read per file version, however
+    often planning asks (``pixbatch upscale`` plans again once the model's scale is known)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, False
+    return _read_header(os.path.realpath(path), path.suffix.lower(), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=65536)
+def _read_header(path: str, suffix: str, size: int, mtime_ns: int) -> tuple[int | None, bool]:
     import warnings
 
     from PIL import Image
 
     from pixbatch.io.encode import OUTPUT_MARK
 
+    mark = OUTPUT_MARK.encode()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if path.suffix.lower() in (".tif", ".tiff"):  # tifffile reads any TIFF layout we write
+            if suffix in (".tif", ".tiff"):  # tifffile reads any TIFF layout we write
                 import tifffile
 
                 with tifffile.TiffFile(path) as tf:
-                    tag = tf.pages[0].tags.get(305)
-                    return tag is not None and tag.value == OUTPUT_MARK
+                    page = tf.pages[0]
+                    tag = page.tags.get(305)
+                    return page.imagelength * page.imagewidth, tag is not None and tag.value == OUTPUT_MARK
             with Image.open(path) as im:
                 info = im.info
-                if info.get("pixbatch") == "output" or info.get("comment") == OUTPUT_MARK.encode():
-                    return True
-                return OUTPUT_MARK.encode() in (info.get("xmp") or b"")
+                return im.width * im.height, (info.get("pixbatch") == "output" or info.get("comment") == mark
+                                              or mark in (info.get("xmp") or b""))
     except Exception:
-        return False
+        return None, False
 
 
 def _walk(folder: Path, pattern: str | None, exclude: set[str], plan: Plan) -> list[Path]:
