@@ -261,12 +261,16 @@ def _decode_tiff(path: Path, max_pixels: int):
     return a.astype(np.uint16), orientation, icc, None, "TIFF", frames
 
 
+def rgb_samples(arr: np.ndarray) -> np.ndarray:
+    """An HWC image's colour as (H, W, 3), at its own depth: alpha (of LA/RGBA) dropped, gray repeated."""
+    color = arr[:, :, :-1] if arr.shape[2] in (2, 4) else arr
+    return np.repeat(color, 3, axis=2) if color.shape[2] == 1 else color
+
+
 def decode_rgb8(path: Path, max_pixels: int = 0) -> np.ndarray:
     """An upright (H, W, 3) uint8 RGB array, for evaluation and training on 8-bit RGB protocols:
     gray is repeated, alpha dropped, 16-bit samples rounded to 8 bits."""
-    arr, meta = decode_image(path, max_pixels)
-    if meta.has_alpha:
-        arr = arr[..., :-1]
+    arr = rgb_samples(decode_image(path, max_pixels)[0])
     if arr.dtype == np.uint16:
         arr = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    return np.ascontiguousarray(np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr)
+    return np.ascontiguousarray(arr)

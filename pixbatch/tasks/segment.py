@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pixbatch.io.atomic import write_bytes
-from pixbatch.io.decode import ImageMeta
+from pixbatch.io.decode import ImageMeta, rgb_samples
 from pixbatch.io.encode import TIFF_MARK, EncodeOptions, mark_kwargs, write_image
 from pixbatch.runtime.engine import Task, Windowing
 from pixbatch.runtime.prepare import Runner
@@ -60,11 +60,9 @@ def model_planes(pixels: np.ndarray, device: torch.device, in_channels: int) -> 
 
 def rgb8(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     """Input rows as (h, w, 3) float 0-255 for the overlay: gray repeated, alpha dropped, 16-bit scaled."""
-    c = pixels.shape[2]
-    color = pixels[:, :, : c - 1] if c in (2, 4) else pixels
+    color = rgb_samples(pixels)
     color = color.astype(np.float32) / 257.0 if color.dtype == np.uint16 else np.ascontiguousarray(color)
-    t = torch.from_numpy(color).to(device).float()
-    return t.expand(-1, -1, 3) if t.shape[2] == 1 else t
+    return torch.from_numpy(color).to(device).float()
 
 
 class SegmentTask(Task):
