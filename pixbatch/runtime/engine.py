@@ -628,7 +628,9 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
         "streamed": len(streamed), "workers": workers, "writers": book.writers,
     }
 
-    def start(job: Job, meta: ImageMeta, source: RowSource, is_streamed: bool, *, commit_when_done: bool = False):
+    def start(job: Job, meta: ImageMeta, source: RowSource, is_streamed: bool, *, pool_commits: bool = True):
+        """Queue one image; when it is done, the writer pool encodes or commits its outputs (unless
+        ``pool_commits`` is False: a huge TIFF read by region is committed by ``run_streamed``)."""
         outputs = _Outputs(task, job, meta, source, is_streamed, opts.encode)
 
         def failed(reason: str) -> None:
@@ -636,10 +638,8 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
             book.fail(job.src, reason)
 
         def done() -> None:
-            if not is_streamed:
-                book.write(job.src, job.dst, outputs.encode)
-            elif commit_when_done:  # a decoded image whose output is streamed: the writer pool commits it
-                book.write(job.src, job.dst, outputs.commit_streamed)
+            if pool_commits:
+                book.write(job.src, job.dst, outputs.commit_streamed if is_streamed else outputs.encode)
 
         engine.add(Canvas(source, task.model_input, outputs.push, done, failed, fp32=task.fp32(meta)))
         return outputs
@@ -658,7 +658,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
             meta = ImageMeta(MODES_BY_CHANNELS.get(reader.channels, "RGB"), bits, "TIFF")
             with tqdm(total=reader.height, unit="row", desc=job.src.name, leave=False, disable=not progress,
                       file=sys.stderr, dynamic_ncols=True) as bar:
-                outputs = start(job, meta, _Counted(reader, bar), True)
+                outputs = start(job, meta, _Counted(reader, bar), True, pool_commits=False)
             if outputs.rows_done == reader.height * runner.info.scale:  # else it failed and was booked
                 try:
                     book.done(*outputs.commit_streamed())
@@ -686,7 +686,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
                     report.big_outputs += 1
                     book.info(f"note: {one_line(job.src)}: its {ow}x{oh} output is above --max-pixels "
                               f"({opts.max_pixels / 1e6:.3g} MP): written tile by tile as a tiled BigTIFF")
-                start(job, meta, source, bool(big), commit_when_done=bool(big))
+                start(job, meta, source, bool(big))
         engine.flush()
         for job in streamed:
             if book.claim(job.dst):
