@@ -31,7 +31,7 @@ class ModelEntry:
 
     name: str
     build: Callable[..., nn.Module]
-    task: str  # "sr" (image -> image x scale) or "seg" (image -> logits per pixel)
+    task: str  # "sr" (image -> image x scale), "seg" (image -> logits per pixel) or "style" (image -> image)
     family: str  # the module that defines it: "edsr", "imdn", "unet", ...
     value_range: tuple[float, float] = (0.0, 1.0)  # input and output normalisation: RGB in [0, 1]
 
@@ -55,7 +55,8 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     if name in _MODELS:
         raise ValueError(f"model {name!r} registered twice")
     package, _, family = fn.__module__.rpartition(".")
-    _MODELS[name] = ModelEntry(name, fn, "seg" if package.endswith(".seg") else "sr", family)
+    task = package.rpartition(".")[2]
+    _MODELS[name] = ModelEntry(name, fn, task if task in ("seg", "style") else "sr", family)
     return fn
 
 

@@ -6,6 +6,7 @@ Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(..., weig
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -56,6 +57,8 @@ def save_checkpoint(module: nn.Module, path: Path, *, name: str, kwargs: dict | 
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and string metadata of a checkpoint, loaded without unpickling code. Any file that is
     not one is an UnsupportedModelError with a one-line reason, never a library's traceback."""
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return read_variables_folder(path), {}
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
@@ -84,6 +87,43 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     if not isinstance(obj, dict):
         raise UnsupportedModelError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return obj, {}
+
+
+MAX_FOLDER_BYTES = 1 << 31  # a variables folder larger than this is not a checkpoint pixbatch can run
+
+
+def read_variables_folder(path: Path) -> dict[str, torch.Tensor]:
+    """A TensorFlow.js / deeplearn.js variables export: ``manifest.json`` maps each variable to a file
+    of raw little-endian float32 in the listed shape (C order). Checked before anything is read: file
+    names stay inside the folder and every file holds exactly its shape's bytes."""
+    import numpy as np
+
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModelError(f"{path}: manifest.json is not readable JSON ({_first_line(exc)})") from None
+    if not isinstance(manifest, dict) or not manifest:
+        raise UnsupportedModelError(f"{path}: manifest.json does not list variables")
+    entries, total = [], 0
+    for name, entry in manifest.items():
+        filename = entry.get("filename") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if (not isinstance(filename, str) or Path(filename).name != filename or filename in ("", ".", "..")
+                or not isinstance(shape, list) or not all(isinstance(d, int) and 0 <= d < 1 << 24 for d in shape)):
+            raise UnsupportedModelError(f"{path}: manifest.json entry {name!r} needs a file name in the folder "
+                                        "and a shape")
+        count = math.prod(shape)
+        file = path / filename
+        size = file.stat().st_size if file.is_file() else -1
+        if size != 4 * count:
+            found = "missing" if size < 0 else f"{size} bytes"
+            raise UnsupportedModelError(f"{path}: variable {name!r} should be {4 * count} bytes of float32 "
+                                        f"({'x'.join(map(str, shape))}), its file {filename} is {found}")
+        total += size
+        entries.append((name, file, shape))
+    if total > MAX_FOLDER_BYTES:
+        raise UnsupportedModelError(f"{path}: {total / 1e9:.1f} GB of variables; not a model pixbatch runs")
+    return {name: torch.from_numpy(np.fromfile(file, dtype="<f4").reshape(shape).copy()) for name, file, shape in entries}
 
 
 def _first_line(exc: BaseException) -> str:

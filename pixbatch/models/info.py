@@ -25,7 +25,7 @@ class ModelInfo:
     path: str | None = None
     training: dict | None = None
     recognised_by: str | None = None  # for foreign checkpoints: "pixbatch" (native implementation) or "spandrel"
-    task: str = "sr"  # "sr" (image -> image x scale) or "seg" (image -> out_channels logits per pixel)
+    task: str = "sr"  # "sr" (image -> image x scale), "seg" (out_channels logits per pixel), "style" (image)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -4,19 +4,24 @@
 
 Each file holds the fp32 output (NCHW; [0, 1] images for super-resolution, logits for segmentation)
 of one shipped model on a fixed 16x16 crop of examples/coffee.png; tests/models/test_golden.py
-compares against it.
+compares against it. With ``--style``: the outputs of Engstrom's udnie and wave nets (shared data) on
+a 64x64 crop of the style content photo (tests/models/test_style_nets.py).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-HERE = Path(__file__).resolve().parent
+HERE = GOLDEN = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+SHARED_DATA = Path(os.environ.get("PIXBATCH_SHARED_DATA", REPO.parent / "shared" / "data"))
+STYLE_CONTENT = SHARED_DATA / "style" / "content" / "amber.jpg"
 
 
 def golden_input() -> torch.Tensor:
@@ -33,6 +38,21 @@ def golden_output(name: str) -> np.ndarray:
         return model(golden_input()).numpy()
 
 
+def style_golden_input() -> torch.Tensor:
+    """A 64x64 crop of the style examples' content photo, shrunk 4x (shared data)."""
+    with Image.open(STYLE_CONTENT) as im:
+        arr = np.asarray(im.convert("RGB").resize((270, 270), Image.BICUBIC))[100:164, 100:164]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float().div(255)
+
+
+def style_golden_output(path: Path) -> np.ndarray:
+    from pixbatch.models import create_model
+
+    model = create_model(path).module.eval()
+    with torch.no_grad():
+        return model(style_golden_input()).numpy()
+
+
 def shipped_models() -> list[str]:
     from pixbatch.models import DEFAULT_SEG_MODEL, DEFAULT_SR_MODELS
 
@@ -40,6 +60,12 @@ def shipped_models() -> list[str]:
 
 
 def main() -> None:
+    if "--style" in sys.argv:  # Engstrom's weights from the shared data (not shipped: research use only)
+        for style in ("udnie", "wave"):
+            folder = SHARED_DATA / "style_weights" / "ml5_lengstrom" / style
+            np.save(HERE / f"engstrom_{style}.npy", style_golden_output(folder))
+            print(f"wrote {HERE / f'engstrom_{style}.npy'}")
+        return
     for name in shipped_models():
         np.save(HERE / f"{name}.npy", golden_output(name))
         print(f"wrote {HERE / name}.npy")

@@ -15,7 +15,8 @@ from pixbatch.models.foreign.spandrel_loader import probe_receptive_field
 from tests.conftest import COMPACT, requires_data
 
 SMALL = {"imdn": {"nf": 64, "num_modules": 1}, "carn": {"channels": 16},  # per family; default below
-         "unet": {"base": 4, "depth": 2}, "segnet": {"width": 0.05}, "resnet34": {}}
+         "unet": {"base": 4, "depth": 2}, "segnet": {"width": 0.05}, "resnet34": {},
+         "johnson": {"width": 4}, "engstrom": {}, "mobilenet": {}}
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -23,10 +24,11 @@ def test_every_model_runs_and_trains(name):
     torch.manual_seed(0)
     small = SMALL.get(name.split("_")[0], {"n_resblocks": 1, "n_feats": 8})  # every code path, at test size
     model = build_registered(name, **small)
-    x = torch.rand(2, 3, 7, 9)
+    h, w = (8, 12) if getattr(model, "task", "sr") == "style" else (7, 9)  # style nets need multiples of their two strides
+    x = torch.rand(2, 3, h, w)
     y = model(x)
     s = model.scale
-    assert y.shape == (2, getattr(model, "out_channels", 3), 7 * s, 9 * s) and torch.isfinite(y).all()
+    assert y.shape == (2, getattr(model, "out_channels", 3), h * s, w * s) and torch.isfinite(y).all()
     y.square().mean().backward()
     # frozen parameters (CARN-M's mean shift) and the other scales' branches of a multi-scale upsampler
     # (CARN-M) are not expected to learn here
@@ -136,6 +138,10 @@ def test_registry_records_task_family_and_weights_without_building():
     assert (sr.task, sr.family, seg.task, seg.family) == ("sr", "edsr", "seg", "unet")
     assert sr.weights is not None and model_entry("edsr_x4").weights is None
     assert sr.value_range == (0.0, 1.0)
-    assert {arch for arch, _ in recognisers()} == {"IMDN", "CARN-M"}  # each family registers its own
+    assert {arch for arch, _ in recognisers()} == {  # each family registers its own
+        "IMDN", "CARN-M", "TransformerNet (PyTorch fast_neural_style)",
+        "fast-style-transfer (Engstrom, TensorFlow variables)",
+        "TransformerMobileNet (pytorch-fast-neural-style-mobilenetV2)"}
+    assert model_entry("johnson_style").task == "style"
     with pytest.raises(UnknownModelError, match="edsr_tiny_x4"):
         model_entry("edsr_tiny_x5")
