@@ -128,6 +128,23 @@ def seg_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def style_checkpoint(tmp_path_factory) -> Path:
+    """A narrow TransformerNet in our checkpoint format: random but fixed weights whose output spans
+    the pixel range (the last conv scaled up, its bias at mid-gray)."""
+    from pixbatch.models import build_registered
+    from pixbatch.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    module = build_registered("johnson_style", width=8)
+    with torch.no_grad():
+        module.deconv3.conv2d.weight.mul_(40)
+        module.deconv3.conv2d.bias.fill_(128)
+    path = tmp_path_factory.mktemp("style") / "tiny_style.safetensors"
+    save_checkpoint(module, path, name="johnson_style", kwargs={"width": 8})
+    return path
+
+
+@pytest.fixture(scope="session")
 def seg3_checkpoint(tmp_path_factory) -> Path:
     """A small 3-class U-Net."""
     return _seg_checkpoint(tmp_path_factory.mktemp("seg3"), 3)

@@ -72,11 +72,13 @@ def _register() -> None:
     from pixbatch.cli.eval import eval_group
     from pixbatch.cli.models import models
     from pixbatch.cli.segment import segment
+    from pixbatch.cli.stylize import stylize
     from pixbatch.cli.train import train_group
     from pixbatch.cli.upscale import upscale
 
     cli.add_command(upscale)
     cli.add_command(segment)
+    cli.add_command(stylize)
     cli.add_command(models)
     cli.add_command(eval_group)
     cli.add_command(train_group)

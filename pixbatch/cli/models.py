@@ -47,8 +47,8 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
             ("file", str(checkpoint)), ("architecture", info.arch),
             ("origin", "pixbatch checkpoint" if info.source == "checkpoint"
              else f"foreign (recognised by {info.recognised_by})"),
-            ("task", f"super-resolution x{info.scale}" if info.task == "sr"
-             else f"segmentation, {info.out_channels} {'logit' if info.out_channels == 1 else 'classes'}"),
+            ("task", {"sr": f"super-resolution x{info.scale}", "style": "style transfer (pixbatch stylize)"}.get(
+                info.task, f"segmentation, {info.out_channels} {'logit' if info.out_channels == 1 else 'classes'}")),
             ("parameters", f"{info.params:,}"),
             ("channels", f"{info.in_channels} -> {info.out_channels}"), ("dtypes", ", ".join(dtypes)),
             ("size multiple", str(info.size_multiple)),
@@ -83,7 +83,10 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
             note += f" (default for --scale {e['default_for_scale']})"
         elif e["name"] == DEFAULT_SEG_MODEL:
             note += " (default for segment)"
-        task = f"x{e['scale']}" if e["task"] == "sr" else "segment"
+        task = {"sr": f"x{e['scale']}", "style": "style"}.get(e["task"], "segment")
         click.echo(f"{e['name']:<20} {e['arch']:<11} {task:>7} {e['params']:>12,}  {note}")
-    click.echo("\nAny checkpoint spandrel recognises (ESRGAN, Real-ESRGAN compact, SwinIR, ...) also works: "
+    click.echo("\nStyle nets for `pixbatch stylize` are not shipped: pass a file with --style (a PyTorch "
+               "fast_neural_style .pth, a MobileNetV2 style net, a folder of Engstrom's TensorFlow variables, "
+               "or one trained with `pixbatch train style`).")
+    click.echo("Any checkpoint spandrel recognises (ESRGAN, Real-ESRGAN compact, SwinIR, ...) also works: "
                "--model PATH. Describe one with `pixbatch models PATH`.")

@@ -22,6 +22,7 @@ import os
 import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +59,7 @@ class Windowing:
     blend: bool = False  # blend neighbouring windows with cosine ramps (else keep each core as is)
     mirror_borders: bool = False  # mirror ``overlap`` px beyond the true borders (overlap-tile strategy)
     batch_size: int = 0  # model inputs per batch; 0 = from the memory budget
+    whole_pixels: int = 0  # on the CPU, images up to this many px run whole when tile = 0 (0 = the budget)
 
 
 @dataclass
@@ -103,14 +105,23 @@ class Canvas:
 
     ``to_planes`` turns rows read from ``source`` into (K, C, h, w) float32 model planes on the device
     (K = 2 for colour and alpha); ``on_rows(y0, out)`` receives finished output rows (K, C', n, W')
-    top to bottom, each exactly once; then ``on_done()``, or ``on_failed(reason)`` once."""
+    top to bottom, each exactly once; then ``on_done()``, or ``on_failed(reason)`` once.
+
+    ``prepare(canvas, engine)``, when given, is called once the image is known to need several
+    windows and before any of them runs; it may measure whole-image state (e.g. the statistics of
+    instance-norm layers) and return the context in which every batch of this image's windows runs
+    (those windows are then batched only with each other)."""
 
     def __init__(self, source: RowSource, to_planes: Callable[[Any], torch.Tensor],
                  on_rows: Callable[[int, torch.Tensor], None], on_done: Callable[[], None],
-                 on_failed: Callable[[str], None], *, fp32: bool = False) -> None:
+                 on_failed: Callable[[str], None], *, fp32: bool = False,
+                 prepare: Callable[[Canvas, WindowEngine], Callable[[], AbstractContextManager] | None] | None = None,
+                 ) -> None:
         self.source, self.to_planes = source, to_planes
         self.on_rows, self.on_done, self.on_failed = on_rows, on_done, on_failed
         self.fp32 = fp32
+        self.prepare = prepare
+        self.scope: Callable[[], AbstractContextManager] | None = None
         self.plan: WindowPlan | None = None
         self.band = 0
         self.left = 0  # windows of the current band not yet delivered
@@ -120,8 +131,36 @@ class Canvas:
         self.closed = False
 
     @property
-    def key(self) -> tuple[int, int, bool]:
-        return self.plan.ys.window, self.plan.xs.window, self.fp32
+    def key(self) -> tuple[int, int, bool, int]:
+        return self.plan.ys.window, self.plan.xs.window, self.fp32, id(self) if self.scope is not None else 0
+
+
+class BandReadError(Exception):
+    """A band of an image could not be read or converted; the message is the reason shown."""
+
+
+def read_band(canvas: Canvas, band: int) -> torch.Tensor:
+    """Model planes of one band of a canvas's windows: its rows of the frame, mirrored beyond the
+    image where the frame extends past it, all frame columns (K, C, window, frame width)."""
+    ys, xs = canvas.plan.ys, canvas.plan.xs
+    y0 = ys.starts[band]
+    rows = reflect_index(np.arange(y0, y0 + ys.window) - ys.border, ys.size)
+    cols = reflect_index(np.arange(xs.frame) - xs.border, xs.size)
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    try:
+        planes = canvas.to_planes(canvas.source.read_rows(lo, hi))
+    except (DecodeError, ValueError, OSError) as exc:
+        raise BandReadError(str(exc)) from None
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise BandReadError(f"not enough memory for a {xs.size}x{hi - lo} band ({type(exc).__name__})") from None
+    except Exception as exc:  # a reader or conversion bug must not take the batch down
+        raise BandReadError(f"cannot read rows {lo}-{hi} ({type(exc).__name__}: {exc})") from None
+    dev = planes.device
+    if not np.array_equal(rows, np.arange(lo, hi)):
+        planes = planes.index_select(-2, torch.from_numpy(rows - lo).to(dev))
+    if not np.array_equal(cols, np.arange(xs.size)):
+        planes = planes.index_select(-1, torch.from_numpy(cols).to(dev))
+    return planes
 
 
 @dataclass
@@ -150,6 +189,8 @@ class WindowEngine:
         self.blend = windowing.blend
         self.budget = device_pixel_budget(runner)
         self.auto = windowing.tile == 0
+        cpu = runner.device.type != "cuda"
+        self.whole = windowing.whole_pixels if cpu and windowing.whole_pixels else self.budget
         self.tile = windowing.tile or max(4 * MIN_TILE, (int(math.sqrt(self.budget)) - 2 * self.context) // 8 * 8)
         self.batch_size = windowing.batch_size
         self.max_planes = windowing.batch_size or 64
@@ -157,7 +198,7 @@ class WindowEngine:
         self.queued = 0  # input pixels waiting (all planes)
 
     def plan(self, height: int, width: int) -> WindowPlan:
-        tile = 0 if self.auto and height * width <= self.budget else self.tile
+        tile = 0 if self.auto and height * width <= self.whole else self.tile
         return plan_windows(height, width, tile, self.context, multiple=self.multiple, border=self.border,
                             blend=self.blend)
 
@@ -172,6 +213,16 @@ class WindowEngine:
         """Queue an image. One of several bands is driven to its end here (its rows are read band by
         band, so memory holds one band); single-band images wait for their batch to fill."""
         canvas.plan = self.plan(canvas.source.height, canvas.source.width)
+        if canvas.prepare is not None and len(canvas.plan) > 1:
+            try:
+                canvas.scope = canvas.prepare(canvas, self)
+            except BandReadError as exc:
+                self._fail(canvas, str(exc))
+                return
+            except Exception as exc:
+                self._fail(canvas, exc.args[0] if isinstance(exc, ModelFailedError)
+                           else f"model failed ({type(exc).__name__}: {exc})")
+                return
         if not self._start_band(canvas):
             return
         if len(canvas.plan.ys) == 1:
@@ -186,27 +237,12 @@ class WindowEngine:
 
     def _start_band(self, canvas: Canvas) -> bool:
         """Read the rows of the canvas's current band and queue its windows; False if it failed."""
-        ys, xs = canvas.plan.ys, canvas.plan.xs
-        y0 = ys.starts[canvas.band]
-        rows = reflect_index(np.arange(y0, y0 + ys.window) - ys.border, ys.size)
-        cols = reflect_index(np.arange(xs.frame) - xs.border, xs.size)
-        lo, hi = int(rows.min()), int(rows.max()) + 1
+        xs = canvas.plan.xs
         try:
-            planes = canvas.to_planes(canvas.source.read_rows(lo, hi))
-        except (DecodeError, ValueError, OSError) as exc:
+            planes = read_band(canvas, canvas.band)
+        except BandReadError as exc:
             self._fail(canvas, str(exc))
             return False
-        except (MemoryError, torch.OutOfMemoryError) as exc:
-            self._fail(canvas, f"not enough memory for a {xs.size}x{hi - lo} band ({type(exc).__name__})")
-            return False
-        except Exception as exc:  # a reader or conversion bug must not take the batch down
-            self._fail(canvas, f"cannot read rows {lo}-{hi} ({type(exc).__name__}: {exc})")
-            return False
-        dev = planes.device
-        if not np.array_equal(rows, np.arange(lo, hi)):
-            planes = planes.index_select(-2, torch.from_numpy(rows - lo).to(dev))
-        if not np.array_equal(cols, np.arange(xs.size)):
-            planes = planes.index_select(-1, torch.from_numpy(cols).to(dev))
         canvas.planes = planes
         canvas.left = len(xs)
         for j in range(len(xs)):
@@ -251,10 +287,11 @@ class WindowEngine:
         batch = [u for u in batch if not u.canvas.closed]
         if not batch:
             return
-        fp32 = batch[0].canvas.fp32
+        fp32, scope = batch[0].canvas.fp32, batch[0].canvas.scope
         x = torch.cat([u.input() for u in batch])
         try:
-            y = self._window_output(x, fp32) if len(batch) == 1 else self._forward(x, fp32)
+            with scope() if scope is not None else nullcontext():
+                y = self._window_output(x, fp32) if len(batch) == 1 else self._forward(x, fp32)
         except Exception as exc:
             del x
             if len(batch) > 1 and is_oom(exc):  # halve the batch and retry the same windows
@@ -382,9 +419,10 @@ class TensorSource:
 
 
 def run_planes(runner: Runner, x: torch.Tensor, windowing: Windowing | None = None, *,
-               report: Report | None = None) -> torch.Tensor:
+               report: Report | None = None, prepare=None) -> torch.Tensor:
     """Float images (N, C, H, W) through the engine, each its own image (same windows, batching,
-    OOM back-off and precision guard as a job), without rounding: float (N, C', H*s, W*s) out."""
+    OOM back-off and precision guard as a job), without rounding: float (N, C', H*s, W*s) out.
+    ``prepare`` is a task's ``tiled`` hook (see ``Canvas``)."""
     s = runner.info.scale
     x = x.to(runner.device, torch.float32)
     engine = WindowEngine(runner, windowing or Windowing(), report if report is not None else Report())
@@ -398,7 +436,7 @@ def run_planes(runner: Runner, x: torch.Tensor, windowing: Windowing | None = No
 
     for n in range(x.shape[0]):
         engine.add(Canvas(TensorSource(x[n:n + 1]), lambda p: p, lambda y0, rows, n=n: on_rows(n, y0, rows),
-                          lambda: None, errors.append))
+                          lambda: None, errors.append, prepare=prepare))
     engine.flush()
     if errors:
         raise ModelFailedError(errors[0])
@@ -428,6 +466,20 @@ class Task:
     def fp32(self, meta: ImageMeta) -> bool:
         """Whether this image is computed in fp32 whatever the runner's precision."""
         return False
+
+    def tiled(self, canvas: Canvas, engine: WindowEngine) -> Callable[[], AbstractContextManager] | None:
+        """Called before the windows of an image that needs several run: whole-image state they must
+        share (see ``Canvas``); None when windows need nothing beyond their own pixels."""
+        return None
+
+    def input_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The decoded image as the model should see it (e.g. resized); in-memory jobs only."""
+        return pixels
+
+    @property
+    def streams(self) -> bool:
+        """Whether tiled TIFF inputs may be read by region (False when ``input_pixels`` needs them whole)."""
+        return True
 
     def outputs(self, dst: Path, streamed: bool) -> dict[str, Path]:
         """Every file a job writes, by output name (extras are known at planning time)."""
@@ -615,7 +667,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
     runner = task.runner
     report = report if report is not None else Report()
     book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info)
-    streamed = [j for j in plan.todo if streams(j)]
+    streamed = [j for j in plan.todo if task.streams and streams(j)]
     streamed_set = set(streamed)
     in_memory = [j for j in plan.todo if j not in streamed_set]
     workers = decode_workers(opts.workers, len(in_memory))
@@ -641,7 +693,8 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
             if pool_commits:
                 book.write(job.src, job.dst, outputs.commit_streamed if is_streamed else outputs.encode)
 
-        engine.add(Canvas(source, task.model_input, outputs.push, done, failed, fp32=task.fp32(meta)))
+        engine.add(Canvas(source, task.model_input, outputs.push, done, failed, fp32=task.fp32(meta),
+                          prepare=task.tiled))
         return outputs
 
     def run_streamed(job: Job) -> None:
@@ -679,7 +732,11 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
         for i, pixels, meta, error in loader:
             job = in_memory[i]
             if book.accept(job.src, error, meta):
-                source = RegionSource(pixels.numpy())
+                try:
+                    source = RegionSource(task.input_pixels(pixels.numpy()))
+                except (MemoryError, torch.OutOfMemoryError):
+                    book.fail(job.src, "out of memory while preparing the image")
+                    continue
                 oh, ow = task.output_size(source.height, source.width)
                 big = job.dst.suffix.lower() in STREAM_SUFFIXES and opts.max_pixels and oh * ow > opts.max_pixels
                 if big:  # planning sent it to a TIFF: written band by band, never whole in memory

@@ -12,7 +12,7 @@ from pixbatch.runtime.prepare import Runner, prepare_model
 COMPILE_MIN_JOBS = 32  # torch.compile pays for its start-up (tens of seconds) on GPU jobs this large
 
 
-TASK_COMMAND = {"sr": "pixbatch upscale", "seg": "pixbatch segment"}
+TASK_COMMAND = {"sr": "pixbatch upscale", "seg": "pixbatch segment", "style": "pixbatch stylize"}
 
 
 def load_model_for_scale(model_name: str | None, scale: int | None, task: str = "sr"):
@@ -30,7 +30,7 @@ def load_model_for_scale(model_name: str | None, scale: int | None, task: str = 
         raise StartupError(str(exc)) from None
     info = loaded.info
     if info.task != task:
-        kind = {"sr": "a super-resolution", "seg": "a segmentation"}[info.task]
+        kind = {"sr": "a super-resolution", "seg": "a segmentation", "style": "a style transfer"}[info.task]
         raise StartupError(f"{info.name} is {kind} model; use `{TASK_COMMAND[info.task]}`")
     if info.source == "untrained":
         raise StartupError(f"{info.name} has no trained weights in this package; pass a checkpoint "
@@ -52,7 +52,8 @@ def load_runner(device_spec: str, model_name: str | None, scale: int | None, pre
         compile_ = device.type == "cuda" and n_jobs >= COMPILE_MIN_JOBS
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    what = f"x{loaded.info.scale}" if loaded.info.task == "sr" else f"{loaded.info.out_channels} output channel(s)"
+    what = {"sr": f"x{loaded.info.scale}", "style": "style"}.get(loaded.info.task,
+                                                           f"{loaded.info.out_channels} output channel(s)")
     (info or (lambda message: None))(f"model {loaded.info.name} ({loaded.info.arch}, {what}, {loaded.info.params:,} "
              f"parameters) on {device}, {str(dtype).removeprefix('torch.')}, compile={compile_}")
     try:

@@ -72,7 +72,7 @@ def photo():
 
 
 def _probabilities(runner, img, tile, overlap, blend=True):
-    from pixbatch.tasks.segment import model_planes
+    from pixbatch.tasks.planes import model_planes
 
     x = model_planes(img, runner.device, runner.info.in_channels)
     w = Windowing(tile=tile, overlap=overlap, blend=blend, mirror_borders=True)

@@ -3,7 +3,8 @@ import torch
 
 from pixbatch.models import create_model
 from pixbatch.runtime.prepare import prepare_model
-from pixbatch.tasks.segment import SegmentTask, model_planes, palette
+from pixbatch.tasks.planes import model_planes
+from pixbatch.tasks.segment import SegmentTask, palette
 
 
 def test_palette_is_distinct_for_the_first_classes():
