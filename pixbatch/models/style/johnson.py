@@ -12,18 +12,24 @@ from torch import nn
 from pixbatch.models._registry import register_model, register_recogniser
 from pixbatch.models.style.base import StyleNet, upsample2
 from pixbatch.models.style.norm import InstanceNorm
+from pixbatch.ops.upsample_conv import upsample_conv
 
 
 class ConvLayer(nn.Module):
-    """Reflection padding of k//2, then a conv (optionally after a 2x nearest upsampling)."""
+    """Reflection padding of k//2, then a conv (optionally after a 2x nearest upsampling, computed
+    as a sub-pixel conv of the input unless ``subpixel`` is turned off: same output, 2.25x fewer
+    multiply-adds)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, *, upsample: bool = False) -> None:
         super().__init__()
         self.pad = nn.ReflectionPad2d(kernel // 2)
         self.conv2d = nn.Conv2d(c_in, c_out, kernel, stride)
         self.upsample = upsample
+        self.subpixel = upsample and kernel == 3 and stride == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.subpixel:
+            return upsample_conv(x, self.conv2d.weight, self.conv2d.bias, "reflect")
         return self.conv2d(self.pad(upsample2(x) if self.upsample else x))
 
 
