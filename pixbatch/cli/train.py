@@ -18,6 +18,7 @@ def train_group() -> None:
     Examples:
       pixbatch train sr --data photos/ --arch edsr_tiny --scale 2 --steps 2000 --out x2.safetensors
       pixbatch train seg --images train/images --masks train/masks --arch unet_small --out m.safetensors
+      pixbatch train style --style starry.jpg --content photos/ --vgg-weights vgg16.pth --out starry.safetensors
     """
 
 
@@ -186,3 +187,69 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
         app.fail_start(str(exc))
     click.echo(f"saved {out}: validation Dice {recipe['val_dice']} (step {recipe['best_step']}) "
                f"after {recipe['seconds']} s")
+
+
+@train_group.command(name="style", short_help="Train a fast style-transfer net for one style image.")
+@click.option("--style", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The style image.")
+@click.option("--content", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of content photos (repeatable; e.g. COCO train2014).")
+@click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="torchvision VGG16 ImageNet weights, vgg16-397923af.pth (default: the torch hub cache; "
+                   "never downloaded).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint to write (.safetensors); previews go to OUT_preview.png.")
+@click.option("--arch", type=click.Choice(["johnson_style", "mobilenet_style"]), default="johnson_style",
+              show_default=True)
+@click.option("--model-kwargs", default="{}", metavar="JSON", help='Architecture arguments, e.g. \'{"width": 16}\'.')
+@click.option("--steps", type=click.IntRange(min=1), default=20000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--size", type=click.IntRange(min=32), default=256, show_default=True, help="Content crop size in px.")
+@click.option("--style-size", type=click.IntRange(min=32), default=None,
+              help="Resize the style image's longer side to this first (its brush strokes' scale).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (one-cycle).")
+@click.option("--content-weight", type=float, default=1e5, show_default=True)
+@click.option("--style-weight", type=float, default=1e10, show_default=True)
+@click.option("--tv-weight", type=float, default=1e2, show_default=True, help="Total variation (smoothness).")
+@click.option("--preview", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Content photo for the previews (default: the first content image).")
+@click.option("--preview-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on a GPU or a CPU with native bf16).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0 = torch's default).")
+@click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Write OUT.state (for --resume) this often.")
+@click.option("--resume", is_flag=True, help="Continue from OUT.state if it exists.")
+@click.pass_obj
+def train_style_command(app, style, content, vgg_weights, out, arch, model_kwargs, steps, batch_size, size,
+                        style_size, lr, content_weight, style_weight, tv_weight, preview, preview_every, amp, seed,
+                        threads, save_every, resume) -> None:
+    """Train a feed-forward style net (Johnson et al.) on random crops of content photos, with VGG16
+    content (relu2_2) and Gram style (relu1_2 .. relu4_3) losses and total variation. The result runs
+    with `pixbatch stylize --style OUT`.
+
+    \b
+    Examples:
+    pixbatch train style --style starry.jpg --content coco/ --vgg-weights vgg16-397923af.pth --out starry.safetensors
+    pixbatch train style ... --style-size 512 --style-weight 5e10 --resume
+    """
+    from pixbatch.runtime.device import StartupError, resolve_device
+    from pixbatch.train.style import StyleTrainConfig, train_style
+
+    cfg = StyleTrainConfig(
+        style=style, content=list(content), out=out, arch=arch, model_kwargs=_json_object(app, model_kwargs),
+        vgg_weights=vgg_weights, steps=steps, batch_size=batch_size, size=size, style_size=style_size, lr=lr,
+        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, preview=preview,
+        preview_every=preview_every, amp=amp, seed=seed, threads=threads, save_every=save_every, resume=resume,
+        command="pixbatch train style " + shlex.join(_args_after("style")),
+    )
+    from pixbatch.io.decode import DecodeError
+
+    try:
+        device = resolve_device(app.device)
+        recipe = train_style(cfg, device, progress=app.progress)
+    except (StartupError, FileNotFoundError, DecodeError, ValueError) as exc:
+        app.fail_start(str(exc))
+    losses = ", ".join(f"{k} {v:.3g}" for k, v in recipe["final_losses"].items())
+    click.echo(f"saved {out}: final losses {losses} after {recipe['seconds']} s")

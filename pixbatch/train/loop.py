@@ -84,9 +84,11 @@ class TrainLoop:
     def run(self, batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
             validate: Callable[[int], str] | None = None,
-            before_step: Callable[[int], None] | None = None) -> None:
+            before_step: Callable[[int], None] | None = None,
+            status: Callable[[], str] | None = None) -> None:
         """``batch(step)`` gives (input, target) on the device; ``validate(step)`` measures and returns a
-        short text for the progress line (the net is in eval mode and gradients are off meanwhile)."""
+        short text for the progress line (the net is in eval mode and gradients are off meanwhile);
+        ``status()`` adds to the progress line every 10 steps (e.g. each term of the loss)."""
         from tqdm import tqdm
 
         opts, net = self.opts, self.net
@@ -115,7 +117,8 @@ class TrainLoop:
                     print(f"step {step}/{opts.steps} loss {loss.item():.4f} {shown} {self.elapsed:.0f}s",
                           file=sys.stderr, flush=True)
             elif step % 10 == 0:
-                bar.set_postfix_str(f"loss {loss.item():.4f} {shown}", refresh=False)
+                extra = f" {status()}" if status is not None else ""
+                bar.set_postfix_str(f"loss {loss.item():.4f}{extra} {shown}", refresh=False)
             if step % opts.save_every == 0 and step < opts.steps:
                 self.save_state(step)
         bar.close()

@@ -94,47 +94,22 @@ class PerceptualLoss(nn.Module):
     """L1 between VGG16 activations before its first three max-pools (weights 0.2/0.7/0.1), plus a
     small pixel L1 term. VGG weights come from a local file only, never from the network."""
 
-    LAYERS = (3, 8, 15)  # relu1_2, relu2_2, relu3_3
+    LAYERS = ("relu1_2", "relu2_2", "relu3_3")
     WEIGHTS = (0.2, 0.7, 0.1)
 
     def __init__(self, weights_path: Path | None, pixel_weight: float = 0.1) -> None:
         super().__init__()
-        from torchvision.models import vgg16
+        from pixbatch.train.vgg import VGGFeatures
 
-        path = weights_path or find_cached_vgg16()
-        if path is None:
-            raise FileNotFoundError(
-                "the perceptual loss needs VGG16 ImageNet weights: pass --vgg-weights PATH (a torchvision "
-                "vgg16-*.pth file) or put it in the torch hub cache; pixbatch never downloads them")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        vgg = vgg16(weights=None)
-        vgg.load_state_dict(state)
-        self.features = vgg.features[: self.LAYERS[-1] + 1].eval()
-        for p in self.features.parameters():
-            p.requires_grad_(False)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.vgg = VGGFeatures(self.LAYERS, weights_path, purpose="the perceptual loss")
         self.pixel_weight = pixel_weight
-
-    def _feats(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out, x = [], (x - self.mean) / self.std
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.LAYERS:
-                out.append(x)
-        return out
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         loss = self.pixel_weight * F.l1_loss(sr, hr)
-        for w, a, b in zip(self.WEIGHTS, self._feats(sr), self._feats(hr)):
-            loss = loss + w * F.l1_loss(a, b)
+        a, b = self.vgg(sr), self.vgg(hr)
+        for w, name in zip(self.WEIGHTS, self.LAYERS):
+            loss = loss + w * F.l1_loss(a[name], b[name])
         return loss
-
-
-def find_cached_vgg16() -> Path | None:
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    found = sorted(cache.glob("vgg16-*.pth")) if cache.is_dir() else []
-    return found[0] if found else None
 
 
 def make_loss(cfg: SrTrainConfig) -> nn.Module:
