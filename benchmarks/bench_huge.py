@@ -2,10 +2,12 @@
 
     python benchmarks/bench_huge.py --task upscale --size 10000 [--scale 2] [--tile 0] [--overlap auto]
     python benchmarks/bench_huge.py --task segment --size 20000 [--model unet_drive] [--tile 896] [--overlap 64]
+    python benchmarks/bench_huge.py --task stylize --size 10000 [--model STYLE] [--tile 0]
 
 The input is a mosaic of real photos (DRIVE fundus images from ../shared/data when present, else the
 repo's examples/), written tile by tile as a tiled BigTIFF (so making it needs little memory too).
-`pixbatch upscale` or `pixbatch segment` runs in a child process; its peak resident memory comes from the kernel
+`pixbatch upscale`, `segment` or `stylize` runs in a child process (stylize: Engstrom's udnie net from
+../shared/data unless --model; its windows first measure the whole image's instance-norm statistics); its peak resident memory comes from the kernel
 (getrusage of the child), next to the size of the image decoded whole, for scale. Prints a table and
 writes JSON to benchmarks/results/.
 """
@@ -51,7 +53,7 @@ def make_mosaic(path: Path, size: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", choices=["upscale", "segment"], default="segment")
+    ap.add_argument("--task", choices=["upscale", "segment", "stylize"], default="segment")
     ap.add_argument("--size", type=int, default=20000)
     ap.add_argument("--model", default=None, help="default: unet_drive (segment), the built-in model of --scale (upscale)")
     ap.add_argument("--scale", type=int, default=2, help="upscale only")
@@ -71,7 +73,9 @@ def main() -> None:
         make_s = time.perf_counter() - t0
         cmd = [sys.executable, "-m", "pixbatch", "--json", "--device", args.device, args.task, str(src),
                str(Path(tmp) / "out")]
-        if args.model:
+        if args.task == "stylize":
+            cmd += ["--style", args.model or str(SHARED_DATA / "style_weights" / "ml5_lengstrom" / "udnie")]
+        elif args.model:
             cmd += ["--model", args.model]
         elif args.task == "segment":
             cmd += ["--model", "unet_drive"]
