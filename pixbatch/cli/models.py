@@ -11,8 +11,11 @@ import click
 @click.command(short_help="List built-in models or describe a checkpoint file.")
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("--pattern", default="*", show_default=True, help="Filter built-in names, e.g. 'edsr*'.")
+@click.option("--save", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="OUT.safetensors",
+              help="Convert CHECKPOINT (an architecture pixbatch implements) to a pixbatch safetensors file, its "
+                   "architecture and origin in the metadata.")
 @click.pass_obj
-def models(app, checkpoint: Path | None, pattern: str) -> None:
+def models(app, checkpoint: Path | None, pattern: str, save: Path | None) -> None:
     """Without an argument, list the built-in models; with CHECKPOINT, describe that file
     (architecture, scale, parameters, channels, supported dtypes, receptive field).
 
@@ -21,6 +24,7 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
       pixbatch models
       pixbatch models --pattern 'edsr*'
       pixbatch models realesr-animevideov3.pth
+      pixbatch models style_weights/udnie/ --save udnie.safetensors
     """
     from pixbatch.models import (
         DEFAULT_SEG_MODEL,
@@ -33,11 +37,17 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
         model_entry,
     )
 
+    if save is not None and checkpoint is None:
+        raise click.UsageError("--save needs a CHECKPOINT to convert")
     if checkpoint is not None:
         try:
-            info = create_model(checkpoint).info
+            loaded = create_model(checkpoint)
         except (UnknownModelError, UnsupportedModelError, FileNotFoundError) as exc:
             app.fail_start(str(exc))
+        info = loaded.info
+        if save is not None:
+            _convert(app, loaded, checkpoint, save)
+            return
         d = info.as_dict()
         if app.as_json:
             click.echo(json.dumps(d, indent=2))
@@ -54,8 +64,10 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
             ("size multiple", str(info.size_multiple)),
             ("receptive field", f"{info.receptive_field} px" if info.receptive_field is not None else "unbounded"),
         ]
-        if info.training:
-            rows.append(("trained with", info.training.get("command", "?")))
+        if info.training and "command" in info.training:
+            rows.append(("trained with", info.training["command"]))
+        if info.training and "converted_from" in info.training:
+            rows.append(("converted from", info.training["converted_from"]))
         for k, v in rows:
             click.echo(f"{k:>16}: {v}")
         return
@@ -90,3 +102,19 @@ def models(app, checkpoint: Path | None, pattern: str) -> None:
                "or one trained with `pixbatch train style`).")
     click.echo("Any checkpoint spandrel recognises (ESRGAN, Real-ESRGAN compact, SwinIR, ...) also works: "
                "--model PATH. Describe one with `pixbatch models PATH`.")
+
+
+def _convert(app, loaded, source: Path, out: Path) -> None:
+    """Write a loaded checkpoint as pixbatch safetensors (architecture and kwargs in the metadata)."""
+    from pixbatch.models.checkpoint import save_checkpoint
+
+    info = loaded.info
+    if info.builder is None:
+        app.fail_start(f"{source}: {info.arch} runs through spandrel; only architectures pixbatch implements "
+                       "can be saved as pixbatch checkpoints")
+    if out.suffix.lower() != ".safetensors":
+        app.fail_start(f"--save writes safetensors: name the file OUT.safetensors, not {out.name}")
+    training = dict(info.training or {})
+    training.setdefault("converted_from", str(source))
+    save_checkpoint(loaded.module, out, name=info.builder["name"], kwargs=info.builder["kwargs"], training=training)
+    click.echo(f"saved {out}: {info.arch}, {info.params:,} parameters (from {source})")

@@ -20,7 +20,8 @@ METADATA_KEY = "pixbatch.config"
 
 
 def describe_native(name: str, module: nn.Module, *, source: str, path: str | None = None,
-                    training: dict | None = None, recognised_by: str | None = None) -> ModelInfo:
+                    training: dict | None = None, recognised_by: str | None = None,
+                    builder: dict | None = None) -> ModelInfo:
     rf = module.receptive_field
     return ModelInfo(
         name=name,
@@ -38,6 +39,7 @@ def describe_native(name: str, module: nn.Module, *, source: str, path: str | No
         training=training,
         recognised_by=recognised_by,
         task=getattr(module, "task", "sr"),
+        builder=builder,
     )
 
 
@@ -202,12 +204,14 @@ def _load_checkpoint(path: Path, scale: int | None) -> LoadedModel:
     if METADATA_KEY in metadata:
         name, kwargs, training = _config(path, metadata[METADATA_KEY])
         module = build_checked(name, kwargs, tensors, path)
-        info = describe_native(name, module, source="checkpoint", path=str(path), training=training)
+        info = describe_native(name, module, source="checkpoint", path=str(path), training=training,
+                               builder={"name": name, "kwargs": kwargs})
     elif (native := _recognise_native(tensors, scale)) is not None:
         # A published architecture we implement ourselves, with its original keys.
         name, kwargs, tensors = native
         module = build_checked(name, kwargs, tensors, path)
-        info = describe_native(path.name, module, source="foreign", path=str(path), recognised_by="pixbatch")
+        info = describe_native(path.name, module, source="foreign", path=str(path), recognised_by="pixbatch",
+                               builder={"name": name, "kwargs": kwargs})
     else:
         from pixbatch.models.foreign.spandrel_loader import load_foreign
 

@@ -26,6 +26,7 @@ class ModelInfo:
     training: dict | None = None
     recognised_by: str | None = None  # for foreign checkpoints: "pixbatch" (native implementation) or "spandrel"
     task: str = "sr"  # "sr" (image -> image x scale), "seg" (out_channels logits per pixel), "style" (image)
+    builder: dict | None = None  # {"name": registered architecture, "kwargs": ...} when pixbatch implements it
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -110,3 +110,33 @@ def test_engstrom_folder_end_to_end(tmp_path):
     code, stdout, _ = run("--json", "stylize", tmp_path / "a.png", tmp_path / "o", "--style",
                           DATA / "style_weights" / "ml5_lengstrom" / "wave")
     assert code == 0 and json.loads(stdout)["settings"]["arch"] == "EngstromNet"
+
+
+def test_a_recognised_checkpoint_converts_to_pixbatch_safetensors(tmp_path):
+    """Converted once: the same net, our format, its origin in the metadata; spandrel-only files refuse."""
+    import torch
+
+    from pixbatch.models import build_registered, create_model
+
+    torch.manual_seed(0)
+    torch.save(build_registered("johnson_style", width=8).state_dict(), tmp_path / "candy.pth")
+    code, stdout, _ = run("models", tmp_path / "candy.pth", "--save", tmp_path / "candy.safetensors")
+    assert code == 0 and "saved" in stdout
+    a, b = create_model(tmp_path / "candy.pth"), create_model(tmp_path / "candy.safetensors")
+    assert b.info.source == "checkpoint" and b.info.training["converted_from"] == str(tmp_path / "candy.pth")
+    x = torch.rand(1, 3, 16, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(a.module(x), b.module(x), rtol=0, atol=0)
+    code, stdout, _ = run("models", tmp_path / "candy.safetensors")
+    assert "converted from" in stdout
+    result = CliRunner().invoke(cli, ["models", "--save", str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 2 and "--save needs a CHECKPOINT" in result.output
+
+
+@requires_data
+def test_a_spandrel_checkpoint_cannot_be_converted(tmp_path):
+    from tests.conftest import COMPACT
+
+    result = CliRunner().invoke(cli, ["models", str(COMPACT), "--save", str(tmp_path / "c.safetensors")])
+    assert result.exit_code == 1 and "only architectures pixbatch implements" in result.stderr
+    assert not (tmp_path / "c.safetensors").exists()
