@@ -196,6 +196,7 @@ class WindowEngine:
         self.max_planes = windowing.batch_size or 64
         self.queues: OrderedDict[tuple, deque[_Unit]] = OrderedDict()
         self.queued = 0  # input pixels waiting (all planes)
+        self.eager = False  # set while a batch of windows that share whole-image state runs
 
     def plan(self, height: int, width: int) -> WindowPlan:
         tile = 0 if self.auto and height * width <= self.whole else self.tile
@@ -290,6 +291,8 @@ class WindowEngine:
         fp32, scope = batch[0].canvas.fp32, batch[0].canvas.scope
         x = torch.cat([u.input() for u in batch])
         try:
+            # windows with whole-image state run eagerly: a compiled graph would specialise on that state
+            self.eager = scope is not None
             with scope() if scope is not None else nullcontext():
                 y = self._window_output(x, fp32) if len(batch) == 1 else self._forward(x, fp32)
         except Exception as exc:
@@ -305,6 +308,8 @@ class WindowEngine:
             for canvas in {id(u.canvas): u.canvas for u in batch}.values():
                 self._fail(canvas, reason)
             return
+        finally:
+            self.eager = False
         del x
         finite = torch.isfinite(y).flatten(1).all(1).tolist()
         i = 0
@@ -317,9 +322,10 @@ class WindowEngine:
             i += k
 
     def _forward(self, x: torch.Tensor, fp32: bool) -> torch.Tensor:
+        run = self.runner.run_eager if self.eager else self.runner
         if fp32 or self.runner.dtype == torch.float32:
-            return self.runner.run_fp32(x) if fp32 else self.runner(x)
-        y = self.runner(x)
+            return self.runner.run_fp32(x) if fp32 else run(x)
+        y = run(x)
         bad = ~torch.isfinite(y).flatten(1).all(1)
         if bool(bad.any()):  # the precision guard: redo those samples in fp32
             y[bad] = self.runner.run_fp32(x[bad])

@@ -91,3 +91,17 @@ def test_engstrom_udnie_tiles_match_the_whole_image():
     whole = stylize_tensor(runner, x)
     assert (stylize_tensor(runner, x, tile=64) - whole).abs().max() < 1e-3  # the issue's bar on [0, 1]
     assert (stylize_tensor(runner, x, tile=64, whole_image_stats=False) - whole).abs().max() > 0.05
+
+
+def test_windows_with_fixed_statistics_never_run_the_compiled_graph():
+    """A compiled graph would specialise on one image's statistics: those windows run eagerly."""
+    runner = runner_for("johnson_style", width=8)
+    x = photo(262, 240)
+    expected = stylize_tensor(runner, x, tile=100)
+
+    class Refuses(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("the compiled graph ran")
+
+    runner.compiled = Refuses()
+    torch.testing.assert_close(stylize_tensor(runner, x, tile=100), expected, rtol=0, atol=0)
