@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 TEMP_MARK = ".pixbatch-"
+# Temporary files name their process and host, so a run cleaning up after killed runs never removes a
+# live one's: on a shared file system (a Ray cluster), another host's are removed only when this old.
+HOST_ID = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+FOREIGN_TEMP_TTL = 6 * 3600
 
 
 class OutputExistsError(FileExistsError):
@@ -32,7 +38,7 @@ class IncompleteWriteError(OSError):
 def temp_path(dst: Path) -> Path:
     """A fresh temporary name beside ``dst`` (hidden; removed by later runs if this process dies)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    return dst.parent / f".{dst.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    return dst.parent / f".{dst.name}{TEMP_MARK}{os.getpid()}-{HOST_ID}-{secrets.token_hex(4)}.tmp"
 
 
 def commit(tmp: Path, dst: Path, overwrite: bool) -> None:

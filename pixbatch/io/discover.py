@@ -7,11 +7,12 @@ import fnmatch
 import functools
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pixbatch.io.atomic import TEMP_MARK
+from pixbatch.io.atomic import FOREIGN_TEMP_TTL, HOST_ID, TEMP_MARK
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm",
                             ".pgm", ".pnm", ".tga"})
@@ -231,8 +232,14 @@ def remove_stale_temps(folders: set[Path]) -> int:
         if not folder.is_dir():
             continue
         for path in folder.glob(f".*{TEMP_MARK}*.tmp"):
-            pid = path.name.rsplit(TEMP_MARK, 1)[1].split("-", 1)[0]
-            if pid.isdigit() and _alive(int(pid)):
+            parts = path.name.rsplit(TEMP_MARK, 1)[1].removesuffix(".tmp").split("-")
+            pid, host = parts[0], parts[1] if len(parts) == 3 else HOST_ID
+            try:
+                if host != HOST_ID and time.time() - path.stat().st_mtime < FOREIGN_TEMP_TTL:
+                    continue  # another host's run may still be writing it
+            except OSError:
+                continue
+            if host == HOST_ID and pid.isdigit() and _alive(int(pid)):
                 continue
             path.unlink(missing_ok=True)
             removed += 1

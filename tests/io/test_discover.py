@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 
@@ -69,6 +70,23 @@ def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
     other = touch(tmp_path / "c.png")
     assert remove_stale_temps({tmp_path}) == 1
     assert not dead.exists() and alive.exists() and other.exists()
+
+
+def test_temp_files_of_other_hosts_are_left_until_they_are_old(tmp_path):
+    """On a shared file system another host's live run cannot be checked: its temporary files are
+    kept unless older than FOREIGN_TEMP_TTL; this host's are judged by their process."""
+    from pixbatch.io.atomic import FOREIGN_TEMP_TTL, HOST_ID, temp_path
+
+    mine = temp_path(tmp_path / "m.png")
+    assert f"-{HOST_ID}-" in mine.name and mine.name.startswith(".m.png.pixbatch-")
+    touch(mine)
+    dead_here = touch(tmp_path / f".d.png.pixbatch-999999999-{HOST_ID}-abcd.tmp")
+    foreign = touch(tmp_path / ".f.png.pixbatch-999999999-0badc0de-abcd.tmp")
+    old_foreign = touch(tmp_path / ".o.png.pixbatch-999999999-0badc0de-abcd.tmp")
+    past = time.time() - FOREIGN_TEMP_TTL - 60
+    os.utime(old_foreign, (past, past))
+    assert remove_stale_temps({tmp_path}) == 2
+    assert mine.exists() and foreign.exists() and not dead_here.exists() and not old_foreign.exists()
 
 
 # -- adversarial inputs: each is one problem line for its own path; the rest is planned -------------
