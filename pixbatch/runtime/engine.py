@@ -21,7 +21,7 @@ import math
 import os
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -521,17 +521,24 @@ class DecodeSet(Dataset):
         return len(self.jobs)
 
     def __getitem__(self, i: int):
-        if self.owner is not None and not claims.claim(self.jobs[i].dst, self.owner):
-            return i, torch.empty(0), None, CLAIMED_ELSEWHERE
-        try:
-            arr, meta = decode_image(self.jobs[i].src, self.max_pixels)
-            return i, torch.from_numpy(arr), meta, ""
-        except DecodeError as exc:
-            return i, torch.empty(0), None, str(exc)
-        except MemoryError:
-            return i, torch.empty(0), None, "out of memory while decoding"
-        except Exception as exc:  # a decoder bug must not take the batch down
-            return i, torch.empty(0), None, f"cannot decode ({type(exc).__name__}: {exc})"
+        arr, meta, error = decode_job(self.jobs[i], self.max_pixels, self.owner)
+        return i, torch.from_numpy(arr) if arr is not None else torch.empty(0), meta, error
+
+
+def decode_job(job: Job, max_pixels: int, owner: str | None) -> tuple[np.ndarray | None, ImageMeta | None, str]:
+    """Claim a job's output (with an ``owner``) and decode its input: (pixels, meta, "") or (None,
+    None, reason); never raises for a bad file."""
+    if owner is not None and not claims.claim(job.dst, owner):
+        return None, None, CLAIMED_ELSEWHERE
+    try:
+        arr, meta = decode_image(job.src, max_pixels)
+        return arr, meta, ""
+    except DecodeError as exc:
+        return None, None, str(exc)
+    except MemoryError:
+        return None, None, "out of memory while decoding"
+    except Exception as exc:  # a decoder bug must not take the batch down
+        return None, None, f"cannot decode ({type(exc).__name__}: {exc})"
 
 
 WORKER_MEMORY = 1 << 30  # bytes a decode worker may need: its interpreter, torch and a few prefetched images
@@ -664,19 +671,33 @@ class _Outputs:
         return self.source.height * self.source.width / 1e6, self.size[0] * self.size[1] / 1e6
 
 
+DecodeRecord = tuple[int, Any, "ImageMeta | None", str]  # (index in the in-memory jobs, pixels, meta, error)
+
+
+def split_jobs(task: Task, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
+    """(in-memory jobs, streamed jobs): tiled TIFFs going to TIFFs are read by region, unless the task
+    needs its inputs whole."""
+    streamed = [j for j in jobs if task.streams and streams(j)]
+    chosen = set(streamed)
+    return [j for j in jobs if j not in chosen], streamed
+
+
 def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
             log: Callable[[str], None] = print, info: Callable[[str], None] | None = None,
-            report: Report | None = None) -> Report:
-    """Run every planned job of ``task`` and write its outputs. Never raises for a bad file."""
+            report: Report | None = None, decoded: Iterable[DecodeRecord] | None = None,
+            owner: str | None = None) -> Report:
+    """Run every planned job of ``task`` and write its outputs. Never raises for a bad file.
+
+    Images are decoded by worker processes here, unless ``decoded`` already holds their records (an
+    executor that decodes elsewhere, e.g. Ray tasks; indices refer to ``split_jobs``'s in-memory
+    list). ``owner`` is the name this run claims outputs under (default: this process)."""
     from tqdm import tqdm
 
     runner = task.runner
     report = report if report is not None else Report()
-    book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info)
-    streamed = [j for j in plan.todo if task.streams and streams(j)]
-    streamed_set = set(streamed)
-    in_memory = [j for j in plan.todo if j not in streamed_set]
-    workers = decode_workers(opts.workers, len(in_memory))
+    book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info, owner=owner)
+    in_memory, streamed = split_jobs(task, plan.todo)
+    workers = 0 if decoded is not None else decode_workers(opts.workers, len(in_memory))
     engine = WindowEngine(runner, opts.windowing, report)
     report.settings = {
         "task": task.name, "model": runner.info.name, "arch": runner.info.arch, "scale": runner.info.scale,
@@ -718,6 +739,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
             with tqdm(total=reader.height, unit="row", desc=job.src.name, leave=False, disable=not progress,
                       file=sys.stderr, dynamic_ncols=True) as bar:
                 outputs = start(job, meta, _Counted(reader, bar), True, pool_commits=False)
+                engine.flush()  # a small image's only window may be waiting for a batch to fill
             if outputs.rows_done == reader.height * runner.info.scale:  # else it failed and was booked
                 try:
                     book.done(*outputs.commit_streamed())
@@ -731,15 +753,16 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
             reader.close()
             claims.release(job.dst, book.owner)
 
-    loader = DataLoader(DecodeSet(in_memory, opts.max_pixels, book.owner), batch_size=None, shuffle=False,
-                        num_workers=workers, pin_memory=runner.device.type == "cuda",
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    loader = decoded if decoded is not None else DataLoader(
+        DecodeSet(in_memory, opts.max_pixels, book.owner), batch_size=None, shuffle=False, num_workers=workers,
+        pin_memory=runner.device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False)
     try:
         for i, pixels, meta, error in loader:
             job = in_memory[i]
             if book.accept(job.src, error, meta):
                 try:
-                    source = RegionSource(task.input_pixels(pixels.numpy()))
+                    arr = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+                    source = RegionSource(task.input_pixels(arr))
                 except (MemoryError, torch.OutOfMemoryError):
                     book.fail(job.src, "out of memory while preparing the image")
                     continue

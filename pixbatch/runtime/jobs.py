@@ -66,7 +66,8 @@ class JobBook:
     its report; ``write`` runs an encoder in the pool and turns its outcome into done/skipped/failed."""
 
     def __init__(self, plan: Plan, report: Report, *, writers: int | None, progress: bool,
-                 log: Callable[[str], None], info: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None], info: Callable[[str], None] | None = None,
+                 owner: str | None = None) -> None:
         from tqdm import tqdm
 
         self.report, self.log, self.info = report, log, info or (lambda message: None)
@@ -83,7 +84,7 @@ class JobBook:
             if folder.is_dir():
                 claims.remove_stale_claims(folder)
         self.todo = plan.todo
-        self.owner = claims.owner_token()  # this run's name on the outputs it claims
+        self.owner = owner or claims.owner_token()  # this run's name on the outputs it claims
         self.writers = writers or max(2, min(8, os.cpu_count() or 2))
         self.bar = tqdm(total=len(plan.todo), unit="img", disable=not progress, file=sys.stderr,
                         dynamic_ncols=True, smoothing=0.1)

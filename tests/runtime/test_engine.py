@@ -286,3 +286,18 @@ def test_an_image_that_fails_on_one_window_leaves_the_others_running():
                           lambda reason, n=name: failed.append((n, reason))))
     engine.flush()
     assert done == ["good"] and failed == [("bad", "model failed (RuntimeError: cannot handle this window)")]
+
+
+def test_a_small_tiled_tiff_is_not_left_waiting_for_a_batch(tmp_path):
+    """A region-read TIFF whose one window is smaller than a batch's worth of pixels: it runs when its
+    turn comes, instead of waiting in the batch queue (where it was once dropped without a word)."""
+    import tifffile
+
+    from pixbatch.tasks.upscale import UpscaleTask
+
+    tifffile.imwrite(tmp_path / "small.tif", gradient_rgb(40, 30), tile=(16, 16), photometric="rgb")
+    runner = prepare_model(create_model("edsr_tiny_x2"), torch.device("cpu"), torch.float32)
+    plan = plan_jobs([tmp_path / "small.tif"], tmp_path / "out")
+    report = run_job(UpscaleTask(runner), plan, JobOptions(), log=lambda m: None)
+    assert report.done == 1 and report.settings["streamed"] == 1
+    assert tifffile.imread(tmp_path / "out" / "small.tif").shape == (80, 60, 3)
