@@ -29,27 +29,33 @@ def upsample_conv_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 
 
 def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(C_out, C_in, 3, 3) -> (C_out * 4, C_in, 2, 2): phase (a, b) of output channel c at c * 4 + a * 2 + b."""
+    """(C_out, C_in, 3, 3) -> (4 * C_out, C_in, 2, 2): phase (a, b) of output channel c at (2a + b) * C_out + c."""
     taps = _PHASE_TAPS.to(weight.device, weight.dtype)
-    k = torch.einsum("adt,bes,oits->oabide", taps, taps, weight)  # (C_out, 2, 2, C_in, 2, 2)
-    return k.reshape(weight.shape[0] * 4, weight.shape[1], 2, 2)
+    k = torch.einsum("adt,bes,oits->aboide", taps, taps, weight)  # (2, 2, C_out, C_in, 2, 2)
+    return k.reshape(4 * weight.shape[0], weight.shape[1], 2, 2)
 
 
 def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                   padding_mode: str = "zeros") -> torch.Tensor:
     """``upsample_conv_ref`` computed on the input: one 2x2 conv with 4x the output channels, whose
-    phase (a, b) at (i + a, j + b) is the output pixel (2i + a, 2j + b)."""
+    phase (a, b) at (i + a, j + b) is the output pixel (2i + a, 2j + b). Channels-last in, channels-last
+    out (the phases are interleaved with contiguous channel rows)."""
     if weight.shape[-2:] != (3, 3) or padding_mode not in _INPUT_PAD:
         return upsample_conv_ref(x, weight, bias, padding_mode)
     n, _, h, w = x.shape
     c = weight.shape[0]
     xp = F.pad(x, (1, 1, 1, 1), mode=_INPUT_PAD[padding_mode])
-    z = F.conv2d(xp, subpixel_weight(weight), None if bias is None else bias.repeat_interleave(4))
-    z = z.view(n, c, 2, 2, h + 1, w + 1)
+    z = F.conv2d(xp, subpixel_weight(weight), None if bias is None else bias.repeat(4))
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        zl = z.permute(0, 2, 3, 1).reshape(n, h + 1, w + 1, 2, 2, c)
+        out = zl.new_empty(n, h, 2, w, 2, c)
+        for a in (0, 1):
+            for b in (0, 1):
+                out[:, :, a, :, b] = zl[:, a:a + h, b:b + w, a, b]
+        return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    z = z.view(n, 2, 2, c, h + 1, w + 1)
     out = z.new_empty(n, c, h, 2, w, 2)
     for a in (0, 1):
         for b in (0, 1):
-            out[:, :, :, a, :, b] = z[:, :, a, b, a:a + h, b:b + w]
-    out = out.view(n, c, 2 * h, 2 * w)
-    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
-        memory_format=torch.channels_last) and not x.is_contiguous() else out
+            out[:, :, :, a, :, b] = z[:, a, b, :, a:a + h, b:b + w]
+    return out.view(n, c, 2 * h, 2 * w)

@@ -24,6 +24,8 @@ def test_matches_the_definition(padding_mode, shape, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     got = upsample_conv(x, weight, bias, padding_mode)
     assert got.shape == ref.shape == (n, 3, 2 * h, 2 * w)
+    layout = torch.channels_last if channels_last and not x.is_contiguous() else torch.contiguous_format
+    assert got.is_contiguous(memory_format=layout)  # the input's layout
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
     got32 = upsample_conv(x.float(), weight.float(), None, padding_mode)
     assert (got32 - upsample_conv_ref(x, weight, None, padding_mode)).abs().max() < 1e-4
@@ -31,7 +33,7 @@ def test_matches_the_definition(padding_mode, shape, channels_last):
 
 def test_phase_kernels_sum_the_taps_that_land_on_the_same_input_pixel():
     w = torch.arange(9.0).view(1, 1, 3, 3)
-    k = subpixel_weight(w).view(2, 2, 2, 2)
+    k = subpixel_weight(w).view(2, 2, 2, 2)  # (a, b) phases of the one output channel
     # phase (0, 0): rows x[i-1] <- w row 0, x[i] <- w rows 1 + 2; the same for columns
     assert k[0, 0].tolist() == [[0.0, 1.0 + 2.0], [3.0 + 6.0, 4.0 + 5.0 + 7.0 + 8.0]]
     assert k.sum().item() == 4 * w.sum().item()  # every tap lands once in every phase
