@@ -60,10 +60,13 @@ def median_seconds(fn: Callable[[], object], device: torch.device, min_time: flo
         import triton.testing
 
         return triton.testing.do_bench(fn, warmup=25, rep=max(100, int(min_time * 1000)), return_mode="median") / 1e3
+    import torch
     from torch.utils.benchmark import Timer
 
     fn()
-    return Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_time).median
+    # Timer runs single-threaded unless told otherwise: measure with the threads pixbatch itself uses
+    return Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_time).median
 
 
 def write_result(result: dict, name: str, out: Path | None = None) -> Path:
