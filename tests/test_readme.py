@@ -54,6 +54,27 @@ def tiled_tiff(path, size=300):
     return path
 
 
+def example_style_net(path):
+    """A style net saved as PyTorch's fast_neural_style example saves it (random weights)."""
+    import torch
+
+    from pixbatch.models import build_registered
+
+    torch.manual_seed(0)
+    torch.save(build_registered("johnson_style", width=8).state_dict(), path)
+    return path
+
+
+def vgg_features(path):
+    """torchvision VGG16's convolutional part with random weights (pretrained ones cannot be fetched)."""
+    import torch
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in vgg16(weights=None).features[:23].state_dict().items()}, path)
+    return path
+
+
 # README command -> (needs shared data?, extra arguments, outputs it promises, relative to the run folder)
 ENTRIES = {
     "pixbatch upscale photos/ out/ --scale 4": (False, [], ["out/astronaut.jpg"]),
@@ -62,6 +83,12 @@ ENTRIES = {
     "pixbatch segment fundus/ masks/": (False, [], ["masks/astronaut.png"]),
     "pixbatch segment slide.tif out/ --model my_unet.safetensors --tile 896 --overlap 64 --probabilities --overlay":
         (False, [], ["out/slide.tif", "out/slide_prob.tif", "out/slide_overlay.tif"]),
+    "pixbatch stylize photos/ out/ --style path/to/candy.pth --max-side 1024 --strength 0.8":
+        (False, [], ["out/astronaut.jpg"]),
+    "pixbatch train style --style starry.jpg --content photos/ --vgg-weights vgg16-397923af.pth "
+    "--out starry.safetensors": (False, ["--steps", "2", "--batch-size", "1", "--size", "32"], ["starry.safetensors"]),
+    "pixbatch upscale in/ out/ --scale 4 --ray auto": (False, [], ["out/astronaut.jpg"]),
+    "pixbatch segment slides/ masks/ --ray local --ray-workers 2": (False, [], ["masks/astronaut.png"]),
     "pixbatch models": (False, [], []),
     "pixbatch eval sr --model imdn_x4.pth --hr Set5/": (True, [], []),
     "pixbatch train sr --data photos/ --arch edsr_baseline --scale 2 --steps 20000 --out x2.safetensors":
@@ -86,10 +113,12 @@ def workspace(tmp_path_factory, seg_checkpoint):
     root = tmp_path_factory.mktemp("readme")
     paths = {
         "photos/": images_folder(root / "photos"), "in/": images_folder(root / "in"),
-        "fundus/": images_folder(root / "fundus"), "examples/": EXAMPLES,
+        "fundus/": images_folder(root / "fundus"), "slides/": images_folder(root / "slides"), "examples/": EXAMPLES,
         "scan.tif": tiled_tiff(root / "scan.tif"), "slide.tif": tiled_tiff(root / "slide.tif"),
         "my_unet.safetensors": seg_checkpoint, "path/to/realesr-animevideov3.pth": COMPACT,
         "imdn_x4.pth": IMDN_X4, "Set5/": SET5,
+        "path/to/candy.pth": example_style_net(root / "candy.pth"), "starry.jpg": EXAMPLES / "coffee.png",
+        "vgg16-397923af.pth": vgg_features(root / "vgg16-397923af.pth"),
     }
     train_images, train_masks = write_disk_set(root / "train", 4, size=512)
     test_images, test_masks = write_disk_set(root / "test", 2, size=96, seed=10)
@@ -100,6 +129,15 @@ def workspace(tmp_path_factory, seg_checkpoint):
     paths.update({"train/images": train_images, "train/masks": train_masks, "test/images": test_images,
                   "test/masks": test_masks, "test/fov": fov})
     return root, paths
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """The README's --ray commands (auto: the running cluster) run on a local cluster of 2 CPUs."""
+    ray = pytest.importorskip("ray", reason="--ray needs pixbatch[ray]")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
 
 
 TRAIN_SEG = next(c for c in ENTRIES if c.startswith("pixbatch train seg"))
@@ -130,10 +168,12 @@ def run_readme_command(command, root, paths, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", list(ENTRIES))
-def test_readme_command_runs_as_shown(command, workspace, monkeypatch):
+def test_readme_command_runs_as_shown(command, workspace, monkeypatch, request):
     root, paths = workspace
     if ENTRIES[command][0] and not DATA.is_dir():
         pytest.skip(f"needs the shared data at {DATA}")
     if "m.safetensors" in command and command != TRAIN_SEG and not (root / "m.safetensors").exists():
         run_readme_command(TRAIN_SEG, root, paths, monkeypatch)  # the README trains the model it evaluates
+    if "--ray" in command:
+        request.getfixturevalue("ray_cluster")
     run_readme_command(command, root, paths, monkeypatch)

@@ -97,3 +97,25 @@ def window_options(tile: int, overlap: int | None, overlap_default: str):
 kernels_option = click.option(
     "--kernels", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True,
     help="Fused Triton conv+PixelShuffle kernels (GPU); auto uses them where they measure faster.")
+
+
+def _set_ray(field: str):
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        if value is not None:
+            ctx.obj.ray[field] = value
+        return value
+
+    return callback
+
+
+ray_options = _apply([
+    click.option("--ray", "ray_address", default=None, metavar="auto|local|ADDRESS", expose_value=False,
+                  callback=_set_ray("address"),
+                  help="Run on a Ray cluster (pip install \"pixbatch[ray]\"): auto = RAY_ADDRESS or the running "
+                       "cluster, local = start one here, or its address. Same outputs; a huge image stays one "
+                       "unit of work on one worker."),
+    click.option("--ray-workers", type=click.IntRange(min=1), default=None, expose_value=False,
+                 callback=_set_ray("workers"), help="Model workers (default: one per GPU, else per 2 CPUs)."),
+    click.option("--ray-gpus-per-worker", type=click.FloatRange(min=0), default=None, expose_value=False,
+                 callback=_set_ray("gpus_per_worker"), help="GPUs each model worker takes (default 0: CPU workers)."),
+])

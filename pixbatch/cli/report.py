@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import click
@@ -24,6 +24,9 @@ class App:
     device: str = "auto"
     as_json: bool = False
     report: Any = None  # the run's report while it runs, for a partial summary when interrupted
+    ray: dict = field(default_factory=dict)  # --ray options, when given
+    runner_args: dict = field(default_factory=dict)  # how start_runner built the runner (for Ray workers)
+    runner: Any = None
 
     current: ClassVar[App | None] = None  # this invocation's App, for main()
 
@@ -54,22 +57,47 @@ class App:
         from pixbatch.runtime.engine import check_destination
         from pixbatch.runtime.session import load_runner
 
+        if self.ray and "address" not in self.ray:
+            raise click.UsageError("--ray-workers and --ray-gpus-per-worker need --ray")
+        if self.ray:
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                from pixbatch.runtime.ray_executor import RAY_MISSING
+
+                self.fail_start(RAY_MISSING)
+        self.runner_args = {"device_spec": self.device, "model_name": model_name, "scale": scale,
+                            "precision": precision, "compile_": compile_, "channels_last": channels_last,
+                            "n_jobs": len(plan.todo), "kernels": kernels, "task": task}
         try:
-            runner = load_runner(self.device, model_name, scale, precision, compile_, channels_last,
-                                 n_jobs=len(plan.todo), kernels=kernels, task=task, info=self.info)
+            runner = load_runner(**self.runner_args, info=self.info)
             check_destination(dst)
         except StartupError as exc:
             self.fail_start(str(exc))
+        self.runner = runner
         return runner
 
-    def run(self, task, plan, opts) -> None:
-        """Run a task's planned job through the engine, print the summary and exit."""
+    def run(self, make_task, plan, opts) -> None:
+        """Run a planned job through the engine (here, or on Ray with --ray), print the summary and exit.
+        ``make_task(runner)`` builds the task; Ray workers build it again around their own runner."""
         from pixbatch.runtime.engine import run_job
         from pixbatch.runtime.jobs import Report
 
         self.report = Report()
         self.info(f"{len(plan.todo)} to do, {len(plan.skipped)} already done, {len(plan.problems)} problem(s)")
-        run_job(task, plan, opts, progress=self.progress, log=self.log, info=self.info, report=self.report)
+        task = make_task(self.runner)
+        if self.ray and "address" in self.ray:
+            from pixbatch.runtime.device import StartupError
+            from pixbatch.runtime.ray_executor import RaySettings, run_on_ray
+
+            settings = RaySettings(**self.ray)
+            try:
+                run_on_ray(make_task, task, self.runner_args, plan, opts, settings, progress=self.progress,
+                           log=self.log, info=self.info, report=self.report)
+            except StartupError as exc:
+                self.fail_start(str(exc))
+        else:
+            run_job(task, plan, opts, progress=self.progress, log=self.log, info=self.info, report=self.report)
         self.info("settings: " + ", ".join(f"{k}={v}" for k, v in self.report.settings.items()))
         self.finish(self.report)
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
 
-from pixbatch.cli._options import io_options, png_compression_option, precision_options, window_options
+from pixbatch.cli._options import (
+    io_options,
+    png_compression_option,
+    precision_options,
+    ray_options,
+    window_options,
+)
 
 
 @click.command(short_help="Segment images and folders of images (masks, probabilities, overlays).")
@@ -14,6 +21,7 @@ from pixbatch.cli._options import io_options, png_compression_option, precision_
 @png_compression_option
 @window_options(896, 64, "64")
 @precision_options
+@ray_options
 @click.option("-m", "--model", "model_name", default="unet_drive", show_default=True, metavar="NAME|PATH",
               help="A built-in segmentation model or a checkpoint written by `pixbatch train seg`.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
@@ -54,11 +62,10 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
     from pixbatch.runtime.engine import JobOptions
     from pixbatch.tasks.segment import SegmentTask, segment_windowing
 
-    runner = app.start_runner(plan, dst, model_name, None, precision, compile_, channels_last, task="seg")
+    app.start_runner(plan, dst, model_name, None, precision, compile_, channels_last, task="seg")
     opts = JobOptions(
         windowing=segment_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels, encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),
     )
-    task = SegmentTask(runner, threshold=threshold, probabilities=prob_format if probabilities else None,
-                       overlay=overlay, overlay_alpha=overlay_alpha)
-    app.run(task, plan, opts)
+    app.run(partial(SegmentTask, threshold=threshold, probabilities=prob_format if probabilities else None,
+                    overlay=overlay, overlay_alpha=overlay_alpha), plan, opts)

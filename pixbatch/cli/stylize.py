@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
 
-from pixbatch.cli._options import format_options, io_options, precision_options, window_options
+from pixbatch.cli._options import format_options, io_options, precision_options, ray_options, window_options
 
 
 @click.command(short_help="Stylise images and folders of images with a feed-forward style net.")
@@ -14,6 +15,7 @@ from pixbatch.cli._options import format_options, io_options, precision_options,
 @format_options
 @window_options(0, None, "the net's receptive field")
 @precision_options
+@ray_options
 @click.option("--style", "-m", "--model", "style", required=True, metavar="PATH",
               help="A style net: a pixbatch .safetensors, a PyTorch fast_neural_style or MobileNetV2 style "
                    ".pth, or a folder of TensorFlow variables with manifest.json (Engstrom's nets).")
@@ -63,12 +65,11 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     from pixbatch.runtime.engine import JobOptions
     from pixbatch.tasks.stylize import StylizeTask, style_windowing
 
-    runner = app.start_runner(plan, dst, style, None, precision, compile_, channels_last, task="style")
+    app.start_runner(plan, dst, style, None, precision, compile_, channels_last, task="style")
     opts = JobOptions(
         windowing=style_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),
     )
-    task = StylizeTask(runner, strength=strength, preserve_color=preserve_color, max_side=max_side,
-                       fp32_for_16bit=precision == "auto")
-    app.run(task, plan, opts)
+    app.run(partial(StylizeTask, strength=strength, preserve_color=preserve_color, max_side=max_side,
+                    fp32_for_16bit=precision == "auto"), plan, opts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from pixbatch.cli._options import (
     io_options,
     kernels_option,
     precision_options,
+    ray_options,
     window_options,
 )
 
@@ -20,6 +22,7 @@ from pixbatch.cli._options import (
 @format_options
 @window_options(0, None, "the model's receptive field")
 @precision_options
+@ray_options
 @kernels_option
 @click.option("-s", "--scale", type=click.IntRange(min=1), default=None,
               help="Upscaling factor (default: the model's, or 4 with the built-in models).")
@@ -74,4 +77,4 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
         max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),
     )
-    app.run(UpscaleTask(runner, fp32_for_16bit=precision == "auto", outscale=outscale), plan, opts)
+    app.run(partial(UpscaleTask, fp32_for_16bit=precision == "auto", outscale=outscale), plan, opts)

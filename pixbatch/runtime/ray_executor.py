@@ -1,0 +1,204 @@
+"""Run a job on a Ray cluster with Ray Data: the same engine, spread over processes and machines.
+
+The driver plans (discovery, resume: only missing outputs are scheduled) and keeps the report, the
+error lines and the progress bar. Ray tasks claim each output and decode its input; an actor pool
+(``map_batches`` with a callable class; one GPU per actor where asked, CPU actors otherwise) holds the
+prepared model and runs each batch of decoded images through ``run_job`` — the one engine, so windows,
+batching, post-processing, encoding and the atomic temp-file-then-rename writes into the mirrored
+tree are those of a single-process run. A huge tiled TIFF is not decoded by a task: its whole job,
+region reads and tiled writes included, is one unit of work on one actor.
+
+Claims carry the driver's name, so the decode task that claims an output and the actor that writes
+it act as one run; a killed worker's batch is retried by Ray (outputs already written are found and
+kept), and a killed driver leaves only claims and temporary files that the next run removes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixbatch.io.discover import Job, Plan
+from pixbatch.runtime.device import StartupError
+from pixbatch.runtime.engine import JobOptions, Task, decode_job, split_jobs
+from pixbatch.runtime.jobs import Report, one_line
+
+RAY_MISSING = '--ray needs Ray: pip install "pixbatch[ray]"'
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    address: str = "auto"  # "auto" (RAY_ADDRESS or a running cluster), "local", or a cluster address
+    workers: int | None = None  # model actors; None = one per GPU, else 1 per 2 CPUs
+    gpus_per_worker: float = 0.0
+    batch_size: int = 4  # images per actor call (the engine batches windows within it)
+
+
+def quiet_ray_logs() -> None:
+    import logging
+
+    for name in ("ray", "ray.data", "ray._private", "ray.data._internal"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        for handler in logger.handlers:
+            handler.setLevel(logging.ERROR)
+
+
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a cluster address (Ray retries for long)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"cannot connect to Ray at {address} ({exc.strerror if isinstance(exc, OSError) else exc}); "
+                           "start a cluster with `ray start --head`, or use --ray local") from None
+
+
+def connect(settings: RaySettings) -> dict:
+    """Join (or start) the cluster; its resources. Not installed, or not reachable: StartupError."""
+    try:
+        import ray
+    except ImportError:
+        raise StartupError(RAY_MISSING) from None
+    if not ray.is_initialized():
+        # Ray's own notices (deprecations, actor-restart caveats, progress) are not the user's business here
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        quiet_ray_logs()
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if settings.address not in ("auto", "local"):
+            reachable(settings.address)
+        try:
+            if settings.address == "local":
+                ray.init(**kwargs)
+            else:
+                ray.init(address=settings.address, **kwargs)
+        except Exception as exc:  # no cluster at that address, version mismatch, ...
+            where = "RAY_ADDRESS or a running cluster" if settings.address == "auto" else settings.address
+            raise StartupError(f"cannot connect to Ray ({where}): {one_line(exc)}; start one with "
+                               "`ray start --head`, or use --ray local") from None
+    from ray.data import DataContext
+
+    context = DataContext.get_current()  # pixbatch draws its own progress bar and summary
+    context.enable_progress_bars = context.print_on_execution_start = context.enable_auto_log_stats = False
+    quiet_ray_logs()
+    return ray.cluster_resources()
+
+
+def decode_row(row: dict, max_pixels: int, owner: str) -> dict:
+    """A Ray task: claim the output and decode the input (a streamed TIFF is left to its actor)."""
+    job = Job(Path(row["src"]), Path(row["dst"]))
+    if row["streamed"]:
+        return {**row, "payload": b"", "error": ""}
+    arr, meta, error = decode_job(job, max_pixels, owner)
+    return {**row, "payload": pickle.dumps((arr, meta), protocol=5) if arr is not None else b"", "error": error}
+
+
+class EngineActor:
+    """One model replica: builds the runner and the task once, then runs batches through ``run_job``."""
+
+    def __init__(self, runner_args: dict, make_task: Callable, opts: JobOptions, owner: str, threads: int) -> None:
+        import torch
+
+        from pixbatch.runtime.session import load_runner
+
+        if threads:  # Ray pins OMP to the actor's CPU reservation; compute uses this node's share of cores
+            torch.set_num_threads(threads)
+        self.task = make_task(load_runner(**runner_args))
+        self.opts, self.owner = opts, owner
+
+    def __call__(self, batch: dict) -> dict:
+        from pixbatch.runtime.engine import run_job
+
+        jobs = [Job(Path(s), Path(d)) for s, d in zip(batch["src"], batch["dst"])]
+        in_memory, _ = split_jobs(self.task, jobs)
+        by_job = {Job(Path(s), Path(d)): (p, e) for s, d, p, e in
+                  zip(batch["src"], batch["dst"], batch["payload"], batch["error"])}
+        records = []
+        for i, job in enumerate(in_memory):
+            payload, error = by_job[job]
+            arr, meta = pickle.loads(payload) if payload else (None, None)
+            records.append((i, arr, meta, str(error)))
+        report = run_job(self.task, Plan(todo=jobs, skipped=[], problems=[]), self.opts, log=lambda line: None,
+                         decoded=records, owner=self.owner)
+        return {"report": [json.dumps({**report.as_dict(), "failed_list": report.failed})], "jobs": [len(jobs)]}
+
+
+def run_on_ray(make_task: Callable, task: Task, runner_args: dict, plan: Plan, opts: JobOptions,
+               settings: RaySettings, *, progress: bool, log: Callable[[str], None],
+               info: Callable[[str], None], report: Report) -> Report:
+    """Run a planned job on Ray; ``task`` (built on the driver) decides which inputs stream."""
+    import sys
+
+    from tqdm import tqdm
+
+    from pixbatch.io import claims
+    from pixbatch.io.discover import remove_stale_temps
+
+    resources = connect(settings)
+    import ray
+
+    start = time.perf_counter()
+    report.skipped = len(plan.skipped)
+    for problem in plan.problems:
+        report.failed.append((str(problem.path), problem.reason))
+        log(f"error: {one_line(problem.path)}: {one_line(problem.reason)}")
+    folders = {j.dst.parent for j in plan.todo}
+    remove_stale_temps(folders)
+    for folder in folders:
+        if folder.is_dir():
+            claims.remove_stale_claims(folder)
+    owner = claims.owner_token()
+    gpus = settings.gpus_per_worker
+    workers = settings.workers or (max(1, int(resources.get("GPU", 0) // gpus)) if gpus
+                                   else max(1, int(resources.get("CPU", 1)) // 2))
+    info(f"ray: {workers} model worker(s) on {int(resources.get('CPU', 0))} CPU(s) and "
+         f"{int(resources.get('GPU', 0))} GPU(s) of the cluster")
+    _, streamed = split_jobs(task, plan.todo)
+    streamed_set = set(streamed)
+    # absolute paths: workers do not share the driver's working directory
+    rows = [{"src": os.path.abspath(j.src), "dst": os.path.abspath(j.dst), "streamed": j in streamed_set}
+            for j in plan.todo]
+    given_paths = {os.path.abspath(j.src): j.src for j in plan.todo}
+    cpus = int(resources.get("CPU", 2))
+    threads = 0 if gpus else max(1, cpus // workers)
+    # CPU reservations leave room for the decode tasks (the actors' threads are set apart)
+    actor_cpus = 1.0 if gpus else min(1.0, 0.75 * cpus / workers)
+    bar = tqdm(total=len(rows), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    settings_seen: dict = {}
+    try:
+        if rows:
+            ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 200))
+            ds = ds.map(decode_row, fn_kwargs={"max_pixels": opts.max_pixels, "owner": owner}, num_cpus=0.25)
+            ds = ds.map_batches(
+                EngineActor, batch_size=settings.batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
+                num_gpus=gpus or None, num_cpus=actor_cpus,
+                fn_constructor_kwargs={"runner_args": runner_args, "make_task": make_task, "opts": opts,
+                                       "owner": owner, "threads": threads})
+            for out in ds.iter_rows():
+                part = json.loads(out["report"])
+                for path, reason in part["failed_list"]:  # as the user named them, as in one process
+                    given = str(given_paths.get(path, path))
+                    report.failed.append((given, reason))
+                    log(f"error: {one_line(given)}: {one_line(reason)}")
+                report.done += part["done"]
+                report.skipped += part["skipped"]
+                report.input_mp += part["input_mp"]
+                report.output_mp += part["output_mp"]
+                for key in ("fp32_reruns", "oom_retries", "multi_frame", "big_outputs"):
+                    setattr(report, key, getattr(report, key) + part[key])
+                settings_seen = settings_seen or part["settings"]
+                bar.update(int(out["jobs"]))
+    finally:
+        bar.close()
+        for job in plan.todo:
+            claims.release(job.dst, owner)
+    report.seconds = time.perf_counter() - start
+    report.settings = {**settings_seen, "executor": "ray", "ray_workers": workers,
+                       "ray_gpus_per_worker": gpus, "ray_address": settings.address, "workers": None}
+    return report
