@@ -117,5 +117,6 @@ ray_options = _apply([
     click.option("--ray-workers", type=click.IntRange(min=1), default=None, expose_value=False,
                  callback=_set_ray("workers"), help="Model workers (default: one per GPU, else per 2 CPUs)."),
     click.option("--ray-gpus-per-worker", type=click.FloatRange(min=0), default=None, expose_value=False,
-                 callback=_set_ray("gpus_per_worker"), help="GPUs each model worker takes (default 0: CPU workers)."),
+                 callback=_set_ray("gpus_per_worker"),
+                 help="GPUs each model worker takes (default: 1 where the cluster has GPUs, else 0: CPU workers)."),
 ])

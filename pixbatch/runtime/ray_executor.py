@@ -34,7 +34,7 @@ RAY_MISSING = '--ray needs Ray: pip install "pixbatch[ray]"'
 class RaySettings:
     address: str = "auto"  # "auto" (RAY_ADDRESS or a running cluster), "local", or a cluster address
     workers: int | None = None  # model actors; None = one per GPU, else 1 per 2 CPUs
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float | None = None  # None = 1 where the cluster has GPUs, else CPU workers
     batch_size: int = 4  # images per actor call (the engine batches windows within it)
 
 
@@ -154,7 +154,8 @@ def run_on_ray(make_task: Callable, task: Task, runner_args: dict, plan: Plan, o
         if folder.is_dir():
             claims.remove_stale_claims(folder)
     owner = claims.owner_token()
-    gpus = settings.gpus_per_worker
+    has_gpus = resources.get("GPU", 0) > 0
+    gpus = settings.gpus_per_worker if settings.gpus_per_worker is not None else (1.0 if has_gpus else 0.0)
     workers = settings.workers or (max(1, int(resources.get("GPU", 0) // gpus)) if gpus
                                    else max(1, int(resources.get("CPU", 1)) // 2))
     info(f"ray: {workers} model worker(s) on {int(resources.get('CPU', 0))} CPU(s) and "
