@@ -107,6 +107,12 @@ def main() -> None:
         if app is not None and app.report is not None:
             app.finish(app.report, interrupted=True)  # the partial summary, exit 130
         sys.exit(130)
+    except click.UsageError as exc:  # one line, like every other error: what is wrong and where help is
+        from pixbatch.runtime.jobs import one_line
+
+        where = exc.ctx.command_path if exc.ctx is not None else "pixbatch"
+        click.echo(f"error: {one_line(exc.format_message())} (see `{where} --help`)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

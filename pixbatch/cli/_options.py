@@ -25,6 +25,27 @@ def _need_src_and_dst(ctx: click.Context, param: click.Parameter, value: tuple[P
     return value
 
 
+MIN_TILE, MAX_TILE = 16, 32768
+
+
+class TileSize(click.ParamType):
+    """--tile: 0 (automatic) or an edge of MIN_TILE..MAX_TILE px; anything else is a usage error."""
+
+    name = "PX"
+
+    def convert(self, value, param, ctx) -> int:
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a whole number of pixels", param, ctx)
+        if n != 0 and not MIN_TILE <= n <= MAX_TILE:
+            self.fail(f"{n} is not 0 (automatic) or a tile of {MIN_TILE} to {MAX_TILE} px", param, ctx)
+        return n
+
+
+TILE = TileSize()
+
+
 def _apply(options):
     def decorator(f):
         for option in reversed(options):
@@ -78,7 +99,7 @@ precision_options = _apply([
 def window_options(tile: int, overlap: int | None, overlap_default: str):
     """``--tile``, ``--overlap`` and ``--batch-size``: the same meaning in every command, defaults per task."""
     return _apply([
-        click.option("-t", "--tile", type=click.IntRange(min=0), default=tile, show_default=True,
+        click.option("-t", "--tile", type=TILE, default=tile, show_default=True,
                      help="Tile edge in input px: images are cut into tiles of at most this size, each run in a "
                           "window with --overlap px of context on every side (0 = from the memory budget: whole "
                           "images when they fit)."),

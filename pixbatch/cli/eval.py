@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from pixbatch.cli._options import TILE
+
 
 @click.group(name="eval", short_help="Evaluate models (PSNR/SSIM for super-resolution, IoU/Dice/AUC for segmentation).")
 def eval_group() -> None:
@@ -42,13 +44,14 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None
     """
     from pixbatch.eval.sr import evaluate_sr, mean_metrics
     from pixbatch.runtime.device import StartupError
+    from pixbatch.runtime.jobs import one_line
     from pixbatch.runtime.prepare import ModelFailedError
     from pixbatch.runtime.session import load_runner
 
     try:
         runner = load_runner(app.device, model_name, scale, precision, False, True, n_jobs=0, kernels="auto",
                              info=app.info)
-        results = evaluate_sr(runner, hr_dir, lr_dir)
+        results = evaluate_sr(runner, hr_dir, lr_dir, on_error=app.file_error)
     except (StartupError, FileNotFoundError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
     model_mean = mean_metrics([r.model for r in results])
@@ -57,18 +60,21 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None
                "hr": str(hr_dir),
                "lr": str(lr_dir) if lr_dir else "MATLAB bicubic from HR", "precision": precision,
                "images": [{"name": r.name, "model": r.model, "bicubic": r.bicubic} for r in results],
-               "mean": {"model": model_mean, "bicubic": bicubic_mean}}
+               "mean": {"model": model_mean, "bicubic": bicubic_mean},
+               "errors": [{"path": p, "reason": r} for p, r in app.file_errors]}
     if out_json:
         out_json.write_text(json.dumps(summary, indent=2) + "\n")
     if app.as_json:
         click.echo(json.dumps(summary, indent=2))
+        app.exit_for_file_errors()
         return
     click.echo(f"{summary['model']} x{runner.info.scale} on {hr_dir} ({summary['lr']}), {precision}")
     click.echo(f"{'image':<16} {'PSNR-Y':>8} {'SSIM-Y':>8} {'PSNR-RGB':>9}   {'bicubic PSNR-Y':>15} {'SSIM-Y':>8}")
     for r in results + [None]:
-        name, m, b = ("mean", model_mean, bicubic_mean) if r is None else (r.name, r.model, r.bicubic)
+        name, m, b = ("mean", model_mean, bicubic_mean) if r is None else (one_line(r.name), r.model, r.bicubic)
         click.echo(f"{name:<16} {m['psnr_y']:8.2f} {m['ssim_y']:8.4f} {m['psnr_rgb']:9.2f}   "
                    f"{b['psnr_y']:15.2f} {b['ssim_y']:8.4f}")
+    app.exit_for_file_errors()
 
 
 def model_label(info) -> str:
@@ -94,7 +100,7 @@ SEG_COLUMNS = ("dice", "iou", "accuracy", "precision", "recall", "specificity", 
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Binary models: foreground above this probability (default: the model's, else 0.5).")
 @click.option("--ignore-index", type=int, default=None, help="Mask value that counts for nothing.")
-@click.option("--tile", type=click.IntRange(min=0), default=896, show_default=True,
+@click.option("--tile", type=TILE, default=896, show_default=True,
               help="Tile edge in input px, as in `pixbatch segment`.")
 @click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True,
               help="Context px on each side of a tile, as in `pixbatch segment`.")
@@ -115,6 +121,7 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile,
     from pixbatch.eval.sr import mean_metrics
     from pixbatch.io.pairs import PairingError
     from pixbatch.runtime.device import StartupError
+    from pixbatch.runtime.jobs import one_line
     from pixbatch.runtime.prepare import ModelFailedError
     from pixbatch.runtime.session import load_runner
 
@@ -124,21 +131,24 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile,
         if threshold is None:
             threshold = float((runner.info.training or {}).get("threshold", 0.5))
         results, pooled = evaluate_seg(runner, images, masks, roi, threshold=threshold, ignore_index=ignore_index,
-                                       tile=tile, overlap=overlap)
+                                       tile=tile, overlap=overlap, on_error=app.file_error)
     except (StartupError, FileNotFoundError, PairingError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
     mean = mean_metrics([r.scores for r in results])
     summary = {"model": model_label(runner.info), "arch": runner.info.name, "images": str(images),
                "masks": str(masks),
                "roi": str(roi) if roi else None, "threshold": threshold, "precision": precision,
-               "per_image": [{"name": r.name, **r.scores} for r in results], "mean": mean, "pooled": pooled}
+               "per_image": [{"name": r.name, **r.scores} for r in results], "mean": mean, "pooled": pooled,
+               "errors": [{"path": p, "reason": r} for p, r in app.file_errors]}
     if out_json:
         out_json.write_text(json.dumps(summary, indent=2) + "\n")
     if app.as_json:
         click.echo(json.dumps(summary, indent=2))
+        app.exit_for_file_errors()
         return
     cols = [c for c in SEG_COLUMNS if c in mean]
     click.echo(f"{summary['model']} on {images}{' inside ' + str(roi) if roi else ''}, threshold {threshold}, {precision}")
     click.echo(f"{'image':<20}" + "".join(f"{c:>12}" for c in cols))
-    for name, row in [(r.name, r.scores) for r in results] + [("mean", mean), ("all pixels", pooled)]:
+    for name, row in [(one_line(r.name), r.scores) for r in results] + [("mean", mean), ("all pixels", pooled)]:
         click.echo(f"{name:<20}" + "".join(f"{row[c]:12.4f}" for c in cols))
+    app.exit_for_file_errors()

@@ -27,6 +27,7 @@ class App:
     ray: dict = field(default_factory=dict)  # --ray options, when given
     runner_args: dict = field(default_factory=dict)  # how start_runner built the runner (for Ray workers)
     runner: Any = None
+    file_errors: list = field(default_factory=list)  # (path, reason) of inputs eval/train had to leave out
 
     current: ClassVar[App | None] = None  # this invocation's App, for main()
 
@@ -41,6 +42,18 @@ class App:
     def info(self, message: str) -> None:
         if self.verbosity >= 1:
             click.echo(message, err=True)
+
+    def file_error(self, path, reason: str) -> None:
+        """One input that a command outside the engine (eval, train) could not use: one line, and the
+        command ends with exit code 123 (``exit_for_file_errors``)."""
+        from pixbatch.runtime.jobs import one_line
+
+        self.file_errors.append((str(path), reason))
+        click.echo(f"error: {one_line(path)}: {one_line(reason)}", err=True)
+
+    def exit_for_file_errors(self) -> None:
+        if self.file_errors:
+            sys.exit(EXIT_SOME_FAILED)
 
     def fail_start(self, message: str) -> None:
         from pixbatch.runtime.jobs import one_line

@@ -78,11 +78,12 @@ def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_siz
     )
     try:
         device = resolve_device(app.device)
-        recipe = train_sr(cfg, device, progress=app.progress)
+        recipe = train_sr(cfg, device, progress=app.progress, on_error=app.file_error)
     except (StartupError, FileNotFoundError, ValueError) as exc:
         app.fail_start(str(exc))
     click.echo(f"saved {out}: validation PSNR {recipe['val_psnr_rgb']} dB (bicubic {recipe['val_bicubic']}) "
                f"after {recipe['seconds']} s")
+    app.exit_for_file_errors()
 
 
 def _json_object(app, text: str) -> dict:
@@ -182,11 +183,12 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
     )
     try:
         device = resolve_device(app.device)
-        recipe = train_seg(cfg, device, progress=app.progress)
+        recipe = train_seg(cfg, device, progress=app.progress, on_error=app.file_error)
     except (StartupError, FileNotFoundError, PairingError, ValueError) as exc:
         app.fail_start(str(exc))
     click.echo(f"saved {out}: validation Dice {recipe['val_dice']} (step {recipe['best_step']}) "
                f"after {recipe['seconds']} s")
+    app.exit_for_file_errors()
 
 
 @train_group.command(name="style", short_help="Train a fast style-transfer net for one style image.")
@@ -248,8 +250,9 @@ def train_style_command(app, style, content, vgg_weights, out, arch, model_kwarg
 
     try:
         device = resolve_device(app.device)
-        recipe = train_style(cfg, device, progress=app.progress)
+        recipe = train_style(cfg, device, progress=app.progress, on_error=app.file_error)
     except (StartupError, FileNotFoundError, DecodeError, ValueError) as exc:
         app.fail_start(str(exc))
     losses = ", ".join(f"{k} {v:.3g}" for k, v in recipe["final_losses"].items())
     click.echo(f"saved {out}: final losses {losses} after {recipe['seconds']} s")
+    app.exit_for_file_errors()

@@ -16,6 +16,8 @@ from pixbatch.cli._options import (
     window_options,
 )
 
+BUILTIN_SCALES = (2, 3, 4)  # pixbatch.models.DEFAULT_SR_MODELS, without importing torch for --help
+
 
 @click.command(short_help="Upscale images and folders of images.")
 @io_options
@@ -52,6 +54,9 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     """
     from pixbatch.io.discover import plan_jobs
 
+    if model_name is None and scale is not None and scale not in BUILTIN_SCALES:
+        raise click.BadParameter(f"the built-in models upscale by {', '.join(map(str, BUILTIN_SCALES))}; "
+                                 f"x{scale} needs --model PATH of such a model", param_hint="'-s' / '--scale'")
     try:  # before torch is imported: a missing input is an instant error
         plan = plan_jobs(list(src), dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
     except FileNotFoundError as exc:

@@ -4,6 +4,7 @@ view). Probabilities come from the same blended-tile predictor ``pixbatch segmen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,21 +32,34 @@ def predict_probabilities(runner: Runner, pixels: np.ndarray, tile: int = DEFAUL
 
 def evaluate_seg(runner: Runner, images: Path, masks: Path, roi: Path | None = None, *, threshold: float = 0.5,
                  ignore_index: int | None = None, tile: int = DEFAULT_TILE,
-                 overlap: int = DEFAULT_OVERLAP) -> tuple[list[SegResult], dict]:
-    """Per-image scores and the scores over all pixels of all images (``pooled``; AUC included)."""
-    from pixbatch.io.decode import decode_image
+                 overlap: int = DEFAULT_OVERLAP,
+                 on_error: Callable[[Path, str], None] | None = None) -> tuple[list[SegResult], dict]:
+    """Per-image scores and the scores over all pixels of all images (``pooled``; AUC included). With
+    ``on_error``, a pair that cannot be read or run is reported there (path, reason) and left out."""
+    from pixbatch.io.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+    from pixbatch.runtime.prepare import ModelFailedError
 
     classes = runner.info.out_channels
     results, total = [], {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
     all_scores, all_targets, mc_pred, mc_true = [], [], [], []
-    for pair in pair_folders(images, masks, roi):
-        pixels, _ = decode_image(pair.image, max_pixels=0)
-        prob = predict_probabilities(runner, pixels, tile, overlap)
-        target = load_mask(pair.mask, binary=classes == 1).numpy()
-        if target.shape != prob.shape[1:]:
-            raise ValueError(f"{pair.mask.name} is {target.shape[1]}x{target.shape[0]} but {pair.image.name} is "
-                             f"{prob.shape[2]}x{prob.shape[1]}")
-        region = load_mask(pair.roi, binary=True).numpy().astype(bool) if pair.roi is not None else None
+    pairs = pair_folders(images, masks, roi)
+    for pair in pairs:
+        try:
+            pixels, _ = decode_image(pair.image, max_pixels=DEFAULT_MAX_PIXELS)
+            target = load_mask(pair.mask, binary=classes == 1).numpy()
+            if target.shape != pixels.shape[:2]:
+                raise ValueError(f"{pair.mask.name} is {target.shape[1]}x{target.shape[0]} but {pair.image.name} is "
+                                 f"{pixels.shape[1]}x{pixels.shape[0]}")
+            region = load_mask(pair.roi, binary=True).numpy().astype(bool) if pair.roi is not None else None
+            if region is not None and region.shape != target.shape:
+                raise ValueError(f"{pair.roi.name} is {region.shape[1]}x{region.shape[0]} but {pair.image.name} is "
+                                 f"{pixels.shape[1]}x{pixels.shape[0]}")
+            prob = predict_probabilities(runner, pixels, tile, overlap)
+        except (DecodeError, ValueError, ModelFailedError) as exc:
+            if on_error is None:
+                raise
+            on_error(pair.image, str(exc))
+            continue
         if classes == 1:
             valid = region if ignore_index is None else (target != ignore_index) & (region if region is not None else True)
             p = prob[0].numpy()
@@ -65,6 +79,8 @@ def evaluate_seg(runner: Runner, images: Path, masks: Path, roi: Path | None = N
             mc_pred.append(pred[keep])
             mc_true.append(t[keep])
         results.append(SegResult(pair.name, scores))
+    if not results:
+        raise ValueError(f"none of the {len(pairs)} image/mask pairs could be evaluated")
     if classes == 1:
         pooled = scores_from_confusion(total)
         pooled["auc"] = auc_roc(np.concatenate(all_scores), np.concatenate(all_targets))

@@ -7,6 +7,7 @@ RGB PSNR with ``scale`` pixels shaved. The bicubic baseline upsamples the same L
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +15,13 @@ import numpy as np
 import torch
 
 from pixbatch.eval.metrics import sr_metrics
-from pixbatch.io.decode import decode_rgb8
+from pixbatch.io.decode import DecodeError, decode_rgb8
 from pixbatch.io.discover import IMAGE_SUFFIXES
 from pixbatch.ops.imresize import imresize_uint8
-from pixbatch.runtime.prepare import Runner
+from pixbatch.runtime.prepare import ModelFailedError, Runner
 from pixbatch.tasks.upscale import upscale_tensor
+
+SSIM_WINDOW = 11  # the Gaussian window of SSIM (Wang et al.): images must be at least this large
 
 
 @dataclass
@@ -48,19 +51,34 @@ def run_sr(runner: Runner, lr: np.ndarray) -> np.ndarray:
     return (y[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def evaluate_sr(runner: Runner, hr_dir: Path, lr_dir: Path | None = None) -> list[SrResult]:
+def evaluate_sr(runner: Runner, hr_dir: Path, lr_dir: Path | None = None,
+                on_error: Callable[[Path, str], None] | None = None) -> list[SrResult]:
+    """Scores of every HR image. With ``on_error``, an image that cannot be read or run is reported
+    there (path, reason) and left out; without, its error is raised."""
     scale = runner.info.scale
     paths = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise FileNotFoundError(f"no images in {hr_dir}")
     results = []
     for path in paths:
-        hr = modcrop(decode_rgb8(path), scale)
-        lr = decode_rgb8(find_lr(lr_dir, path.stem, scale)) if lr_dir else imresize_uint8(hr, 1 / scale)
-        if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
-            raise ValueError(f"{path.name}: LR {lr.shape[1]}x{lr.shape[0]} does not match HR {hr.shape[1]}x{hr.shape[0]} / {scale}")
-        sr = run_sr(runner, lr)
+        try:
+            hr = modcrop(decode_rgb8(path), scale)
+            if min(hr.shape[:2]) - 2 * scale < SSIM_WINDOW:
+                raise ValueError(f"{hr.shape[1]}x{hr.shape[0]} px is too small for the protocol (SSIM's "
+                                 f"{SSIM_WINDOW} px window after {scale} px shaved off each border)")
+            lr = decode_rgb8(find_lr(lr_dir, path.stem, scale)) if lr_dir else imresize_uint8(hr, 1 / scale)
+            if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
+                raise ValueError(f"LR {lr.shape[1]}x{lr.shape[0]} does not match HR {hr.shape[1]}x{hr.shape[0]} "
+                                 f"/ {scale}")
+            sr = run_sr(runner, lr)
+        except (DecodeError, FileNotFoundError, ValueError, ModelFailedError) as exc:
+            if on_error is None:
+                raise
+            on_error(path, str(exc))
+            continue
         results.append(SrResult(path.stem, sr_metrics(sr, hr, scale), sr_metrics(imresize_uint8(lr, scale), hr, scale)))
+    if not results:
+        raise ValueError(f"none of the {len(paths)} images in {hr_dir} could be evaluated")
     return results
 
 

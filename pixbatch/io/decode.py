@@ -267,7 +267,7 @@ def rgb_samples(arr: np.ndarray) -> np.ndarray:
     return np.repeat(color, 3, axis=2) if color.shape[2] == 1 else color
 
 
-def decode_rgb8(path: Path, max_pixels: int = 0) -> np.ndarray:
+def decode_rgb8(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """An upright (H, W, 3) uint8 RGB array, for evaluation and training on 8-bit RGB protocols:
     gray is repeated, alpha dropped, 16-bit samples rounded to 8 bits."""
     arr = rgb_samples(decode_image(path, max_pixels)[0])

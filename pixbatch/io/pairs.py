@@ -70,9 +70,9 @@ def pair_folders(images: Path, masks: Path | None, roi: Path | None = None) -> l
 
 def load_image(path: Path) -> torch.Tensor:
     """(3, H, W) float32 in [0, 1]; gray is repeated, alpha dropped, 16-bit kept at full precision."""
-    from pixbatch.io.decode import decode_image
+    from pixbatch.io.decode import DEFAULT_MAX_PIXELS, decode_image
 
-    arr, meta = decode_image(path, max_pixels=0)
+    arr, meta = decode_image(path, max_pixels=DEFAULT_MAX_PIXELS)
     x = torch.from_numpy(arr.astype(np.float32) / (255.0 if meta.bits == 8 else 65535.0)).permute(2, 0, 1)
     x = x[:-1] if meta.has_alpha else x
     return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
@@ -80,13 +80,22 @@ def load_image(path: Path) -> torch.Tensor:
 
 def load_mask(path: Path, binary: bool) -> torch.Tensor:
     """(H, W) int64. Binary: any gray level > 127 is 1. Multi-class: palette indices or gray values."""
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as im:
-        if binary:
-            arr = np.asarray(im.convert("L")) > 127
-        elif im.mode == "P":
-            arr = np.asarray(im)
-        else:
-            arr = np.asarray(im.convert("L"))
+    from pixbatch.io.decode import DecodeError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if binary:
+                    arr = np.asarray(im.convert("L")) > 127
+                elif im.mode == "P":
+                    arr = np.asarray(im)
+                else:
+                    arr = np.asarray(im.convert("L"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"cannot read the mask ({type(exc).__name__}: {exc})") from None
     return torch.from_numpy(arr.astype(np.int64))

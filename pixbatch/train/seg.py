@@ -9,6 +9,7 @@ best validation Dice is kept. CLI: ``pixbatch train seg``.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,14 +48,27 @@ class SegTrainConfig:
     command: str = field(default="", repr=False)
 
 
-def load_pairs(pairs: list[Pair], binary: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def load_pairs(pairs: list[Pair], binary: bool,
+               on_error: Callable[[Path, str], None] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every pair decoded; one that cannot be read (or whose sizes differ) goes to ``on_error`` and is
+    left out (raised without it)."""
+    from pixbatch.io.decode import DecodeError
+
     data = []
     for p in pairs:
-        image, mask = load_image(p.image), load_mask(p.mask, binary)
-        if image.shape[-2:] != mask.shape:
-            raise ValueError(f"{p.mask.name} is {mask.shape[1]}x{mask.shape[0]} but {p.image.name} is "
-                             f"{image.shape[2]}x{image.shape[1]}")
+        try:
+            image, mask = load_image(p.image), load_mask(p.mask, binary)
+            if image.shape[-2:] != mask.shape:
+                raise ValueError(f"{p.mask.name} is {mask.shape[1]}x{mask.shape[0]} but {p.image.name} is "
+                                 f"{image.shape[2]}x{image.shape[1]}")
+        except (DecodeError, ValueError) as exc:
+            if on_error is None:
+                raise
+            on_error(p.image, str(exc))
+            continue
         data.append((image, mask))
+    if pairs and not data:
+        raise ValueError("none of the image/mask pairs could be read")
     return data
 
 
@@ -123,7 +137,8 @@ def best_threshold(net: torch.nn.Module, data, device: torch.device, ignore_inde
     return round(float(best[1]), 2), float(best[0])
 
 
-def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress: bool = True) -> dict:
+def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress: bool = True,
+              on_error: Callable[[Path, str], None] | None = None) -> dict:
     """Train and save ``cfg.out`` (the best validation Dice; safetensors with the recipe). Returns the recipe."""
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
@@ -141,7 +156,7 @@ def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress:
         train_pairs, val_pairs = pairs, pair_folders(cfg.val_images, cfg.val_masks or cfg.masks)
     else:
         train_pairs, val_pairs = split(pairs, cfg.val_fraction, cfg.seed)
-    train_data, val_data = load_pairs(train_pairs, binary), load_pairs(val_pairs, binary)
+    train_data, val_data = load_pairs(train_pairs, binary, on_error), load_pairs(val_pairs, binary, on_error)
     if not binary:
         top = max(int(m[m != (cfg.ignore_index if cfg.ignore_index is not None else -1)].max()) for _, m in train_data)
         if top >= cfg.classes:

@@ -9,6 +9,7 @@ progressive resizing from a model of a smaller scale (``--init``). CLI: ``pixbat
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,15 +42,23 @@ class SrTrainConfig:
     command: str = field(default="", repr=False)
 
 
-def load_images(folders: list[Path], min_side: int) -> list[torch.Tensor]:
-    """All images of the folders as upright 8-bit RGB, uint8 CHW tensors (small sets fit in memory)."""
-    from pixbatch.io.decode import decode_rgb8
+def load_images(folders: list[Path], min_side: int,
+                on_error: Callable[[Path, str], None] | None = None) -> list[torch.Tensor]:
+    """All images of the folders as upright 8-bit RGB, uint8 CHW tensors (small sets fit in memory).
+    A file that cannot be decoded is reported to ``on_error`` and left out (raised without it)."""
+    from pixbatch.io.decode import DecodeError, decode_rgb8
     from pixbatch.io.discover import IMAGE_SUFFIXES
 
     images = []
     for folder in folders:
         for path in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-            arr = decode_rgb8(path)
+            try:
+                arr = decode_rgb8(path)
+            except DecodeError as exc:
+                if on_error is None:
+                    raise
+                on_error(path, str(exc))
+                continue
             if min(arr.shape[:2]) >= min_side:
                 images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
     if not images:
@@ -141,8 +150,10 @@ def init_from_smaller_scale(net: nn.Module, path: Path) -> list[str]:
     return fresh
 
 
-def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: bool = True) -> dict:
-    """Train and save ``cfg.out`` (safetensors with the recipe in its metadata). Returns the recipe."""
+def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: bool = True,
+             on_error: Callable[[Path, str], None] | None = None) -> dict:
+    """Train and save ``cfg.out`` (safetensors with the recipe in its metadata). Returns the recipe.
+    Unreadable training images go to ``on_error`` and are left out."""
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
     from pixbatch.train.loop import LoopOptions, TrainLoop, seed_everything
@@ -153,7 +164,7 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     net, scale = model.module.to(device).train(), model.info.scale
     fresh = init_from_smaller_scale(net, cfg.init) if cfg.init else []
     hr_patch = cfg.patch * scale
-    images = load_images(cfg.data, hr_patch)
+    images = load_images(cfg.data, hr_patch, on_error)
     val_lr, val_hr = (t.to(device) for t in sample_batch(images, 32, hr_patch, scale, random.Random(cfg.seed + 1)))
     loss_fn = make_loss(cfg).to(device)
     loop = TrainLoop(net, LoopOptions(steps=cfg.steps, lr=cfg.lr, betas=(0.9, 0.99), clip=1.0, amp=cfg.amp,

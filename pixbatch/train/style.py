@@ -10,6 +10,7 @@ fixed content photo is written every few hundred steps. CLI: ``pixbatch train st
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -94,13 +95,14 @@ class ContentCrops:
     each photo's shorter side resized to the crop size, then a random square and a random flip.
     Files that cannot be decoded are skipped (and counted)."""
 
-    def __init__(self, folders: list[Path], size: int, rng: random.Random) -> None:
+    def __init__(self, folders: list[Path], size: int, rng: random.Random,
+                 on_error: Callable[[Path, str], None] | None = None) -> None:
         from pixbatch.io.discover import IMAGE_SUFFIXES
 
         self.paths = [p for f in folders for p in sorted(Path(f).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
         if not self.paths:
             raise ValueError(f"no content images in {', '.join(map(str, folders))}")
-        self.size, self.rng = size, rng
+        self.size, self.rng, self.on_error = size, rng, on_error
         self.skipped: set[Path] = set()
 
     def crop(self) -> torch.Tensor:
@@ -110,7 +112,9 @@ class ContentCrops:
             path = self.paths[self.rng.randrange(len(self.paths))]
             try:
                 img = load_rgb(path)
-            except (DecodeError, OSError):
+            except (DecodeError, OSError) as exc:
+                if path not in self.skipped and self.on_error is not None:
+                    self.on_error(path, str(exc))
                 self.skipped.add(path)
                 if len(self.skipped) == len(self.paths):
                     break
@@ -152,7 +156,8 @@ def save_preview(net: nn.Module, photo: torch.Tensor, path: Path) -> None:
     write_image(y.cpu().numpy(), ImageMeta("RGB", 8, "PNG"), path, EncodeOptions(overwrite=True))
 
 
-def train_style(cfg: StyleTrainConfig, device: torch.device | None = None, progress: bool = True) -> dict:
+def train_style(cfg: StyleTrainConfig, device: torch.device | None = None, progress: bool = True,
+                on_error: Callable[[Path, str], None] | None = None) -> dict:
     """Train and save ``cfg.out`` (safetensors, the recipe in its metadata). Returns the recipe."""
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
@@ -166,7 +171,7 @@ def train_style(cfg: StyleTrainConfig, device: torch.device | None = None, progr
         raise ValueError(f"{cfg.arch} is not a style net; use johnson_style or mobilenet_style")
     net = model.module.to(device).train()
     vgg = VGGFeatures(STYLE_LAYERS, cfg.vgg_weights, purpose="training a style net").to(device)
-    crops = ContentCrops(cfg.content, cfg.size, rng)
+    crops = ContentCrops(cfg.content, cfg.size, rng, on_error)
     preview = load_rgb(cfg.preview or crops.paths[0], max_side=512).to(device)
     preview_path = cfg.out.with_name(f"{cfg.out.stem}_preview.png")
     loop = TrainLoop(net, LoopOptions(steps=cfg.steps, lr=cfg.lr, clip=10.0, amp=cfg.amp,

@@ -242,6 +242,7 @@ def test_hostile_checkpoints_in_every_command(tmp_path, tiny_checkpoint):
         "models": ("models",),
         "eval sr": ("eval", "sr", "--hr", src, "--model"),
         "eval seg": ("eval", "seg", "--images", src, "--masks", src / "masks", "--model"),
+        "stylize": ("stylize", src, out, "--style"),
     }
     for name, path in files.items():
         for command, args in commands.items():
@@ -284,7 +285,10 @@ def test_non_finite_output_fails_each_image_in_upscale_and_eval(tmp_path, tiny_c
         if precision == "bf16":
             assert json.loads(stdout)["fp32_reruns"] == 2
     code, _, stderr = run("--device", "cpu", "eval", "sr", "--hr", src, "--model", model)
-    assert code == 1 and stderr.startswith("error: model output is NaN or Inf even in fp32")
+    # eval: each image that fails is one line; with none left to score, it cannot report anything (exit 1)
+    assert code == 1 and error_lines(stderr) == [
+        *(f"error: {src / f'{i}.png'}: model output is NaN or Inf even in fp32 (a damaged or diverged model)"
+          for i in range(2)), f"error: none of the 2 images in {src} could be evaluated"]
 
 
 def test_segment_counts_its_fp32_reruns_and_fails_non_finite_images(tmp_path, seg_checkpoint, monkeypatch):
@@ -372,3 +376,47 @@ def test_a_refused_pickle_is_exactly_one_line_in_a_fresh_process(tmp_path):
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: {path}: cannot be read as plain weights")
     assert not (tmp_path / "CANARY").exists()
+
+
+# -- 6. The file system changes under a run --------------------------------------------------------
+
+def test_an_input_that_disappears_mid_run_is_one_error_line(tmp_path, tiny_checkpoint):
+    """Planned, then deleted before it is decoded: one error line for it, the others are done."""
+    import torch
+
+    from pixbatch.io.discover import plan_jobs
+    from pixbatch.models import create_model
+    from pixbatch.runtime.engine import JobOptions, run_job
+    from pixbatch.runtime.prepare import prepare_model
+    from pixbatch.tasks.upscale import UpscaleTask
+
+    src = photo_folder(tmp_path / "in", 4, 16)
+    plan = plan_jobs([src], tmp_path / "out")
+    (src / "2.png").unlink()
+    lines = []
+    runner = prepare_model(create_model(tiny_checkpoint), torch.device("cpu"), torch.float32)
+    report = run_job(UpscaleTask(runner), plan, JobOptions(workers=0), log=lines.append)
+    assert report.done == 3 and [p for p, _ in report.failed] == [str(src / "2.png")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {src / '2.png'}: ")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.png", "3.png"]
+
+
+def test_a_destination_that_is_a_symlink_out_of_the_tree_is_refused(tmp_path, tiny_checkpoint):
+    """Policy: an output's place holding a symlink that leads out of the output folder (to a file or
+    nowhere) is refused with one error line, with or without --overwrite; what it points at is never
+    touched."""
+    src = photo_folder(tmp_path / "in", 3, 16)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "0.png").write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0.png").symlink_to(outside / "0.png")  # points at a file outside the output tree
+    (out / "1.png").symlink_to(outside / "missing.png")  # dangling, outside
+    for extra in ([], ["--overwrite"]):
+        code, stdout, stderr = run("--json", "upscale", src, out, "--model", tiny_checkpoint, *extra)
+        summary = json.loads(stdout)
+        assert code == 123 and summary["failed"] == 2 and stderr.count("(through a symbolic link)") == 2
+        assert (outside / "0.png").read_bytes() == b"precious" and not (outside / "missing.png").exists()
+        assert (out / "0.png").is_symlink() and (out / "1.png").is_symlink()
+    assert Image.open(out / "2.png").size == (32, 32)

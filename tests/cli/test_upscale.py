@@ -180,7 +180,6 @@ def test_unwritable_destination_stops_before_any_work(tmp_path, tiny_checkpoint)
         (["--model", "edsr_tiny_x5"], "error: unknown model 'edsr_tiny_x5'; did you mean edsr_tiny_x4"),
         (["--model", "edsr_baseline_x4"], "error: edsr_baseline_x4 has no trained weights in this package"),
         (["--model", "missing.safetensors"], "error: checkpoint not found: missing.safetensors"),
-        (["--scale", "5"], "error: no built-in model for scale 5; built-in scales are 2, 3, 4"),
     ],
 )
 def test_startup_errors(tmp_path, args, message):
