@@ -93,16 +93,14 @@ def _header(path: Path) -> tuple[int | None, bool]:
 
 @functools.lru_cache(maxsize=65536)
 def _read_header(path: str, suffix: str, size: int, mtime_ns: int) -> tuple[int | None, bool]:
-    import warnings
-
     from PIL import Image
 
+    from pixbatch.io.decode import captured_messages
     from pixbatch.io.encode import OUTPUT_MARK
 
     mark = OUTPUT_MARK.encode()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with captured_messages():  # a damaged file's complaints (Pillow warnings, tifffile logs) stay off stderr
             if suffix in (".tif", ".tiff"):  # tifffile reads any TIFF layout we write
                 import tifffile
 

@@ -40,7 +40,7 @@ def is_tiled_tiff(path: Path) -> bool:
     if path.suffix.lower() not in (".tif", ".tiff"):
         return False
     try:
-        with tifffile.TiffFile(path) as tf:
+        with captured_messages(), tifffile.TiffFile(path) as tf:  # a damaged file's complaints stay off stderr
             return bool(tf.pages[0].is_tiled)
     except Exception:  # not a readable TIFF: the decoder reports it properly
         return False

@@ -1,0 +1,161 @@
+"""Every command over a folder of at least 300 hostile files (tests/fuzz/corpus.py): no traceback, no
+hang, exit 0 or 123, exactly one `error:` line per rejected file and nothing else on stderr, every
+output complete at its exact size, no temporary file left, bounded memory (the bombs included).
+
+CI runs the 300-file set; PIXBATCH_FUZZ_FILES=3000 (say) makes a nightly-size one."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tifffile
+from PIL import Image
+
+from tests.conftest import REPO
+from tests.fuzz.corpus import make_corpus
+
+FILES = int(os.environ.get("PIXBATCH_FUZZ_FILES", "300"))
+TIMEOUT = 600  # seconds a command may take over the corpus: beyond it, it hangs
+MEMORY = 3 << 30  # peak resident bytes of any command (a 100000 x 100000 IHDR is 30 GB decoded)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz") / "in"
+    made = make_corpus(folder, FILES, seed=0)
+    assert len(made) >= FILES and len(list(folder.iterdir())) == len(made)
+    return folder, made
+
+
+def pixbatch(*args, cwd: Path) -> tuple[int, str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "pixbatch", *map(str, args)], capture_output=True, text=True,
+                          timeout=TIMEOUT, cwd=cwd, env=env)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    assert peak < MEMORY, f"peak RSS {peak / 2**30:.2f} GiB"
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def expected_size(src: Path) -> tuple[int, int]:
+    """(width, height) of an input, upright: what Pillow reads from its header and EXIF."""
+    with Image.open(src) as im:
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "WEBP", "PNG", "TIFF") else 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def opened_size(path: Path) -> tuple[int, int]:
+    """Open an output completely (every byte decoded); its (width, height)."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        arr = tifffile.imread(path)
+        return arr.shape[1], arr.shape[0]
+    with Image.open(path) as im:
+        im.load()
+        return im.size
+
+
+def check_engine_run(command: str, corpus, tmp_path, args, scale: int, suffix_of=None):
+    from pixbatch.io.discover import plan_jobs
+
+    folder, made = corpus
+    out = tmp_path / "out"
+    code, stdout, stderr = pixbatch("--json", command, folder, out, *args, cwd=tmp_path)
+    assert code in (0, 123), stderr[-2000:]
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert all(line.startswith("error: ") for line in lines), [x for x in lines if not x.startswith("error: ")][:5]
+    summary = json.loads(stdout)
+    assert summary["done"] + summary["failed"] + summary["skipped"] == len(made)
+    assert len(lines) == summary["failed"] == len({e["path"] for e in summary["errors"]})
+    rejected = {e["path"] for e in summary["errors"]}
+    plan = plan_jobs([folder], out, suffix_of=suffix_of, overwrite=True)  # every job, done or not
+    written = 0
+    for job in plan.todo:
+        if str(job.src) in rejected:
+            assert not job.dst.exists(), job.dst
+            continue
+        assert job.dst.is_file(), (job.src, "neither an output nor an error line")
+        w, h = expected_size(job.src)
+        assert opened_size(job.dst) == (w * scale, h * scale), job.src
+        written += 1
+    assert written == summary["done"]
+    leftovers = [p.name for p in out.rglob(".*")]
+    assert not leftovers, leftovers[:5]
+    return summary
+
+
+def test_upscale_over_the_corpus(corpus, tmp_path, tiny_checkpoint):
+    summary = check_engine_run("upscale", corpus, tmp_path, ["--model", tiny_checkpoint], 2)
+    assert summary["done"] >= 40 and summary["failed"] >= 200  # the seeds and the damaged ones
+
+
+def test_segment_over_the_corpus(corpus, tmp_path, seg_checkpoint):
+    from pixbatch.io.regions import is_tiled_tiff
+
+    check_engine_run("segment", corpus, tmp_path, ["--model", seg_checkpoint], 1,
+                     suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png")
+
+
+def test_stylize_over_the_corpus(corpus, tmp_path, style_checkpoint):
+    check_engine_run("stylize", corpus, tmp_path, ["--style", style_checkpoint], 1)
+
+
+def check_other_run(code: int, stdout: str, stderr: str, made: dict) -> int:
+    """Exit 0/123, no traceback; stderr holds error lines (and a trainer's progress lines) only."""
+    assert code in (0, 123), stderr[-2000:]
+    assert "Traceback" not in stderr
+    lines = [x for x in stderr.splitlines() if not x.startswith("step ")]
+    assert all(line.startswith("error: ") for line in lines), [x for x in lines if not x.startswith("error: ")][:5]
+    return len(lines)
+
+
+def test_eval_over_the_corpus(corpus, tmp_path, tiny_checkpoint, seg_checkpoint):
+    folder, made = corpus
+    code, stdout, stderr = pixbatch("--json", "eval", "sr", "--hr", folder, "--model", tiny_checkpoint, cwd=tmp_path)
+    errors = check_other_run(code, stdout, stderr, made)
+    summary = json.loads(stdout)
+    assert code == 123 and errors == len(summary["errors"]) and len(summary["images"]) + errors == len(made)
+    code, stdout, stderr = pixbatch("eval", "seg", "--images", folder, "--masks", folder, "--model",
+                                    seg_checkpoint, cwd=tmp_path)
+    # stems shared between formats (seed.png, seed.jpg) cannot be paired: refused at the start, one line
+    assert code == 1 and len(stderr.splitlines()) == 1 and stderr.startswith("error: no image for")
+    unique = tmp_path / "unique"  # each file its own stem, paired with itself as image and mask
+    unique.mkdir()
+    for i, name in enumerate(sorted(made)):
+        (unique / f"{i:04d}{Path(name).suffix}").write_bytes((folder / name).read_bytes())
+    code, stdout, stderr = pixbatch("--json", "eval", "seg", "--images", unique, "--masks", unique, "--model",
+                                    seg_checkpoint, cwd=tmp_path)
+    errors = check_other_run(code, stdout, stderr, made)
+    summary = json.loads(stdout)
+    assert code == 123 and errors == len(summary["errors"]) and len(summary["per_image"]) + errors == len(made)
+
+
+def test_train_over_the_corpus(corpus, tmp_path):
+    folder, made = corpus
+    code, stdout, stderr = pixbatch("train", "sr", "--data", folder, "--arch", "edsr_tiny_x2", "--model-kwargs",
+                                    '{"n_resblocks": 1, "n_feats": 8}', "--steps", "1", "--batch-size", "1",
+                                    "--patch", "8", "--out", tmp_path / "m.safetensors", cwd=tmp_path)
+    errors = check_other_run(code, stdout, stderr, made)
+    assert code == 123 and errors > 100 and (tmp_path / "m.safetensors").is_file()
+
+
+def test_models_on_files_that_are_not_checkpoints(corpus, tmp_path):
+    from click.testing import CliRunner
+
+    from pixbatch.cli import cli
+
+    folder, made = corpus
+    for name in sorted(made)[:: max(1, len(made) // 25)]:
+        path = folder / name
+        target = path.with_suffix(".pth")
+        target.write_bytes(path.read_bytes())
+        result = CliRunner().invoke(cli, ["models", str(target)])
+        target.unlink()
+        assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, (name, result.stderr)
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
