@@ -93,6 +93,14 @@ def hostile_checkpoints(folder, good):
         pickle.dump(Canary(canary), f, protocol=pickle.HIGHEST_PROTOCOL)
     files.update(code_zip=folder / "code_zip.pth", code_legacy=folder / "code_legacy.pth",
                  code_no_suffix=folder / "code_no_suffix")
+    for protocol in (0, 1, 3, 5):  # every pickle protocol, bare and inside torch's zip format
+        with open(folder / f"code_p{protocol}.pt", "wb") as f:
+            pickle.dump({"w": Canary(canary)}, f, protocol=protocol)
+        files[f"code_p{protocol}"] = folder / f"code_p{protocol}.pt"
+    torch.save({"conv1.conv2d.weight": Canary(canary)}, folder / "code_style.pth", pickle_protocol=5)
+    files["code_style"] = folder / "code_style.pth"
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 3, 3)), str(folder / "torchscript.pth"))
+    files["torchscript"] = folder / "torchscript.pth"
     return files, canary
 
 
@@ -116,6 +124,8 @@ EXPECTED = {  # a fragment of each reason: what a user reads
     "imdn_wrong_shape": "its tensors do not fit imdn_x2: 1 wrong shape (e.g. IMDB1.c1.weight)",
     "code_zip": "cannot be read as plain weights", "code_legacy": "cannot be read as plain weights",
     "code_no_suffix": "cannot be read as plain weights",
+    **{f"code_p{p}": "cannot be read as plain weights" for p in (0, 1, 3, 5)},
+    "code_style": "cannot be read as plain weights", "torchscript": "cannot be read as plain weights",
 }
 
 
