@@ -22,7 +22,7 @@ from tests.fuzz.corpus import make_corpus
 
 FILES = int(os.environ.get("PIXBATCH_FUZZ_FILES", "300"))
 TIMEOUT = 600  # seconds a command may take over the corpus: beyond it, it hangs
-MEMORY = 3 << 30  # peak resident bytes of any command (a 100000 x 100000 IHDR is 30 GB decoded)
+MEMORY = 2 << 30  # peak resident bytes of any command (a 100000 x 100000 IHDR is 30 GB decoded)
 
 
 @pytest.fixture(scope="module")
