@@ -341,16 +341,22 @@ def test_outputs_claimed_by_a_live_run_are_left_to_it_and_taken_over_when_it_die
     assert not claim_path(out / "1.png").exists()
 
 
-def test_two_concurrent_runs_split_one_destination(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_two_concurrent_runs_split_one_destination(tmp_path, tiny_checkpoint, overwrite):
+    """Claims split the work. With --overwrite an output finished by one run may be made again by the
+    other (it was asked to overwrite), but every file stays complete: replaced in one step."""
     src = photo_folder(tmp_path / "in", 16, 96, name="{i:02d}.png", pixels=noisy_rgb)
     out = tmp_path / "out"
     cmd = [*PIXBATCH, "--json", "upscale", str(src), str(out), "--model", str(tiny_checkpoint), "--workers", "0",
-           "--png-compression", "9"]
+           "--png-compression", "9", *(["--overwrite"] if overwrite else [])]
     runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [r.communicate(timeout=300) for r in runs]
     assert [r.returncode for r in runs] == [0, 0], results
     done = [json.loads(stdout)["done"] for stdout, _ in results]
-    assert sum(done) == 16, done  # each image computed and written once
+    if overwrite:
+        assert 16 <= sum(done) <= 32, done
+    else:
+        assert sum(done) == 16, done  # each image computed and written once
     assert all_files(out) == [f"{i:02d}.png" for i in range(16)]
     for p in out.iterdir():
         assert decode_image(p)[0].shape == (192, 192, 3)
