@@ -87,6 +87,7 @@ def model_label(info) -> str:
 
 
 SEG_COLUMNS = ("dice", "iou", "accuracy", "precision", "recall", "specificity", "auc")
+MULTICLASS_COLUMNS = ("miou", "mean_accuracy", "accuracy")
 
 
 @eval_group.command(name="seg", short_help="IoU/Dice/AUC of a segmentation model.")
@@ -99,7 +100,12 @@ SEG_COLUMNS = ("dice", "iou", "accuracy", "precision", "recall", "specificity", 
               help="Region-of-interest masks (e.g. DRIVE's field of view): only pixels inside count.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Binary models: foreground above this probability (default: the model's, else 0.5).")
-@click.option("--ignore-index", type=int, default=None, help="Mask value that counts for nothing.")
+@click.option("--ignore-index", type=int, default=None,
+              help="Mask value that counts for nothing (default: the one the model was trained with, if any).")
+@click.option("--class-names", default=None, metavar="A,B,...",
+              help="Names of the classes, in index order (default: the ones stored in the checkpoint).")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Multi-class models: also write the confusion matrix as a PNG picture.")
 @click.option("--tile", type=TILE, default=896, show_default=True,
               help="Tile edge in input px, as in `pixbatch segment`.")
 @click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True,
@@ -108,9 +114,13 @@ SEG_COLUMNS = ("dice", "iou", "accuracy", "precision", "recall", "specificity", 
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
 @click.pass_obj
-def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile, overlap, precision, out_json) -> None:
+def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, class_names, plot, tile, overlap, precision,
+             out_json) -> None:
     """Per-image and pooled (all pixels together) Dice (= F1), IoU, pixel accuracy, precision,
-    recall (sensitivity), specificity and, for binary models, AUC-ROC.
+    recall (sensitivity), specificity and, for binary models, AUC-ROC. Multi-class models: a confusion
+    matrix of exact pixel counts over all images, per-class IoU, precision and recall, class-mean IoU
+    (mIoU), class-mean and global accuracy, the ignore label left out; classes absent from the ground
+    truth have no IoU (they do not count as 0 in the mean).
 
     \b
     Examples:
@@ -128,22 +138,41 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile,
     try:
         runner = load_runner(app.device, model_name, None, precision, False, True, n_jobs=0, kernels="torch", task="seg",
                              info=app.info)
+        training = runner.info.training or {}
         if threshold is None:
-            threshold = float((runner.info.training or {}).get("threshold", 0.5))
+            threshold = float(training.get("threshold", 0.5))
+        if ignore_index is None and isinstance(training.get("ignore_index"), int):
+            ignore_index = training["ignore_index"]
         results, pooled = evaluate_seg(runner, images, masks, roi, threshold=threshold, ignore_index=ignore_index,
                                        tile=tile, overlap=overlap, on_error=app.file_error)
     except (StartupError, FileNotFoundError, PairingError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
     mean = mean_metrics([r.scores for r in results])
+    classes = runner.info.out_channels
+    names = class_names.split(",") if class_names else training.get("class_names")
+    if not isinstance(names, list) or len(names) != classes:
+        names = [str(c) for c in range(classes)]
     summary = {"model": model_label(runner.info), "arch": runner.info.name, "images": str(images),
-               "masks": str(masks),
-               "roi": str(roi) if roi else None, "threshold": threshold, "precision": precision,
+               "masks": str(masks), "classes": classes, "class_names": names, "ignore_index": ignore_index,
+               "roi": str(roi) if roi else None, "threshold": threshold if classes == 1 else None,
+               "precision": precision,
                "per_image": [{"name": r.name, **r.scores} for r in results], "mean": mean, "pooled": pooled,
                "errors": [{"path": p, "reason": r} for p, r in app.file_errors]}
     if out_json:
         out_json.write_text(json.dumps(summary, indent=2) + "\n")
+    if plot is not None and classes > 1:
+        import numpy as np
+
+        from pixbatch.eval.seg import confusion_png
+        from pixbatch.io.atomic import write_bytes
+
+        write_bytes(confusion_png(np.array(pooled["confusion_matrix"]), names), plot, overwrite=True)
     if app.as_json:
         click.echo(json.dumps(summary, indent=2))
+        app.exit_for_file_errors()
+        return
+    if classes > 1:
+        print_multiclass(summary, results, mean, pooled, names, ignore_index)
         app.exit_for_file_errors()
         return
     cols = [c for c in SEG_COLUMNS if c in mean]
@@ -152,3 +181,27 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, tile,
     for name, row in [(one_line(r.name), r.scores) for r in results] + [("mean", mean), ("all pixels", pooled)]:
         click.echo(f"{name:<20}" + "".join(f"{row[c]:12.4f}" for c in cols))
     app.exit_for_file_errors()
+
+
+def print_multiclass(summary: dict, results, mean: dict, pooled: dict, names: list[str],
+                     ignore_index: int | None) -> None:
+    """Per-image class means, the per-class table over all pixels, and the protocol's three numbers."""
+    from pixbatch.runtime.jobs import one_line
+
+    void = f", ignore label {ignore_index}" if ignore_index is not None else ""
+    click.echo(f"{summary['model']} on {summary['images']}: {len(names)} classes{void}, {summary['precision']}")
+    click.echo(f"{'image':<20}" + "".join(f"{c:>15}" for c in MULTICLASS_COLUMNS))
+    for name, row in [(one_line(r.name), r.scores) for r in results] + [("mean of images", mean)]:
+        click.echo(f"{name:<20}" + "".join(f"{row[c]:15.4f}" for c in MULTICLASS_COLUMNS))
+    click.echo(f"\n{'class':<20}{'IoU':>10}{'precision':>11}{'recall':>10}{'pixels':>14}   (all pixels together)")
+    for c, name in enumerate(names):
+        if c == ignore_index:
+            click.echo(f"{one_line(name)[:19]:<20}{'ignored':>10}")
+            continue
+        iou, prec, rec = pooled["iou"][c], pooled["precision"][c], pooled["recall"][c]
+        cells = "".join("         -" if v != v else f"{v:10.4f}" for v in (iou,))
+        cells += "          -" if prec != prec else f"{prec:11.4f}"
+        cells += "         -" if rec != rec else f"{rec:10.4f}"
+        click.echo(f"{one_line(name)[:19]:<20}{cells}{pooled['pixels'][c]:14,}")
+    click.echo(f"mIoU {pooled['miou']:.4f}   class-mean accuracy {pooled['mean_accuracy']:.4f}   "
+               f"global accuracy {pooled['global_accuracy']:.4f}   (classes without ground truth pixels: no IoU)")

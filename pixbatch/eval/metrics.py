@@ -125,3 +125,52 @@ def multiclass_scores(pred: np.ndarray, target: np.ndarray, num_classes: int,
     acc = float(np.mean(p == t)) if p.size else 1.0
     return {"iou": float(np.mean(ious)) if ious else 1.0, "dice": float(np.mean(dices)) if dices else 1.0,
             "accuracy": acc}
+
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int,
+                     ignore_index: int | None = None) -> np.ndarray:
+    """Exact pixel counts (num_classes, num_classes), int64: row = true class, column = predicted class.
+    Pixels labelled ``ignore_index`` (or with a label outside 0..num_classes-1) count for nothing."""
+    t, p = np.asarray(target).ravel(), np.asarray(pred).ravel()
+    valid = (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
+    if ignore_index is not None:
+        valid &= t != ignore_index
+    idx = t[valid].astype(np.int64) * num_classes + p[valid].astype(np.int64)
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def class_scores(cm: np.ndarray, ignore_index: int | None = None) -> dict:
+    """Per-class IoU, precision and recall from a confusion matrix, and their class means (the
+    SegNet / Cityscapes protocol): a class with no ground-truth pixels, and the ignore label, have no IoU
+    or recall (NaN, left out of the means, never counted as 0); precision is NaN where nothing was
+    predicted as that class. mIoU, class-mean accuracy (mean recall) and global accuracy."""
+    cm = np.asarray(cm, dtype=np.int64)
+    tp = np.diag(cm).astype(np.float64)
+    truth, predicted = cm.sum(1).astype(np.float64), cm.sum(0).astype(np.float64)
+    present = truth > 0
+    if ignore_index is not None and 0 <= ignore_index < len(cm):
+        present[ignore_index] = False
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(present, tp / (truth + predicted - tp), np.nan)
+        recall = np.where(present, tp / truth, np.nan)
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+    total = cm.sum()
+    return {
+        "miou": float(np.nanmean(iou)) if present.any() else float("nan"),
+        "mean_accuracy": float(np.nanmean(recall)) if present.any() else float("nan"),
+        "global_accuracy": float(tp.sum() / total) if total else float("nan"),
+        "iou": iou.tolist(), "precision": precision.tolist(), "recall": recall.tolist(),
+        "pixels": truth.astype(np.int64).tolist(),
+    }
+
+
+def median_frequency_weights(counts: np.ndarray, images_with: np.ndarray) -> np.ndarray:
+    """SegNet's class balancing (Eigen & Fergus): freq(c) = pixels of c / pixels of the images where c
+    appears; weight(c) = median(freq) / freq(c). Classes never seen get weight 0."""
+    counts, images_with = np.asarray(counts, np.float64), np.asarray(images_with, np.float64)
+    seen = counts > 0
+    freq = np.zeros_like(counts)
+    freq[seen] = counts[seen] / images_with[seen]
+    weights = np.zeros_like(counts)
+    weights[seen] = np.median(freq[seen]) / freq[seen]
+    return weights

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixbatch.eval.metrics import auc_roc, confusion, multiclass_scores, scores_from_confusion
+from pixbatch.eval.metrics import auc_roc, class_scores, confusion, confusion_matrix, scores_from_confusion
 from pixbatch.io.pairs import load_mask, pair_folders
 from pixbatch.runtime.prepare import Runner
 from pixbatch.tasks.segment import DEFAULT_OVERLAP, DEFAULT_TILE, predict_logits
@@ -41,7 +41,8 @@ def evaluate_seg(runner: Runner, images: Path, masks: Path, roi: Path | None = N
 
     classes = runner.info.out_channels
     results, total = [], {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
-    all_scores, all_targets, mc_pred, mc_true = [], [], [], []
+    all_scores, all_targets = [], []
+    cm_total = np.zeros((classes, classes), np.int64)
     pairs = pair_folders(images, masks, roi)
     for pair in pairs:
         try:
@@ -71,13 +72,13 @@ def evaluate_seg(runner: Runner, images: Path, masks: Path, roi: Path | None = N
             all_scores.append(s.ravel())
             all_targets.append((t == 1).ravel())
         else:
-            pred = prob.argmax(0).numpy()
-            t = np.where(region, target, ignore_index if ignore_index is not None else -1) if region is not None else target
-            ign = ignore_index if region is None else (ignore_index if ignore_index is not None else -1)
-            scores = multiclass_scores(pred, t, classes, ign)
-            keep = t != ign if ign is not None else np.ones(t.shape, bool)
-            mc_pred.append(pred[keep])
-            mc_true.append(t[keep])
+            pred = predicted_classes(prob, ignore_index).numpy()
+            t = np.where(region, target, -1) if region is not None else target  # -1: outside the region
+            cm = confusion_matrix(pred, t, classes, ignore_index)
+            cm_total += cm
+            per_class = class_scores(cm, ignore_index)
+            scores = {"miou": per_class["miou"], "mean_accuracy": per_class["mean_accuracy"],
+                      "accuracy": per_class["global_accuracy"]}
         results.append(SegResult(pair.name, scores))
     if not results:
         raise ValueError(f"none of the {len(pairs)} image/mask pairs could be evaluated")
@@ -85,5 +86,46 @@ def evaluate_seg(runner: Runner, images: Path, masks: Path, roi: Path | None = N
         pooled = scores_from_confusion(total)
         pooled["auc"] = auc_roc(np.concatenate(all_scores), np.concatenate(all_targets))
     else:
-        pooled = multiclass_scores(np.concatenate(mc_pred), np.concatenate(mc_true), classes)
+        pooled = class_scores(cm_total, ignore_index)
+        pooled["accuracy"] = pooled["global_accuracy"]
+        pooled["confusion_matrix"] = cm_total.tolist()
     return results, pooled
+
+
+def predicted_classes(prob: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+    """(C, H, W) probabilities -> (H, W) class indices; the ignore (void) label is never predicted."""
+    if ignore_index is not None and 0 <= ignore_index < prob.shape[0]:
+        prob = prob.clone()
+        prob[ignore_index] = -1
+    return prob.argmax(0)
+
+
+def confusion_png(cm: np.ndarray, names: list[str], cell: int = 36) -> bytes:
+    """A confusion-matrix picture: rows = true class, columns = predicted, each row normalised to its
+    pixels (white 0 to dark blue 1), the row's percentages written in the cells."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from pixbatch.io.encode import mark_kwargs
+
+    n = len(cm)
+    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    label = max(60, 7 * max((len(x) for x in names), default=4))
+    size = (label + n * cell + 10, label + n * cell + 10)
+    im = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(im)
+    for i in range(n):
+        draw.text((4, label + i * cell + cell // 3), names[i][:label // 7], fill="black")
+        draw.text((label + i * cell + 2, label - 14 - (i % 2) * 12), names[i][:cell // 6], fill="black")
+        for j in range(n):
+            v = float(rows[i, j])
+            color = tuple(int(255 - v * (255 - c)) for c in (20, 60, 140))
+            x0, y0 = label + j * cell, label + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=color, outline=(200, 200, 200))
+            if cm[i].sum():
+                draw.text((x0 + 4, y0 + cell // 3), f"{100 * v:.0f}", fill="white" if v > 0.5 else "black")
+    draw.text((4, 4), "rows: truth; columns: predicted", fill="black")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", **mark_kwargs("png"))
+    return buf.getvalue()
