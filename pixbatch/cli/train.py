@@ -135,7 +135,8 @@ def _sizes(ctx, param, value: str) -> tuple[int, ...]:
               help="Crops per step at the first size (later sizes keep the pixels per step).")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (one-cycle).")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
-              help="Images held out for validation (the best-Dice checkpoint is kept).")
+              help="Images held out for validation (the checkpoint with the best Dice, or mIoU for multi-class "
+                   "models, is kept).")
 @click.option("--val-images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Validate on this folder instead of a held-out fraction (masks from --val-masks).")
 @click.option("--val-masks", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
@@ -145,6 +146,11 @@ def _sizes(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--tune-threshold", is_flag=True,
               help="Binary models: store the threshold (0.2-0.8) with the best validation Dice instead of 0.5; "
                    "worth it with enough validation images.")
+@click.option("--class-weights", default=None, metavar="auto|W0,W1,...",
+              help="Multi-class cross-entropy weights: auto = median-frequency balancing over the training masks "
+                   "(SegNet), or one number per class.")
+@click.option("--class-names", default=None, metavar="A,B,...",
+              help="Names of the classes in index order, stored in the checkpoint (eval and segment show them).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.safetensors).")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on a GPU or a CPU with native bf16).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -154,11 +160,11 @@ def _sizes(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--resume", is_flag=True, help="Continue from OUT.state if it exists (the best weights so far included).")
 @click.pass_obj
 def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_index, loss, sizes, steps, batch_size,
-                      lr, val_fraction, val_images, val_masks, val_every, encoder_weights, tune_threshold, out, amp,
-                      seed, threads, save_every, resume) -> None:
+                      lr, val_fraction, val_images, val_masks, val_every, encoder_weights, tune_threshold,
+                      class_weights, class_names, out, amp, seed, threads, save_every, resume) -> None:
     """Train on random crops of the images with augmentations applied alike to image and mask
     (flips, 90-degree and small rotations; brightness/contrast on the image). The checkpoint keeps the
-    weights with the best validation Dice and the full recipe.
+    weights with the best validation Dice (mIoU for multi-class models) and the full recipe.
 
     \b
     Examples:
@@ -177,7 +183,8 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
         images=images, masks=masks, arch=arch, out=out, model_kwargs=kwargs, classes=classes,
         ignore_index=ignore_index, loss=loss, sizes=sizes, steps=steps, batch_size=batch_size, lr=lr,
         val_fraction=val_fraction, val_images=val_images, val_masks=val_masks, val_every=val_every,
-        encoder_weights=encoder_weights, tune_threshold=tune_threshold, amp=amp, seed=seed, threads=threads,
+        encoder_weights=encoder_weights, tune_threshold=tune_threshold, class_weights=class_weights,
+        class_names=class_names.split(",") if class_names else None, amp=amp, seed=seed, threads=threads,
         save_every=save_every, resume=resume,
         command="pixbatch train seg " + shlex.join(_args_after("seg")),
     )
@@ -186,7 +193,8 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
         recipe = train_seg(cfg, device, progress=app.progress, on_error=app.file_error)
     except (StartupError, FileNotFoundError, PairingError, ValueError) as exc:
         app.fail_start(str(exc))
-    click.echo(f"saved {out}: validation Dice {recipe['val_dice']} (step {recipe['best_step']}) "
+    score = recipe["val_dice"] if recipe["val_miou"] is None else recipe["val_miou"]
+    click.echo(f"saved {out}: validation {recipe['val_metric']} {score} (step {recipe['best_step']}) "
                f"after {recipe['seconds']} s")
     app.exit_for_file_errors()
 

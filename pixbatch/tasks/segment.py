@@ -5,6 +5,7 @@ colour overlay. The mask is written last: its presence marks the image done (res
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +56,10 @@ class SegmentTask(Task):
         self.classes = runner.info.out_channels
         training = runner.info.training or {}
         self.threshold = threshold if threshold is not None else float(training.get("threshold", 0.5))
+        names = training.get("class_names")
+        self.class_names = names if isinstance(names, list) and len(names) == self.classes else None
+        ignore = training.get("ignore_index")  # the void label of a multi-class model is never predicted
+        self.ignore = ignore if isinstance(ignore, int) and 0 <= ignore < self.classes > 1 else None
         self.probabilities = probabilities  # None, "8bit" or "float"
         self.overlay, self.overlay_alpha = overlay, overlay_alpha
         self.colors = torch.from_numpy(palette()).to(runner.device)
@@ -72,6 +77,9 @@ class SegmentTask(Task):
             cls = (prob[0] > self.threshold).to(torch.uint8)
             out["mask"] = (cls * 255).unsqueeze(-1)
         else:
+            if self.ignore is not None:
+                logits = logits.clone()
+                logits[self.ignore] = float("-inf")
             prob = torch.softmax(logits, dim=0)
             cls = prob.argmax(0).to(torch.uint8)
             out["mask"] = cls.unsqueeze(-1)
@@ -111,15 +119,19 @@ class SegmentTask(Task):
 
             im = Image.fromarray(arr[:, :, 0], "P")
             im.putpalette(palette().tobytes())
+            kwargs = mark_kwargs("png")
+            if self.class_names is not None:  # index -> name, for viewers and for `pixbatch eval seg`
+                kwargs["pnginfo"].add_text("classes", json.dumps(self.class_names))
             buf = io.BytesIO()
-            im.save(buf, format="PNG", compress_level=opts.png_compression, **mark_kwargs("png"))
+            im.save(buf, format="PNG", compress_level=opts.png_compression, **kwargs)
             write_bytes(buf.getbuffer(), path, overwrite=opts.overwrite)
 
     def tiff(self, name: str, channels: int) -> dict:
         return {"photometric": "rgb" if name == "overlay" else "minisblack"}
 
     def settings(self) -> dict:
-        return {"classes": self.classes, "threshold": self.threshold if self.classes == 1 else None}
+        return {"classes": self.classes, "threshold": self.threshold if self.classes == 1 else None,
+                "class_names": self.class_names, "ignore_index": self.ignore}
 
 
 def predict_logits(runner: Runner, pixels: np.ndarray, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,

@@ -58,22 +58,28 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | No
     return 1 - dice.mean()
 
 
-def ce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+def ce_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None,
+            weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy; ``weight`` per class (class balancing)."""
     if logits.shape[1] == 1:
         return bce_loss(logits, target, ignore_index)
-    return F.cross_entropy(logits.float(), target.long(), ignore_index=-100 if ignore_index is None else ignore_index)
+    w = None if weight is None else weight.to(logits.device, torch.float32)
+    return F.cross_entropy(logits.float(), target.long(), weight=w,
+                           ignore_index=-100 if ignore_index is None else ignore_index)
 
 
 class SegLoss(nn.Module):
     """A sum of named losses, e.g. ``SegLoss("bce+dice")``."""
 
-    def __init__(self, spec: str, ignore_index: int | None = None, gamma: float = 2.0) -> None:
+    def __init__(self, spec: str, ignore_index: int | None = None, gamma: float = 2.0,
+                 class_weights: torch.Tensor | None = None) -> None:
         super().__init__()
         self.names = [s.strip() for s in spec.lower().split("+") if s.strip()]
         unknown = [n for n in self.names if n not in LOSSES]
         if not self.names or unknown:
             raise ValueError(f"unknown loss {spec!r}; use {', '.join(LOSSES)} or sums like bce+dice")
         self.ignore_index, self.gamma = ignore_index, gamma
+        self.class_weights = class_weights  # cross-entropy's per-class weights
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         total = logits.new_zeros((), dtype=torch.float32)
@@ -81,7 +87,7 @@ class SegLoss(nn.Module):
             if name == "bce":
                 total = total + bce_loss(logits, target, self.ignore_index)
             elif name == "ce":
-                total = total + ce_loss(logits, target, self.ignore_index)
+                total = total + ce_loss(logits, target, self.ignore_index, self.class_weights)
             elif name == "dice":
                 total = total + dice_loss(logits, target, self.ignore_index)
             else:

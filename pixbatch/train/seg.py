@@ -42,6 +42,8 @@ class SegTrainConfig:
     resume: bool = False
     encoder_weights: Path | None = None  # resnet34_unet: local ImageNet weights
     tune_threshold: bool = False  # binary: store the validation-best threshold instead of 0.5
+    class_weights: str | None = None  # multi-class cross-entropy: "auto" (median frequency) or "w0,w1,..."
+    class_names: list[str] | None = None  # stored in the checkpoint for eval and segment
     amp: bool | None = None
     seed: int = 0
     threads: int = 0
@@ -100,12 +102,14 @@ def sample(data, size: int, batch: int, rng: random.Random) -> tuple[torch.Tenso
 @torch.no_grad()
 def validate(net: torch.nn.Module, data, classes: int, device: torch.device,
              ignore_index: int | None) -> float:
-    """Dice over all validation pixels (binary at p = 0.5; multi-class: mean over classes)."""
-    from pixbatch.eval.metrics import confusion, multiclass_scores, scores_from_confusion
+    """Over all validation pixels: binary, Dice at p = 0.5; multi-class, mIoU (the ignore label and
+    classes absent from the validation truth left out), as ``pixbatch eval seg`` reports them."""
+    from pixbatch.eval.metrics import class_scores, confusion, confusion_matrix, scores_from_confusion
+    from pixbatch.eval.seg import predicted_classes
 
     net.eval()
     total = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
-    dices = []
+    cm = np.zeros((classes, classes), np.int64)
     for image, mask in data:
         logits = net(image[None].to(device)).float()[0].cpu()
         target = mask.numpy()
@@ -114,9 +118,35 @@ def validate(net: torch.nn.Module, data, classes: int, device: torch.device,
             c = confusion((logits[0] > 0).numpy(), target == 1, valid)
             total = {k: total[k] + c[k] for k in total}
         else:
-            dices.append(multiclass_scores(logits.argmax(0).numpy(), target, classes, ignore_index)["dice"])
+            cm += confusion_matrix(predicted_classes(logits, ignore_index).numpy(), target, classes, ignore_index)
     net.train()
-    return scores_from_confusion(total)["dice"] if classes == 1 else float(np.mean(dices))
+    if classes == 1:
+        return scores_from_confusion(total)["dice"]
+    miou = class_scores(cm, ignore_index)["miou"]
+    return miou if miou == miou else 0.0
+
+
+def class_weights(spec: str, data, classes: int, ignore_index: int | None) -> torch.Tensor:
+    """Cross-entropy weights: "auto" = median-frequency balancing over the training masks (SegNet), or
+    one number per class."""
+    from pixbatch.eval.metrics import median_frequency_weights
+
+    if spec != "auto":
+        try:
+            weights = [float(w) for w in spec.split(",")]
+        except ValueError:
+            weights = []
+        if len(weights) != classes or min(weights) < 0:
+            raise ValueError(f"--class-weights needs 'auto' or {classes} non-negative numbers, got {spec!r}")
+        return torch.tensor(weights)
+    counts, images_with = np.zeros(classes), np.zeros(classes)
+    for _, mask in data:
+        m = mask.numpy()
+        m = m[(m >= 0) & (m < classes) & ((m != ignore_index) if ignore_index is not None else True)]
+        n = np.bincount(m.astype(np.int64), minlength=classes)[:classes]
+        counts += n
+        images_with += n > 0
+    return torch.from_numpy(median_frequency_weights(counts, images_with)).float()
 
 
 @torch.no_grad()
@@ -139,7 +169,8 @@ def best_threshold(net: torch.nn.Module, data, device: torch.device, ignore_inde
 
 def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress: bool = True,
               on_error: Callable[[Path, str], None] | None = None) -> dict:
-    """Train and save ``cfg.out`` (the best validation Dice; safetensors with the recipe). Returns the recipe."""
+    """Train and save ``cfg.out`` (the best validation Dice, or mIoU for multi-class models; safetensors
+    with the recipe). Returns the recipe."""
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
     from pixbatch.train.loop import LoopOptions, TrainLoop, seed_everything
@@ -161,6 +192,16 @@ def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress:
         top = max(int(m[m != (cfg.ignore_index if cfg.ignore_index is not None else -1)].max()) for _, m in train_data)
         if top >= cfg.classes:
             raise ValueError(f"masks contain class {top} but --classes is {cfg.classes}")
+
+    weights = None
+    if cfg.class_weights is not None:
+        if binary:
+            raise ValueError("--class-weights is for multi-class models (--classes 2 or more)")
+        weights = class_weights(cfg.class_weights, train_data, cfg.classes, cfg.ignore_index)
+        loss_fn.class_weights = weights
+    if cfg.class_names is not None and len(cfg.class_names) != cfg.classes:
+        raise ValueError(f"--class-names lists {len(cfg.class_names)} names for {cfg.classes} classes")
+    metric = "Dice" if binary else "mIoU"
 
     kwargs = {**cfg.model_kwargs, "num_classes": cfg.classes}
     net = create_model(cfg.arch, pretrained=False, **kwargs).module
@@ -189,7 +230,7 @@ def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress:
         dice = validate(net, val_data, cfg.classes, device, cfg.ignore_index)
         if dice > best["dice"]:
             best.update(dice=dice, step=step, weights={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
-        return f"size {size_at(step)} val Dice {dice:.4f} (best {best['dice']:.4f} at {best['step']})"
+        return f"size {size_at(step)} val {metric} {dice:.4f} (best {best['dice']:.4f} at {best['step']})"
 
     loop.run(batch, loss_fn, validate_step if val_data else None)
     best_step = cfg.steps
@@ -203,7 +244,10 @@ def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress:
               if k not in ("out", "command", "resume")}
     recipe.update(command=cfg.command, seconds=round(loop.elapsed), device=str(device),
                   amp=str(loop.amp).removeprefix("torch.") if loop.amp else "off", train_images=len(train_data),
-                  val_images=[p.name for p in val_pairs], val_dice=round(best["dice"], 4) if val_data else None,
+                  val_images=[p.name for p in val_pairs], val_metric=metric,
+                  val_dice=round(best["dice"], 4) if val_data and binary else None,
+                  val_miou=round(best["dice"], 4) if val_data and not binary else None,
+                  class_weights_used=None if weights is None else [round(float(w), 4) for w in weights],
                   best_step=best_step, threshold=threshold,
                   val_dice_at_threshold=None if val_dice_at_threshold is None else round(val_dice_at_threshold, 4))
     save_checkpoint(net.eval(), cfg.out, name=cfg.arch, kwargs=kwargs, training=recipe)

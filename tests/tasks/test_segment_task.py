@@ -34,3 +34,34 @@ def test_outputs_are_declared_and_posted_with_the_same_names():
     out = task.post(logits, None, lambda: np.zeros((5, 6, 3), np.uint8))
     assert set(out) == set(paths) and out["mask"].shape == (5, 6, 1) and out["overlay"].shape == (5, 6, 3)
     assert set(out["mask"].unique().tolist()) <= {0, 255}
+
+
+def test_multiclass_masks_carry_class_names_and_never_the_void_label(tmp_path):
+    """A model trained with an ignore (void) label never predicts it, and its class names travel in the
+    mask PNG's text chunks."""
+    import json
+
+    from PIL import Image
+
+    from pixbatch.io.discover import plan_jobs
+    from pixbatch.models import build_registered
+    from pixbatch.models.checkpoint import save_checkpoint
+    from pixbatch.runtime.engine import JobOptions, run_job
+    from tests.conftest import gradient_rgb
+
+    torch.manual_seed(0)
+    kwargs = {"base": 4, "depth": 2, "num_classes": 3}
+    net = build_registered("unet", **kwargs)
+    with torch.no_grad():  # make the void class (1) win everywhere unless it is excluded
+        net.head.bias.copy_(torch.tensor([0.0, 50.0, 0.0]))
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(net, ckpt, name="unet", kwargs=kwargs,
+                    training={"ignore_index": 1, "class_names": ["ground", "void", "door"]})
+    Image.fromarray(gradient_rgb(24, 32)).save(tmp_path / "a.png")
+    runner = prepare_model(create_model(ckpt), torch.device("cpu"), torch.float32)
+    report = run_job(SegmentTask(runner), plan_jobs([tmp_path / "a.png"], tmp_path / "out"), JobOptions(),
+                     log=lambda m: None)
+    assert report.done == 1 and report.settings["ignore_index"] == 1
+    with Image.open(tmp_path / "out" / "a.png") as im:
+        assert im.mode == "P" and json.loads(im.text["classes"]) == ["ground", "void", "door"]
+        assert 1 not in set(np.unique(np.asarray(im)))

@@ -93,3 +93,64 @@ def test_resume_continues_exactly_with_the_best_weights(tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert create_model(part).info.training["best_step"] == create_model(full).info.training["best_step"]
     assert not (tmp_path / "part.safetensors.state").exists()
+
+
+def test_multiclass_training_balances_classes_keeps_names_and_validates_by_miou(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from pixbatch.eval.metrics import median_frequency_weights
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    counts, seen = np.zeros(3), np.zeros(3)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        mask = np.zeros((32, 32), np.uint8)
+        mask[:, 16:] = 1
+        if i % 2:
+            mask[8:12, 8:12] = 2  # a rare class, in half of the images
+        mask[0] = 255  # void
+        Image.fromarray(mask).save(masks / f"{i}.png")
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(cli, [
+        "train", "seg", "--images", str(images), "--masks", str(masks), "--arch", "unet_small", "--model-kwargs",
+        '{"base": 4, "depth": 2}', "--classes", "3", "--ignore-index", "255", "--loss", "ce", "--class-weights",
+        "auto", "--class-names", "ground,wall,door", "--size", "32", "--steps", "2", "--batch-size", "1",
+        "--val-fraction", "0.5", "--val-every", "1", "--out", str(out), "--no-amp"])
+    assert result.exit_code == 0, result.output
+    assert "validation mIoU" in result.stdout
+    recipe = create_model(out).info.training
+    assert recipe["val_metric"] == "mIoU" and recipe["class_names"] == ["ground", "wall", "door"]
+    assert recipe["ignore_index"] == 255 and len(recipe["class_weights_used"]) == 3
+    train_names = set(recipe["val_images"])
+    for i in range(4):  # the weights come from the training masks only
+        if str(i) in train_names or f"{i}.png" in train_names:
+            continue
+        m = np.array(Image.open(masks / f"{i}.png"))
+        m = m[m != 255]
+        n = np.bincount(m, minlength=3)
+        counts += n
+        seen += n > 0
+    np.testing.assert_allclose(recipe["class_weights_used"], median_frequency_weights(counts, seen), atol=1e-4)
+    # eval takes the ignore label and the names from the checkpoint
+    evaluation = CliRunner().invoke(cli, ["--json", "eval", "seg", "--model", str(out), "--images", str(images),
+                                          "--masks", str(masks)])
+    summary = json.loads(evaluation.stdout)
+    assert summary["ignore_index"] == 255 and summary["class_names"] == ["ground", "wall", "door"]
+    assert sum(map(sum, summary["pooled"]["confusion_matrix"])) == 4 * 31 * 32
+
+
+def test_class_weights_need_a_multiclass_model_and_one_per_class(tmp_path):
+    images, masks = write_disk_set(tmp_path / "d", 2, size=32)
+    base = ["train", "seg", "--images", str(images), "--masks", str(masks), "--arch", "unet_small", "--size", "32",
+            "--steps", "1", "--out", str(tmp_path / "m.safetensors")]
+    result = CliRunner().invoke(cli, [*base, "--class-weights", "auto"])
+    assert result.exit_code == 1 and "--class-weights is for multi-class models" in result.stderr
+    result = CliRunner().invoke(cli, [*base, "--classes", "2", "--loss", "ce", "--ignore-index", "255",
+                                      "--class-weights", "1,2,3"])
+    assert result.exit_code == 1 and "needs 'auto' or 2 non-negative numbers" in result.stderr
