@@ -29,12 +29,15 @@ from pixbatch.cli._options import (
 @click.option("--probabilities", is_flag=True, help="Also write NAME_prob.tif with the probability map(s).")
 @click.option("--prob-format", type=click.Choice(["8bit", "float"]), default="8bit", show_default=True,
               help="Probability TIFF samples: 8-bit (p x 255, rounded) or 32-bit float.")
+@click.option("--ignore-index", type=int, default=None,
+              help="Multi-class models: the void label, never predicted (default: the one the model was trained "
+                   "with, if any).")
 @click.option("--overlay", is_flag=True, help="Also write NAME_overlay.png: the classes in colour over the input.")
 @click.option("--overlay-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.pass_obj
 def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, workers, writers, max_pixels,
             png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, model_name, threshold,
-            probabilities, prob_format, overlay, overlay_alpha) -> None:
+            probabilities, prob_format, ignore_index, overlay, overlay_alpha) -> None:
     """Segment every image in SRC (files and/or folders, searched recursively) into DST.
 
     Each input gets a mask PNG: 0/255 for binary models, class indices with a palette for multi-class
@@ -68,4 +71,4 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
         max_pixels=max_pixels, encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),
     )
     app.run(partial(SegmentTask, threshold=threshold, probabilities=prob_format if probabilities else None,
-                    overlay=overlay, overlay_alpha=overlay_alpha), plan, opts)
+                    overlay=overlay, overlay_alpha=overlay_alpha, ignore_index=ignore_index), plan, opts)

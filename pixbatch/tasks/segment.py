@@ -51,14 +51,15 @@ class SegmentTask(Task):
     main = "mask"
 
     def __init__(self, runner: Runner, *, threshold: float | None = None, probabilities: str | None = None,
-                 overlay: bool = False, overlay_alpha: float = 0.5) -> None:
+                 overlay: bool = False, overlay_alpha: float = 0.5, ignore_index: int | None = None) -> None:
         super().__init__(runner)
         self.classes = runner.info.out_channels
         training = runner.info.training or {}
         self.threshold = threshold if threshold is not None else float(training.get("threshold", 0.5))
         names = training.get("class_names")
         self.class_names = names if isinstance(names, list) and len(names) == self.classes else None
-        ignore = training.get("ignore_index")  # the void label of a multi-class model is never predicted
+        # the void label of a multi-class model is never predicted: given, else the one it was trained with
+        ignore = ignore_index if ignore_index is not None else training.get("ignore_index")
         self.ignore = ignore if isinstance(ignore, int) and 0 <= ignore < self.classes > 1 else None
         self.probabilities = probabilities  # None, "8bit" or "float"
         self.overlay, self.overlay_alpha = overlay, overlay_alpha

@@ -65,3 +65,8 @@ def test_multiclass_masks_carry_class_names_and_never_the_void_label(tmp_path):
     with Image.open(tmp_path / "out" / "a.png") as im:
         assert im.mode == "P" and json.loads(im.text["classes"]) == ["ground", "void", "door"]
         assert 1 not in set(np.unique(np.asarray(im)))
+    # --ignore-index overrides the checkpoint's: class 1 may be predicted again (it wins everywhere)
+    report = run_job(SegmentTask(runner, ignore_index=2), plan_jobs([tmp_path / "a.png"], tmp_path / "out2"),
+                     JobOptions(), log=lambda m: None)
+    with Image.open(tmp_path / "out2" / "a.png") as im:
+        assert set(np.unique(np.asarray(im))) == {1}
