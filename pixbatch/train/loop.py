@@ -12,7 +12,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -122,6 +122,17 @@ class TrainLoop:
             if step % opts.save_every == 0 and step < opts.steps:
                 self.save_state(step)
         bar.close()
+
+    def recipe(self, cfg, **results) -> dict:
+        """What a checkpoint records of its training: the config (paths as text; not where it was written
+        or whether it resumed), the command, training time, device and AMP, then ``results``."""
+        def plain(v):
+            return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(v, list) else v
+
+        recipe = {k: plain(v) for k, v in asdict(cfg).items() if k not in ("out", "resume", "command")}
+        recipe.update(command=cfg.command, seconds=round(self.elapsed), device=str(self.device),
+                      amp=str(self.amp).removeprefix("torch.") if self.amp else "off", **results)
+        return recipe
 
     def finish(self) -> None:
         """The final checkpoint is written: the resumable state is no longer needed."""

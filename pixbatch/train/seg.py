@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -240,16 +240,13 @@ def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress:
     threshold, val_dice_at_threshold = 0.5, None
     if cfg.tune_threshold and binary and val_data:  # chosen on the validation images, used by segment/eval
         threshold, val_dice_at_threshold = best_threshold(net, val_data, device, cfg.ignore_index)
-    recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
-              if k not in ("out", "command", "resume")}
-    recipe.update(command=cfg.command, seconds=round(loop.elapsed), device=str(device),
-                  amp=str(loop.amp).removeprefix("torch.") if loop.amp else "off", train_images=len(train_data),
-                  val_images=[p.name for p in val_pairs], val_metric=metric,
-                  val_dice=round(best["dice"], 4) if val_data and binary else None,
-                  val_miou=round(best["dice"], 4) if val_data and not binary else None,
-                  class_weights_used=None if weights is None else [round(float(w), 4) for w in weights],
-                  best_step=best_step, threshold=threshold,
-                  val_dice_at_threshold=None if val_dice_at_threshold is None else round(val_dice_at_threshold, 4))
+    recipe = loop.recipe(
+        cfg, train_images=len(train_data), val_images=[p.name for p in val_pairs], val_metric=metric,
+        val_dice=round(best["dice"], 4) if val_data and binary else None,
+        val_miou=round(best["dice"], 4) if val_data and not binary else None,
+        class_weights_used=None if weights is None else [round(float(w), 4) for w in weights],
+        best_step=best_step, threshold=threshold,
+        val_dice_at_threshold=None if val_dice_at_threshold is None else round(val_dice_at_threshold, 4))
     save_checkpoint(net.eval(), cfg.out, name=cfg.arch, kwargs=kwargs, training=recipe)
     loop.finish()
     return recipe

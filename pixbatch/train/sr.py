@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -186,11 +186,7 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
         return f"val PSNR {scores['val']:.2f} dB (bicubic {scores['bicubic']:.2f})"
 
     loop.run(batch, loss_fn, validate, before_step=set_frozen)
-    recipe = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "data" else v)
-              for k, v in asdict(cfg).items() if k not in ("out", "resume", "command")}
-    recipe.update(command=cfg.command, seconds=round(loop.elapsed), device=str(device),
-                  amp=str(loop.amp).removeprefix("torch.") if loop.amp else "off",
-                  val_psnr_rgb=round(scores["val"], 2), val_bicubic=round(scores["bicubic"], 2))
+    recipe = loop.recipe(cfg, val_psnr_rgb=round(scores["val"], 2), val_bicubic=round(scores["bicubic"], 2))
     save_checkpoint(net.eval(), cfg.out, name=cfg.arch, kwargs=cfg.model_kwargs, training=recipe)
     loop.finish()
     return recipe

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -192,12 +192,8 @@ def train_style(cfg: StyleTrainConfig, device: torch.device | None = None, progr
         return f"preview {preview_path.name}"
 
     loop.run(batch, loss_fn, validate, status=status)
-    recipe = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "content" else v)
-              for k, v in asdict(cfg).items() if k not in ("out", "resume", "command")}
-    recipe.update(command=cfg.command, seconds=round(loop.elapsed), device=str(device),
-                  amp=str(loop.amp).removeprefix("torch.") if loop.amp else "off",
-                  final_losses={k: round(v, 4) for k, v in loss_fn.parts.items()},
-                  unreadable_content=len(crops.skipped))
+    recipe = loop.recipe(cfg, final_losses={k: round(v, 4) for k, v in loss_fn.parts.items()},
+                         unreadable_content=len(crops.skipped))
     save_checkpoint(net.eval(), cfg.out, name=cfg.arch, kwargs=cfg.model_kwargs, training=recipe)
     loop.finish()
     return recipe
