@@ -46,10 +46,10 @@ class App:
     def file_error(self, path, reason: str) -> None:
         """One input that a command outside the engine (eval, train) could not use: one line, and the
         command ends with exit code 123 (``exit_for_file_errors``)."""
-        from pixbatch.runtime.jobs import one_line
+        from pixbatch.runtime.jobs import error_line
 
         self.file_errors.append((str(path), reason))
-        click.echo(f"error: {one_line(path)}: {one_line(reason)}", err=True)
+        click.echo(error_line(path, reason), err=True)
 
     def exit_for_file_errors(self) -> None:
         if self.file_errors:

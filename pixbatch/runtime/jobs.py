@@ -61,6 +61,28 @@ def one_line(text: object) -> str:
     return str(text).translate(_CONTROL)
 
 
+def error_line(path: object, reason: str) -> str:
+    """The one form every rejected input is reported in: ``error: PATH: reason``, on one line."""
+    return f"error: {one_line(path)}: {one_line(reason)}"
+
+
+def begin_run(plan: Plan, report: Report, log: Callable[[str], None], info: Callable[[str], None]) -> None:
+    """What every executor does before any work: count what is already done, report the plan's
+    problems (one line each) and notes, and remove what killed runs left in the output folders
+    (temporary files, claims)."""
+    report.skipped = len(plan.skipped)
+    for problem in plan.problems:
+        report.failed.append((str(problem.path), problem.reason))
+        log(error_line(problem.path, problem.reason))
+    for note in plan.notes:
+        info(f"note: {one_line(note)}")
+    folders = {j.dst.parent for j in plan.todo}
+    remove_stale_temps(folders)
+    for folder in folders:
+        if folder.is_dir():
+            claims.remove_stale_claims(folder)
+
+
 class JobBook:
     """Starts a run from its plan (known problems reported, stale temporary files removed) and keeps
     its report; ``write`` runs an encoder in the pool and turns its outcome into done/skipped/failed."""
@@ -72,17 +94,7 @@ class JobBook:
 
         self.report, self.log, self.info = report, log, info or (lambda message: None)
         self.start = time.perf_counter()
-        report.skipped = len(plan.skipped)
-        for problem in plan.problems:
-            report.failed.append((str(problem.path), problem.reason))
-            log(f"error: {one_line(problem.path)}: {one_line(problem.reason)}")
-        for note in plan.notes:
-            self.info(f"note: {one_line(note)}")
-        folders = {j.dst.parent for j in plan.todo}
-        remove_stale_temps(folders)
-        for folder in folders:
-            if folder.is_dir():
-                claims.remove_stale_claims(folder)
+        begin_run(plan, report, log, self.info)
         self.todo = plan.todo
         self.owner = owner or claims.owner_token()  # this run's name on the outputs it claims
         self.writers = writers or max(2, min(8, os.cpu_count() or 2))
@@ -96,7 +108,7 @@ class JobBook:
     def fail(self, path: Path, reason: str) -> None:
         with self.lock:
             self.report.failed.append((str(path), reason))
-            self.log(f"error: {one_line(path)}: {one_line(reason)}")
+            self.log(error_line(path, reason))
             self.bar.update(1)
 
     def accept(self, path: Path, error: str, meta) -> bool:

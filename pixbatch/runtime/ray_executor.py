@@ -25,7 +25,7 @@ from pathlib import Path
 from pixbatch.io.discover import Job, Plan
 from pixbatch.runtime.device import StartupError
 from pixbatch.runtime.engine import JobOptions, Task, decode_job, split_jobs
-from pixbatch.runtime.jobs import Report, one_line
+from pixbatch.runtime.jobs import Report, begin_run, error_line, one_line
 
 RAY_MISSING = '--ray needs Ray: pip install "pixbatch[ray]"'
 
@@ -126,7 +126,7 @@ class EngineActor:
             records.append((i, arr, meta, str(error)))
         report = run_job(self.task, Plan(todo=jobs, skipped=[], problems=[]), self.opts, log=lambda line: None,
                          decoded=records, owner=self.owner)
-        return {"report": [json.dumps({**report.as_dict(), "failed_list": report.failed})], "jobs": [len(jobs)]}
+        return {"report": [json.dumps(report.as_dict())], "jobs": [len(jobs)]}
 
 
 def run_on_ray(make_task: Callable, task: Task, runner_args: dict, plan: Plan, opts: JobOptions,
@@ -138,21 +138,12 @@ def run_on_ray(make_task: Callable, task: Task, runner_args: dict, plan: Plan, o
     from tqdm import tqdm
 
     from pixbatch.io import claims
-    from pixbatch.io.discover import remove_stale_temps
 
     resources = connect(settings)
     import ray
 
     start = time.perf_counter()
-    report.skipped = len(plan.skipped)
-    for problem in plan.problems:
-        report.failed.append((str(problem.path), problem.reason))
-        log(f"error: {one_line(problem.path)}: {one_line(problem.reason)}")
-    folders = {j.dst.parent for j in plan.todo}
-    remove_stale_temps(folders)
-    for folder in folders:
-        if folder.is_dir():
-            claims.remove_stale_claims(folder)
+    begin_run(plan, report, log, info)
     owner = claims.owner_token()
     has_gpus = resources.get("GPU", 0) > 0
     gpus = settings.gpus_per_worker if settings.gpus_per_worker is not None else (1.0 if has_gpus else 0.0)
@@ -183,10 +174,10 @@ def run_on_ray(make_task: Callable, task: Task, runner_args: dict, plan: Plan, o
                                        "owner": owner, "threads": threads})
             for out in ds.iter_rows():
                 part = json.loads(out["report"])
-                for path, reason in part["failed_list"]:  # as the user named them, as in one process
-                    given = str(given_paths.get(path, path))
-                    report.failed.append((given, reason))
-                    log(f"error: {one_line(given)}: {one_line(reason)}")
+                for error in part["errors"]:  # paths as the user named them, as in one process
+                    given = str(given_paths.get(error["path"], error["path"]))
+                    report.failed.append((given, error["reason"]))
+                    log(error_line(given, error["reason"]))
                 report.done += part["done"]
                 report.skipped += part["skipped"]
                 report.input_mp += part["input_mp"]
