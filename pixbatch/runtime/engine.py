@@ -80,6 +80,11 @@ class RowSource(Protocol):
     def read_rows(self, y0: int, y1: int) -> Any: ...
 
 
+def failure_reason(exc: BaseException) -> str:
+    """What a user reads when the model could not produce an image's output."""
+    return str(exc) if isinstance(exc, ModelFailedError) else f"model failed ({type(exc).__name__}: {exc})"
+
+
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
@@ -196,7 +201,6 @@ class WindowEngine:
         self.max_planes = windowing.batch_size or 64
         self.queues: OrderedDict[tuple, deque[_Unit]] = OrderedDict()
         self.queued = 0  # input pixels waiting (all planes)
-        self.eager = False  # set while a batch of windows that share whole-image state runs
 
     def plan(self, height: int, width: int) -> WindowPlan:
         tile = 0 if self.auto and height * width <= self.whole else self.tile
@@ -221,8 +225,7 @@ class WindowEngine:
                 self._fail(canvas, str(exc))
                 return
             except Exception as exc:
-                self._fail(canvas, exc.args[0] if isinstance(exc, ModelFailedError)
-                           else f"model failed ({type(exc).__name__}: {exc})")
+                self._fail(canvas, failure_reason(exc))
                 return
         if not self._start_band(canvas):
             return
@@ -292,9 +295,9 @@ class WindowEngine:
         x = torch.cat([u.input() for u in batch])
         try:
             # windows with whole-image state run eagerly: a compiled graph would specialise on that state
-            self.eager = scope is not None
+            eager = scope is not None
             with scope() if scope is not None else nullcontext():
-                y = self._window_output(x, fp32) if len(batch) == 1 else self._forward(x, fp32)
+                y = self._window_output(x, fp32, eager) if len(batch) == 1 else self._forward(x, fp32, eager)
         except Exception as exc:
             del x
             if len(batch) > 1 and is_oom(exc):  # halve the batch and retry the same windows
@@ -304,12 +307,10 @@ class WindowEngine:
                 self._run_batch(batch[:half])
                 self._run_batch(batch[half:])
                 return
-            reason = str(exc) if isinstance(exc, ModelFailedError) else f"model failed ({type(exc).__name__}: {exc})"
+            reason = failure_reason(exc)
             for canvas in {id(u.canvas): u.canvas for u in batch}.values():
                 self._fail(canvas, reason)
             return
-        finally:
-            self.eager = False
         del x
         finite = torch.isfinite(y).flatten(1).all(1).tolist()
         i = 0
@@ -321,8 +322,8 @@ class WindowEngine:
                 self._deliver(u, y[i:i + k])
             i += k
 
-    def _forward(self, x: torch.Tensor, fp32: bool) -> torch.Tensor:
-        run = self.runner.run_eager if self.eager else self.runner
+    def _forward(self, x: torch.Tensor, fp32: bool, eager: bool = False) -> torch.Tensor:
+        run = self.runner.run_eager if eager else self.runner
         if fp32 or self.runner.dtype == torch.float32:
             return self.runner.run_fp32(x) if fp32 else run(x)
         y = run(x)
@@ -337,11 +338,11 @@ class WindowEngine:
         if self.runner.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _window_output(self, x: torch.Tensor, fp32: bool) -> torch.Tensor:
+    def _window_output(self, x: torch.Tensor, fp32: bool, eager: bool = False) -> torch.Tensor:
         """One window's output; out of memory, it is computed in core-cropped pieces of half the size
         inside the window (with the same context), so it is still delivered once and whole."""
         try:
-            return self._forward(x, fp32)
+            return self._forward(x, fp32, eager)
         except Exception as exc:
             if not is_oom(exc):
                 raise
@@ -356,7 +357,7 @@ class WindowEngine:
         s, y = self.scale, None
         for i, sy in enumerate(sub.ys.starts):
             for j, sx in enumerate(sub.xs.starts):
-                part = self._window_output(x[..., sy:sy + sub.ys.window, sx:sx + sub.xs.window], fp32)
+                part = self._window_output(x[..., sy:sy + sub.ys.window, sx:sx + sub.xs.window], fp32, eager)
                 if y is None:
                     y = part.new_empty(part.shape[0], part.shape[1], h * s, w * s)
                 (cy0, cy1), (cx0, cx1) = sub.ys.cuts[i:i + 2], sub.xs.cuts[j:j + 2]
