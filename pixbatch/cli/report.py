@@ -72,17 +72,14 @@ class App:
 
         if self.ray and "address" not in self.ray:
             raise click.UsageError("--ray-workers and --ray-gpus-per-worker need --ray")
-        if self.ray:
-            try:
-                import ray  # noqa: F401
-            except ImportError:
-                from pixbatch.runtime.ray_executor import RAY_MISSING
-
-                self.fail_start(RAY_MISSING)
         self.runner_args = {"device_spec": self.device, "model_name": model_name, "scale": scale,
                             "precision": precision, "compile_": compile_, "channels_last": channels_last,
                             "n_jobs": len(plan.todo), "kernels": kernels, "task": task}
         try:
+            if self.ray:  # before the model loads: a missing extra is an instant error
+                from pixbatch.runtime.ray_executor import require_ray
+
+                require_ray()
             runner = load_runner(**self.runner_args, info=self.info)
             check_destination(dst)
         except StartupError as exc:
@@ -99,7 +96,7 @@ class App:
         self.report = Report()
         self.info(f"{len(plan.todo)} to do, {len(plan.skipped)} already done, {len(plan.problems)} problem(s)")
         task = make_task(self.runner)
-        if self.ray and "address" in self.ray:
+        if self.ray:  # start_runner made sure it names an address
             from pixbatch.runtime.device import StartupError
             from pixbatch.runtime.ray_executor import RaySettings, run_on_ray
 

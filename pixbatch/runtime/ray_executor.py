@@ -60,12 +60,18 @@ def reachable(address: str, timeout: float = 5.0) -> None:
                            "start a cluster with `ray start --head`, or use --ray local") from None
 
 
-def connect(settings: RaySettings) -> dict:
-    """Join (or start) the cluster; its resources. Not installed, or not reachable: StartupError."""
+def require_ray():
+    """The ray module, or a StartupError naming the extra to install."""
     try:
         import ray
     except ImportError:
         raise StartupError(RAY_MISSING) from None
+    return ray
+
+
+def connect(settings: RaySettings) -> dict:
+    """Join (or start) the cluster; its resources. Not installed, or not reachable: StartupError."""
+    ray = require_ray()
     if not ray.is_initialized():
         # Ray's own notices (deprecations, actor-restart caveats, progress) are not the user's business here
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
