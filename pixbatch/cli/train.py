@@ -62,7 +62,6 @@ def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_siz
     pixbatch train sr --data photos/ --arch edsr_baseline --scale 4 --init x2.safetensors --freeze-steps 500 ...
     """
     from pixbatch.models import UnknownModelError, list_models
-    from pixbatch.runtime.device import StartupError, resolve_device
     from pixbatch.train.sr import SrTrainConfig, train_sr
 
     name = arch if scale is None or arch.endswith(f"_x{scale}") else f"{arch}_x{scale}"
@@ -76,14 +75,23 @@ def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_siz
         seed=seed, threads=threads, val_every=val_every, save_every=save_every, resume=resume,
         command="pixbatch train sr " + shlex.join(argv),
     )
-    try:
-        device = resolve_device(app.device)
-        recipe = train_sr(cfg, device, progress=app.progress, on_error=app.file_error)
-    except (StartupError, FileNotFoundError, ValueError) as exc:
-        app.fail_start(str(exc))
+    recipe = _train(app, train_sr, cfg)
     click.echo(f"saved {out}: validation PSNR {recipe['val_psnr_rgb']} dB (bicubic {recipe['val_bicubic']}) "
                f"after {recipe['seconds']} s")
     app.exit_for_file_errors()
+
+
+def _train(app, train, cfg) -> dict:
+    """Run a trainer on this invocation's device: its recipe, or one clear error line (exit 1) for a
+    bad device, missing data or weights, or an unusable setting. Inputs it had to leave out are error
+    lines as they happen (``app.file_error``)."""
+    from pixbatch.io.decode import DecodeError
+    from pixbatch.runtime.device import StartupError, resolve_device
+
+    try:
+        return train(cfg, resolve_device(app.device), progress=app.progress, on_error=app.file_error)
+    except (StartupError, FileNotFoundError, DecodeError, ValueError) as exc:  # PairingError is a ValueError
+        app.fail_start(str(exc))
 
 
 def _json_object(app, text: str) -> dict:
@@ -171,9 +179,7 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
     pixbatch train seg --images train/images --masks train/masks --arch unet --loss bce+dice --size 512
     pixbatch train seg ... --size 256,512 --steps 4000          # progressive resizing
     """
-    from pixbatch.io.pairs import PairingError
     from pixbatch.models import UnknownModelError, list_models, model_entry
-    from pixbatch.runtime.device import StartupError, resolve_device
     from pixbatch.train.seg import SegTrainConfig, train_seg
 
     if arch not in list_models() or model_entry(arch).task != "seg":
@@ -188,11 +194,7 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
         save_every=save_every, resume=resume,
         command="pixbatch train seg " + shlex.join(_args_after("seg")),
     )
-    try:
-        device = resolve_device(app.device)
-        recipe = train_seg(cfg, device, progress=app.progress, on_error=app.file_error)
-    except (StartupError, FileNotFoundError, PairingError, ValueError) as exc:
-        app.fail_start(str(exc))
+    recipe = _train(app, train_seg, cfg)
     score = recipe["val_dice"] if recipe["val_miou"] is None else recipe["val_miou"]
     click.echo(f"saved {out}: validation {recipe['val_metric']} {score} (step {recipe['best_step']}) "
                f"after {recipe['seconds']} s")
@@ -244,7 +246,6 @@ def train_style_command(app, style, content, vgg_weights, out, arch, model_kwarg
     pixbatch train style --style starry.jpg --content coco/ --vgg-weights vgg16-397923af.pth --out starry.safetensors
     pixbatch train style ... --style-size 512 --style-weight 5e10 --resume
     """
-    from pixbatch.runtime.device import StartupError, resolve_device
     from pixbatch.train.style import StyleTrainConfig, train_style
 
     cfg = StyleTrainConfig(
@@ -254,13 +255,7 @@ def train_style_command(app, style, content, vgg_weights, out, arch, model_kwarg
         preview_every=preview_every, amp=amp, seed=seed, threads=threads, save_every=save_every, resume=resume,
         command="pixbatch train style " + shlex.join(_args_after("style")),
     )
-    from pixbatch.io.decode import DecodeError
-
-    try:
-        device = resolve_device(app.device)
-        recipe = train_style(cfg, device, progress=app.progress, on_error=app.file_error)
-    except (StartupError, FileNotFoundError, DecodeError, ValueError) as exc:
-        app.fail_start(str(exc))
+    recipe = _train(app, train_style, cfg)
     losses = ", ".join(f"{k} {v:.3g}" for k, v in recipe["final_losses"].items())
     click.echo(f"saved {out}: final losses {losses} after {recipe['seconds']} s")
     app.exit_for_file_errors()
