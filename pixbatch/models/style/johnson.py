@@ -11,7 +11,7 @@ from torch import nn
 
 from pixbatch.models._registry import register_model, register_recogniser
 from pixbatch.models.style.base import StyleNet, upsample2
-from pixbatch.models.style.norm import InstanceNorm
+from pixbatch.models.style.norm import InstanceNorm, drop_running_stats
 from pixbatch.ops.upsample_conv import upsample_conv
 
 
@@ -90,9 +90,7 @@ def recognise_johnson(state: dict, scale: int | None = None) -> tuple[str, dict]
         return None
     if "deconv3.conv2d.weight" not in state and "deconv3.conv.weight" not in state:
         return None
-    for key in list(state):
-        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
-            del state[key]
-        elif ".conv." in key:
-            state[key.replace(".conv.", ".conv2d.")] = state.pop(key)
+    drop_running_stats(state)
+    for key in [k for k in state if ".conv." in k]:
+        state[key.replace(".conv.", ".conv2d.")] = state.pop(key)
     return "johnson_style", {"width": int(w.shape[0])}

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from pixbatch.models._registry import register_model, register_recogniser
 from pixbatch.models.style.base import StyleNet, upsample2
-from pixbatch.models.style.norm import InstanceNorm
+from pixbatch.models.style.norm import InstanceNorm, drop_running_stats
 
 
 class Bottleneck(nn.Module):
@@ -81,7 +81,5 @@ def recognise_mobilenet(state: dict, scale: int | None = None) -> tuple[str, dic
         return None
     if "res1.conv2.weight" not in state or "upconv1.conv1.conv1.weight" not in state:
         return None
-    for key in list(state):
-        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
-            del state[key]
+    drop_running_stats(state)
     return "mobilenet_style", {}

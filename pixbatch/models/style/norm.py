@@ -59,3 +59,9 @@ def fixed_stats(module: nn.Module, stats: list[tuple[torch.Tensor, torch.Tensor]
     finally:
         for layer in layers:
             layer.stats = None
+
+
+def drop_running_stats(state: dict) -> None:
+    """Remove the running statistics that older PyTorch saved for instance norm (it never uses them)."""
+    for key in [k for k in state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]:
+        del state[key]
