@@ -14,7 +14,7 @@ import torch
 from pixbatch.eval.metrics import auc_roc, class_scores, confusion, confusion_matrix, scores_from_confusion
 from pixbatch.io.pairs import load_mask, pair_folders
 from pixbatch.runtime.prepare import Runner
-from pixbatch.tasks.segment import DEFAULT_OVERLAP, DEFAULT_TILE, predict_logits
+from pixbatch.tasks.segment import DEFAULT_OVERLAP, DEFAULT_TILE, predict_logits, without_void
 
 
 @dataclass
@@ -94,10 +94,7 @@ def evaluate_seg(runner: Runner, images: Path, masks: Path, roi: Path | None = N
 
 def predicted_classes(prob: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
     """(C, H, W) probabilities -> (H, W) class indices; the ignore (void) label is never predicted."""
-    if ignore_index is not None and 0 <= ignore_index < prob.shape[0]:
-        prob = prob.clone()
-        prob[ignore_index] = -1
-    return prob.argmax(0)
+    return without_void(prob, ignore_index).argmax(0)
 
 
 def confusion_png(cm: np.ndarray, names: list[str], cell: int = 36) -> bytes:

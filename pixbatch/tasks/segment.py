@@ -46,6 +46,16 @@ def segment_windowing(tile: int = DEFAULT_TILE, overlap: int | None = DEFAULT_OV
     return Windowing(tile=tile, overlap=overlap, blend=blend, mirror_borders=True, batch_size=batch_size)
 
 
+def without_void(scores: torch.Tensor, ignore: int | None) -> torch.Tensor:
+    """(C, H, W) logits or probabilities with the void class (the ignore label, when it is one of the
+    C classes) made impossible: what it is trained to mean is "no class", so it is never predicted."""
+    if ignore is None or not 0 <= ignore < scores.shape[0]:
+        return scores
+    scores = scores.clone()
+    scores[ignore] = float("-inf")
+    return scores
+
+
 class SegmentTask(Task):
     name = "segment"
     main = "mask"
@@ -78,10 +88,7 @@ class SegmentTask(Task):
             cls = (prob[0] > self.threshold).to(torch.uint8)
             out["mask"] = (cls * 255).unsqueeze(-1)
         else:
-            if self.ignore is not None:
-                logits = logits.clone()
-                logits[self.ignore] = float("-inf")
-            prob = torch.softmax(logits, dim=0)
+            prob = torch.softmax(without_void(logits, self.ignore), dim=0)
             cls = prob.argmax(0).to(torch.uint8)
             out["mask"] = cls.unsqueeze(-1)
         if self.probabilities == "8bit":
