@@ -23,7 +23,7 @@ from pixbatch.models.info import LoadedModel, ModelInfo, count_params
 
 # Importing a family module registers its variants; families import only the registry.
 from pixbatch.models.seg import resnet_unet, segnet, unet  # noqa: F401, E402, I001
-from pixbatch.models.sr import carn, edsr, imdn  # noqa: F401, E402
+from pixbatch.models.sr import bsrn, carn, edsr, imdn, rlfn, safmn, smfan, span  # noqa: F401, E402
 from pixbatch.models.style import engstrom, johnson, mobilenet  # noqa: F401, E402
 
 __all__ = [

@@ -41,8 +41,9 @@ class ModelEntry:
         return builtin_weights(self.name)
 
 
-# (state dict, requested scale) -> (registered name, builder kwargs) when the layout is recognised, else None
-Recogniser = Callable[[dict, "int | None"], "tuple[str, dict] | None"]
+# (state dict, requested scale) -> (registered name, builder kwargs[, the tensors renamed to the builder's
+# keys]) when the layout is recognised, else None
+Recogniser = Callable[[dict, "int | None"], "tuple[str, dict] | tuple[str, dict, dict] | None"]
 
 _MODELS: dict[str, ModelEntry] = {}
 _RECOGNISERS: list[tuple[str, Recogniser]] = []

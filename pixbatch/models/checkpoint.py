@@ -40,6 +40,7 @@ def describe_native(name: str, module: nn.Module, *, source: str, path: str | No
         recognised_by=recognised_by,
         task=getattr(module, "task", "sr"),
         builder=builder,
+        min_size=int(getattr(module, "min_size", 1)),
     )
 
 
@@ -221,15 +222,24 @@ def _load_checkpoint(path: Path, scale: int | None) -> LoadedModel:
     return LoadedModel(module.eval(), info)
 
 
+WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")  # first one present wins
+
+
 def _recognise_native(tensors: dict, scale: int | None = None) -> tuple[str, dict, dict] | None:
     """Published architectures implemented here (each family registers its recogniser), from their
-    keys and shapes; DataParallel's ``module.`` prefix is allowed."""
+    keys and shapes; DataParallel's ``module.`` prefix is allowed, and so are the wrappers training
+    frameworks save (BasicSR's ``params_ema``, preferred as its test scripts do, or ``params``)."""
+    for wrapper in WRAPPER_KEYS:
+        inner = tensors.get(wrapper)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            tensors = inner
+            break
     for prefix in ("", "module."):
         stripped = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
         if len(stripped) != len(tensors):
             continue
         for _, recognise in recognisers():
             found = recognise(stripped, scale)
-            if found is not None:
-                return found[0], found[1], stripped
+            if found is not None:  # a recogniser may hand back the tensors renamed to our layout
+                return found[0], found[1], found[2] if len(found) > 2 else stripped
     return None

@@ -27,6 +27,7 @@ class ModelInfo:
     recognised_by: str | None = None  # for foreign checkpoints: "pixbatch" (native implementation) or "spandrel"
     task: str = "sr"  # "sr" (image -> image x scale), "seg" (out_channels logits per pixel), "style" (image)
     builder: dict | None = None  # {"name": registered architecture, "kwargs": ...} when pixbatch implements it
+    min_size: int = 1  # smaller inputs are padded up to this many px (pooling attention needs a few pixels)
 
     def as_dict(self) -> dict:
         return asdict(self)

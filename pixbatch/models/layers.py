@@ -1,5 +1,6 @@
 """Layers the model families share: ICNR initialisation, activations, PixelShuffle upsamplers, mean
-shifts, conv-BN-ReLU and size matching for skip connections."""
+shifts, contrast-aware channel attention, conv-BN-ReLU, size matching for skip connections, and the
+scale a recogniser reads from an upsampler conv."""
 
 from __future__ import annotations
 
@@ -80,6 +81,22 @@ class MeanShift(nn.Module):
         return self.shifter(x)
 
 
+class ContrastChannelAttention(nn.Module):
+    """Channel weights from each channel's spatial standard deviation plus mean ("CCA"; IMDN, BSRN)."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.conv_du = nn.Sequential(
+            nn.Conv2d(channels, channels // reduction, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(channels // reduction, channels, 1), nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
+        return x * self.conv_du(std + mean)
+
+
 def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
@@ -93,3 +110,16 @@ def match_size(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         x = x[..., : like.shape[-2], : like.shape[-1]]
         dh, dw = max(dh, 0), max(dw, 0)
     return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), mode="replicate") if dh or dw else x
+
+
+def shuffle_scale(conv_out_channels: int, out_channels: int = 3, scales: tuple[int, ...] = (2, 3, 4)) -> int | None:
+    """The PixelShuffle factor of an upsampler conv with ``conv_out_channels`` = out_channels * r^2,
+    as a recogniser reads it from a checkpoint; None when it is not one of ``scales``."""
+    r = round((conv_out_channels / out_channels) ** 0.5)
+    return r if r * r * out_channels == conv_out_channels and r in scales else None
+
+
+def conv_scale(state_dict: dict, key: str, out_channels: int = 3) -> int | None:
+    """``shuffle_scale`` of the conv stored under ``key`` (a 4-D weight), or None when there is none."""
+    w = state_dict.get(key)
+    return shuffle_scale(int(w.shape[0]), out_channels) if isinstance(w, torch.Tensor) and w.dim() == 4 else None

@@ -4,7 +4,8 @@
 
 Each file holds the fp32 output (NCHW; [0, 1] images for super-resolution, logits for segmentation)
 of one shipped model on a fixed 16x16 crop of examples/coffee.png; tests/models/test_golden.py
-compares against it. With ``--style``: the outputs of Engstrom's udnie and wave nets (shared data) on
+compares against it. With ``--efficient``: the outputs of the efficient x4 checkpoints of the shared
+data (weights/efficient_sr) on the same crop (tests/models/test_efficient_sr.py). With ``--style``: the outputs of Engstrom's udnie and wave nets (shared data) on
 a 64x64 crop of the style content photo (tests/models/test_style_nets.py).
 """
 
@@ -22,6 +23,8 @@ HERE = GOLDEN = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 SHARED_DATA = Path(os.environ.get("PIXBATCH_SHARED_DATA", REPO.parent / "shared" / "data"))
 STYLE_CONTENT = SHARED_DATA / "style" / "content" / "amber.jpg"
+EFFICIENT_SR = SHARED_DATA / "weights" / "efficient_sr"
+SAME_TENSORS = {"team04_rlfn": "team00_rlfn"}  # the 2022 release of the same RLFN weights, other key names
 
 
 def golden_input() -> torch.Tensor:
@@ -54,9 +57,19 @@ def style_golden_output(path: Path) -> np.ndarray:
 
 
 def shipped_models() -> list[str]:
-    from pixbatch.models import DEFAULT_SEG_MODEL, DEFAULT_SR_MODELS
+    """Every registered model whose weights ship with the package."""
+    from pixbatch.models import builtin_weights, list_models
 
-    return sorted([*DEFAULT_SR_MODELS.values(), DEFAULT_SEG_MODEL])
+    return [name for name in list_models() if builtin_weights(name) is not None]
+
+
+def efficient_checkpoints() -> list[Path]:
+    """The efficient x4 checkpoints of the shared data (none when it is absent)."""
+    return sorted(EFFICIENT_SR.glob("*.pth")) if EFFICIENT_SR.is_dir() else []
+
+
+def efficient_golden(path: Path) -> Path:
+    return HERE / f"efficient_{SAME_TENSORS.get(path.stem, path.stem)}.npy"
 
 
 def main() -> None:
@@ -65,6 +78,12 @@ def main() -> None:
             folder = SHARED_DATA / "style_weights" / "ml5_lengstrom" / style
             np.save(HERE / f"engstrom_{style}.npy", style_golden_output(folder))
             print(f"wrote {HERE / f'engstrom_{style}.npy'}")
+        return
+    if "--efficient" in sys.argv:
+        for path in efficient_checkpoints():
+            if path.stem not in SAME_TENSORS:
+                np.save(efficient_golden(path), golden_output(str(path)))
+                print(f"wrote {efficient_golden(path)}")
         return
     for name in shipped_models():
         np.save(HERE / f"{name}.npy", golden_output(name))

@@ -85,6 +85,11 @@ def hostile_checkpoints(folder, good):
     imdn["IMDB1.c1.weight"] = torch.zeros(64, 64, 1, 1)
     torch.save(imdn, folder / "imdn_wrong_shape.pth")
     files["imdn_wrong_shape"] = folder / "imdn_wrong_shape.pth"
+    ours("meta_names_another_arch", config={**config, "name": "rlfn_x4", "kwargs": {}})  # EDSR tensors
+    rlfn = {"params_ema": build_registered("rlfn_x4").state_dict()}  # BasicSR's wrapper, one shape wrong
+    rlfn["params_ema"]["block_2.c2_r.weight"] = torch.zeros(48, 48, 1, 1)
+    torch.save(rlfn, folder / "rlfn_wrong_shape.pth")
+    files["rlfn_wrong_shape"] = folder / "rlfn_wrong_shape.pth"
     canary = folder / "CANARY"
     torch.save({"w": Canary(canary)}, folder / "code_zip.pth")
     with open(folder / "code_legacy.pth", "wb") as f:
@@ -122,6 +127,8 @@ EXPECTED = {  # a fragment of each reason: what a user reads
     "missing_key": "1 missing", "extra_key": "1 unexpected (e.g. stowaway.weight)", "wrong_shape": "1 wrong shape",
     "nan_weights": "hold NaN or Inf values", "inf_weights": "hold NaN or Inf values",
     "imdn_wrong_shape": "its tensors do not fit imdn_x2: 1 wrong shape (e.g. IMDB1.c1.weight)",
+    "meta_names_another_arch": "its tensors do not fit rlfn_x4",
+    "rlfn_wrong_shape": "its tensors do not fit rlfn_x4: 1 wrong shape (e.g. block_2.c2_r.weight)",
     "code_zip": "cannot be read as plain weights", "code_legacy": "cannot be read as plain weights",
     "code_no_suffix": "cannot be read as plain weights",
     **{f"code_p{p}": "cannot be read as plain weights" for p in (0, 1, 3, 5)},

@@ -16,7 +16,10 @@ from tests.conftest import COMPACT, requires_data
 
 SMALL = {"imdn": {"nf": 64, "num_modules": 1}, "carn": {"channels": 16},  # per family; default below
          "unet": {"base": 4, "depth": 2}, "segnet": {"width": 0.05}, "resnet34": {},
-         "johnson": {"width": 4}, "engstrom": {}, "mobilenet": {}}
+         "johnson": {"width": 4}, "engstrom": {}, "mobilenet": {},
+         "rlfn": {"feature_channels": 8, "mid_channels": 8, "n_blocks": 1, "esa_channels": 4},
+         "bsrn": {"num_feat": 64, "num_block": 1}, "safmn": {"dim": 8, "n_blocks": 1}, "safmnpp": {"dim": 6, "n_blocks": 1},
+         "smfan": {"dim": 8, "n_blocks": 1}, "span": {"feature_channels": 8, "n_blocks": 2}}
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -25,6 +28,7 @@ def test_every_model_runs_and_trains(name):
     small = SMALL.get(name.split("_")[0], {"n_resblocks": 1, "n_feats": 8})  # every code path, at test size
     model = build_registered(name, **small)
     h, w = (8, 12) if getattr(model, "task", "sr") == "style" else (7, 9)  # style nets need multiples of their two strides
+    h, w = max(h, getattr(model, "min_size", 1)), max(w, getattr(model, "min_size", 1) + 2)  # pooling attention
     x = torch.rand(2, 3, h, w)
     y = model(x)
     s = model.scale
@@ -139,7 +143,7 @@ def test_registry_records_task_family_and_weights_without_building():
     assert sr.weights is not None and model_entry("edsr_x4").weights is None
     assert sr.value_range == (0.0, 1.0)
     assert {arch for arch, _ in recognisers()} == {  # each family registers its own
-        "IMDN", "CARN-M", "TransformerNet (PyTorch fast_neural_style)",
+        "IMDN", "CARN-M", "BSRN", "RLFN", "SAFMN", "SMFAN", "SPAN", "TransformerNet (PyTorch fast_neural_style)",
         "fast-style-transfer (Engstrom, TensorFlow variables)",
         "TransformerMobileNet (pytorch-fast-neural-style-mobilenetV2)"}
     assert model_entry("johnson_style").task == "style"

@@ -12,27 +12,11 @@ import torch
 from torch import nn
 
 from pixbatch.models._registry import register_model, register_recogniser
-from pixbatch.models.layers import icnr_
+from pixbatch.models.layers import ContrastChannelAttention, icnr_
 
 
 def _conv(c_in: int, c_out: int, k: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, k, padding=(k - 1) // 2)
-
-
-class ContrastChannelAttention(nn.Module):
-    """Channel weights from each channel's spatial standard deviation plus mean ("CCA")."""
-
-    def __init__(self, channels: int, reduction: int = 16) -> None:
-        super().__init__()
-        self.conv_du = nn.Sequential(
-            nn.Conv2d(channels, channels // reduction, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(channels // reduction, channels, 1), nn.Sigmoid(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        std = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
-        return x * self.conv_du(std + mean)
 
 
 class DistillationBlock(nn.Module):
