@@ -14,8 +14,12 @@ import click
 @click.option("--save", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="OUT.safetensors",
               help="Convert CHECKPOINT (an architecture pixbatch implements) to a pixbatch safetensors file, its "
                    "architecture and origin in the metadata.")
+@click.option("--source", "origin", default=None, metavar="TEXT",
+              help="With --save: where CHECKPOINT comes from (repository @ commit : path), kept in the metadata.")
+@click.option("--licence", default=None, metavar="TEXT", help="With --save: the weights' licence, kept in the metadata.")
 @click.pass_obj
-def models(app, checkpoint: Path | None, pattern: str, save: Path | None) -> None:
+def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin: str | None,
+           licence: str | None) -> None:
     """Without an argument, list the built-in models; with CHECKPOINT, describe that file
     (architecture, scale, parameters, channels, supported dtypes, receptive field).
 
@@ -39,6 +43,8 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None) -> Non
 
     if save is not None and checkpoint is None:
         raise click.UsageError("--save needs a CHECKPOINT to convert")
+    if (origin or licence) and save is None:
+        raise click.UsageError("--source and --licence describe a file written with --save")
     if checkpoint is not None:
         try:
             loaded = create_model(checkpoint)
@@ -46,7 +52,7 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None) -> Non
             app.fail_start(str(exc))
         info = loaded.info
         if save is not None:
-            _convert(app, loaded, checkpoint, save)
+            _convert(app, loaded, checkpoint, save, origin, licence)
             return
         d = info.as_dict()
         if app.as_json:
@@ -55,8 +61,9 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None) -> Non
         dtypes = ["fp32"] + (["bf16"] if info.supports_bf16 else []) + (["fp16"] if info.supports_fp16 else [])
         rows = [
             ("file", str(checkpoint)), ("architecture", info.arch),
-            ("origin", "pixbatch checkpoint" if info.source == "checkpoint"
-             else f"foreign (recognised by {info.recognised_by})"),
+            ("origin", {"checkpoint": "pixbatch checkpoint", "builtin": "shipped with pixbatch",
+                        "untrained": "untrained (fresh weights)"}.get(
+                info.source, f"foreign (recognised by {info.recognised_by})")),
             ("task", {"sr": f"super-resolution x{info.scale}", "style": "style transfer (pixbatch stylize)"}.get(
                 info.task, f"segmentation, {info.out_channels} {'logit' if info.out_channels == 1 else 'classes'}")),
             ("parameters", f"{info.params:,}"),
@@ -66,8 +73,9 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None) -> Non
         ]
         if info.training and "command" in info.training:
             rows.append(("trained with", info.training["command"]))
-        if info.training and "converted_from" in info.training:
-            rows.append(("converted from", info.training["converted_from"]))
+        for key, label in (("converted_from", "converted from"), ("source", "source"), ("licence", "licence")):
+            if info.training and key in info.training:
+                rows.append((label, info.training[key]))
         for k, v in rows:
             click.echo(f"{k:>16}: {v}")
         return
@@ -104,8 +112,11 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None) -> Non
                "--model PATH. Describe one with `pixbatch models PATH`.")
 
 
-def _convert(app, loaded, source: Path, out: Path) -> None:
-    """Write a loaded checkpoint as pixbatch safetensors (architecture and kwargs in the metadata)."""
+def _convert(app, loaded, source: Path, out: Path, origin: str | None, licence: str | None) -> None:
+    """Write a loaded checkpoint as pixbatch safetensors (architecture and kwargs in the metadata, and
+    the original file's name and sha256, its source and licence when given)."""
+    import hashlib
+
     from pixbatch.models.checkpoint import save_checkpoint
 
     info = loaded.info
@@ -115,6 +126,9 @@ def _convert(app, loaded, source: Path, out: Path) -> None:
     if out.suffix.lower() != ".safetensors":
         app.fail_start(f"--save writes safetensors: name the file OUT.safetensors, not {out.name}")
     training = dict(info.training or {})
-    training.setdefault("converted_from", str(source))
+    if "converted_from" not in training:
+        digest = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else None
+        training.update(converted_from=source.name, **({"converted_sha256": digest} if digest else {}))
+    training.update({k: v for k, v in (("source", origin), ("licence", licence)) if v})
     save_checkpoint(loaded.module, out, name=info.builder["name"], kwargs=info.builder["kwargs"], training=training)
     click.echo(f"saved {out}: {info.arch}, {info.params:,} parameters (from {source})")

@@ -120,10 +120,15 @@ def test_a_recognised_checkpoint_converts_to_pixbatch_safetensors(tmp_path):
 
     torch.manual_seed(0)
     torch.save(build_registered("johnson_style", width=8).state_dict(), tmp_path / "candy.pth")
-    code, stdout, _ = run("models", tmp_path / "candy.pth", "--save", tmp_path / "candy.safetensors")
+    code, stdout, _ = run("models", tmp_path / "candy.pth", "--save", tmp_path / "candy.safetensors",
+                          "--source", "example/repo @ abc : candy.pth", "--licence", "MIT")
     assert code == 0 and "saved" in stdout
     a, b = create_model(tmp_path / "candy.pth"), create_model(tmp_path / "candy.safetensors")
-    assert b.info.source == "checkpoint" and b.info.training["converted_from"] == str(tmp_path / "candy.pth")
+    import hashlib
+
+    assert b.info.source == "checkpoint" and b.info.training["converted_from"] == "candy.pth"
+    assert b.info.training["converted_sha256"] == hashlib.sha256((tmp_path / "candy.pth").read_bytes()).hexdigest()
+    assert b.info.training["source"] == "example/repo @ abc : candy.pth" and b.info.training["licence"] == "MIT"
     x = torch.rand(1, 3, 16, 20)
     with torch.no_grad():
         torch.testing.assert_close(a.module(x), b.module(x), rtol=0, atol=0)
