@@ -48,3 +48,27 @@ def test_bench_command_reports_stages_and_the_plain_loop(tmp_path):
     figures = json.loads(out.read_text())
     assert {"decode", "compute", "encode"} <= set(figures["stages"]) and figures["bottleneck"] in figures["stages"]
     assert figures["pipeline"]["images_per_s"] > 0 and figures["efficiency"] > 0
+
+
+def test_sr_frontier_pareto_front_and_committed_result(tmp_path):
+    """The front keeps exactly the models no other is both faster and better than; the committed result
+    holds its own front and the x4 default meets the rule the README states."""
+    import json
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from bench_sr_frontier import pareto
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    rows = [{"model": m, "ms": ms, "db": db} for m, ms, db in
+            [("slow_good", 90, 32.3), ("fast_bad", 3, 28.4), ("dominated", 40, 31.0), ("mid", 20, 32.1), ("tie_slower", 25, 32.1)]]
+    assert pareto(rows, "ms", "db") == ["fast_bad", "mid", "slow_good"]
+
+    from pixbatch.models import DEFAULT_SR_MODELS
+
+    result = json.loads((REPO / "benchmarks" / "results" / "sr_frontier_cpu.json").read_text())
+    by_name = {r["model"]: r for r in result["rows"]}
+    assert result["pareto_front"] == pareto(result["rows"], "default_ms", "set5_psnr_y_default")
+    default = by_name[DEFAULT_SR_MODELS[4]]
+    assert default["model"] in result["pareto_front"] and default["set5_psnr_y"] >= 32.0
+    assert default["default_ms"] <= 1.5 * by_name["edsr_tiny_x4"]["default_ms"]

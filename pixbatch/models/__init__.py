@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 # The model `pixbatch upscale` uses when no --model is given, per scale.
-DEFAULT_SR_MODELS = {2: "edsr_tiny_x2", 3: "edsr_tiny_x3", 4: "edsr_tiny_x4"}
+DEFAULT_SR_MODELS = {2: "edsr_tiny_x2", 3: "edsr_tiny_x3", 4: "rlfn_x4"}
 DEFAULT_SEG_MODEL = "unet_drive"  # `pixbatch segment` without --model
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 
