@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib import COMPACT, device_name, device_tag, environment, median_seconds, write_result
+from benchlib import COMPACT, count_flops, device_name, device_tag, environment, median_seconds, write_result
 
 # Dense tensor-core peaks in TFLOP/s (vendor data sheets, SXM parts), by dtype.
 GPU_PEAK_TFLOPS = {
@@ -43,14 +43,6 @@ def device_peak(device: torch.device) -> dict | None:
         return None  # CPU peaks depend on clocks and ISA; not guessed here
     gpu = torch.cuda.get_device_name(device)
     return next((v for k, v in GPU_PEAK_TFLOPS.items() if k in gpu), None)
-
-
-def count_flops(module, x) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(x)
-    return int(counter.get_total_flops())
 
 
 def make_variants(loaded, device: torch.device, args) -> list[tuple[str, object, dict]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from benchlib import RESULTS, SHARED_DATA, device_tag, environment, median_seconds, write_result
+from benchlib import RESULTS, SHARED_DATA, count_flops, device_tag, environment, median_seconds, write_result
 
 EFFICIENT = SHARED_DATA / "weights" / "efficient_sr"
 DUPLICATES = {"team04_rlfn.pth", "team00_rlfn.pth"}  # the same tensors as the shipped rlfn_x4
@@ -31,12 +31,7 @@ def default_models() -> list[str]:
 
 
 def flops_per_output_pixel(module: torch.nn.Module, scale: int, size: int = 64) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.rand(1, 3, size, size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(x)
-    return counter.get_total_flops() / (size * scale) ** 2
+    return count_flops(module, torch.rand(1, 3, size, size)) / (size * scale) ** 2
 
 
 def pareto(rows: list[dict], x: str, y: str) -> list[str]:

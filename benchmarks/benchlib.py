@@ -69,6 +69,16 @@ def median_seconds(fn: Callable[[], object], device: torch.device, min_time: flo
         min_run_time=min_time).median
 
 
+def count_flops(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Conv and matmul FLOPs (multiply-adds x 2) of one forward, by torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(x)
+    return int(counter.get_total_flops())
+
+
 def write_result(result: dict, name: str, out: Path | None = None) -> Path:
     """Write ``result`` as JSON to ``out`` or benchmarks/results/<name>.json; returns the path."""
     path = out or RESULTS / f"{name}.json"

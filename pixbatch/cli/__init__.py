@@ -34,6 +34,10 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, device: str, as_json: boo
       pixbatch segment fundus/ masks/
       pixbatch --device cpu --json upscale scans/ out/ --scale 2
     """
+    from pixbatch.runtime.host_memory import release_freed_memory, reuse_freed_memory
+
+    if reuse_freed_memory():  # large CPU tensors reuse freed pages instead of faulting fresh ones each pass
+        ctx.call_on_close(release_freed_memory)
     ctx.obj = App(verbosity=-1 if quiet else verbose, device=device, as_json=as_json)
     App.current = ctx.obj
 

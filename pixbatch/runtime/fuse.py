@@ -52,8 +52,9 @@ def _activation(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, torc
     return None
 
 
-def fuse_upsamplers(model: nn.Module) -> tuple[nn.Module, int]:
-    """A copy of ``model`` with its conv -> PixelShuffle pairs fused, and how many were fused."""
+def fuse_upsamplers(model: nn.Module, cpu_path: bool = False) -> tuple[nn.Module, int]:
+    """A copy of ``model`` with its conv -> PixelShuffle pairs fused, and how many were fused. With
+    ``cpu_path`` the fused modules run CPU tensors through the op's channels-last CPU path."""
     try:
         gm = fx.symbolic_trace(model)
     except Exception:  # dynamic control flow etc.: leave the model as it is
@@ -86,7 +87,7 @@ def fuse_upsamplers(model: nn.Module) -> tuple[nn.Module, int]:
                     chain += [nxt, other]
         name = f"fused_conv_pixel_shuffle_{fused}"
         gm.add_submodule(name, ConvPixelShuffle(modules[conv_node.target], r, act, alpha, slope,
-                                                residual=residual is not None))
+                                                residual=residual is not None, cpu_path=cpu_path))
         value = chain[-2] if residual is not None else chain[-1]  # the node whose result the fused op gives
         with gm.graph.inserting_after(value):
             new = gm.graph.call_module(name, (conv_node.args[0],) + ((residual,) if residual is not None else ()))
@@ -102,3 +103,46 @@ def fuse_upsamplers(model: nn.Module) -> tuple[nn.Module, int]:
     gm.graph.lint()
     gm.recompile()
     return gm, fused
+
+
+def fold_batch_norms(model: nn.Module) -> int:
+    """Fold every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` in an ``nn.Sequential``
+    into that conv's weight and bias (the BN becomes Identity), in place; returns how many. Inference
+    then runs one conv instead of conv + a normalisation pass in fp32 (autocast keeps batch norm in
+    fp32, so each one also cost two dtype conversions)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and not bn.training
+                    and bn.track_running_stats and bn.num_features == conv.out_channels):
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
+                folded += 1
+    return folded
+
+
+def pack_convolutions(model: nn.Module) -> int:
+    """Replace every plain ``Conv2d`` by a ``OneDNNConv2d`` (weights packed once, CPU), folding the
+    activation that directly follows it in an ``nn.Sequential`` into it as a post-op; in place.
+    Returns how many convolutions were replaced."""
+    from pixbatch.ops.onednn_conv import OneDNNConv2d, fusable_activation, is_packable_conv, onednn_available
+
+    if not onednn_available():
+        return 0
+    packed = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq)):
+            j = i + 1  # the next layer that does something (a folded batch norm left an Identity)
+            while j < len(seq) and type(seq[j]) is nn.Identity:
+                j += 1
+            if is_packable_conv(seq[i]) and j < len(seq) and fusable_activation(seq[j]):
+                seq[i], seq[j] = OneDNNConv2d(seq[i], seq[j]), nn.Identity()
+                packed += 1
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if is_packable_conv(child):
+                setattr(parent, name, OneDNNConv2d(child))
+                packed += 1
+    return packed

@@ -74,7 +74,8 @@ def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
     """Move the model to the device and layout, substitute fused kernels, and compile if asked.
 
     ``kernels``: "torch" keeps the model's own layers; "triton" fuses every conv -> PixelShuffle;
-    "auto" fuses on CUDA only if the fused model measures faster on this device (never slower)."""
+    "auto" fuses on CUDA only if the fused model measures faster on this device (never slower), and on
+    the CPU (channels-last) always, with the op's channels-last path instead of Triton."""
     module = loaded.module.eval().to(device)
     for p in module.parameters():
         p.requires_grad_(False)
@@ -88,12 +89,33 @@ def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
         usable = triton_enabled() and (device.type == "cuda" or triton_interpreting())
         if kernels == "triton" and not usable:
             raise ValueError("--kernels triton needs a CUDA GPU and triton (and PIXBATCH_TRITON not 0)")
-        if usable:
+        if device.type == "cpu" and channels_last and kernels == "auto" and not compile:  # inductor packs its own
+            module, label = _rewrite_for_cpu(module)
+        elif usable:
             fused, n = fuse_upsamplers(module)
             if n and (kernels == "triton" or _measured_faster(fused, module, device, dtype)):
                 module, label = fused, f"triton ({n} fused)"
     compiled = torch.compile(module, dynamic=False) if compile else None
     return Runner(module, loaded.info, device, dtype, channels_last, compiled, label)
+
+
+def _rewrite_for_cpu(module: nn.Module) -> tuple[nn.Module, str]:
+    """The CPU inference rewrites, each measured by benchmarks/bench_cpu_engines.py: batch norms folded
+    into their convs; conv -> PixelShuffle through the fused op's channels-last path (the conv writes
+    (i, j, c)-ordered channels, so the shuffle is one copy of contiguous runs instead of PixelShuffle's
+    element-by-element gather); every other conv as one oneDNN primitive with its weight packed once
+    and the following activation as a post-op."""
+    from pixbatch.runtime.fuse import fold_batch_norms, fuse_upsamplers, pack_convolutions
+
+    parts = []
+    if folded := fold_batch_norms(module):
+        parts.append(f"{folded} batch norms folded")
+    module, shuffles = fuse_upsamplers(module, cpu_path=True)
+    if shuffles:
+        parts.append(f"{shuffles} upsamplers fused")
+    if packed := pack_convolutions(module):
+        parts.append(f"{packed} convs packed for oneDNN")
+    return module, "cpu: " + ", ".join(parts) if parts else "torch"
 
 
 def _measured_faster(candidate: nn.Module, baseline: nn.Module, device: torch.device, dtype: torch.dtype,

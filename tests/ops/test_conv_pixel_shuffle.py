@@ -139,3 +139,22 @@ def test_module_follows_autocast_like_the_layers_it_replaces():
     assert got.dtype == expected.dtype == torch.bfloat16
     _check(got, expected.double(), torch.bfloat16)
     assert list(fused._packed_as) == [torch.bfloat16]  # weights converted once, then reused
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("r", [2, 3, 4])
+@pytest.mark.parametrize("act,residual", [("none", False), ("relu", True), ("prelu", False), ("leaky_relu", True)])
+def test_cpu_channels_last_path_matches_the_reference(dtype, r, act, residual):
+    """The CPU path (conv to (i, j, c) channels, shuffle as one copy) against the fp32 reference."""
+    from pixbatch.ops.conv_pixel_shuffle import conv_pixel_shuffle_nhwc
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 7, 5).to(dtype).contiguous(memory_format=torch.channels_last)
+    w, b, a = torch.randn(3 * r * r, 8, 3, 3).to(dtype), torch.randn(3 * r * r).to(dtype), torch.rand(3).to(dtype)
+    res = torch.randn(2, 3, 7, 5).to(dtype).contiguous(memory_format=torch.channels_last) if residual else None
+    want = conv_pixel_shuffle_ref(x.double(), w.double(), b.double(), r, act, a.double(), 0.2,
+                                  None if res is None else res.double())
+    got = conv_pixel_shuffle_nhwc(x, w, b, r, act, a, 0.2, res)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    tol = 1e-4 if dtype == torch.float32 else 0.35  # bf16: rounding of the inputs, then of a 72-term sum
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)

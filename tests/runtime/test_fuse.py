@@ -1,8 +1,10 @@
 """Whole models with their upsamplers fused (Triton kernel; the CPU interpreter without a GPU) against
 the same models unfused."""
 
+import copy
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
@@ -72,8 +74,11 @@ def test_cli_kernels_option(tmp_path, monkeypatch, tiny_checkpoint):
     runner = CliRunner()
     model = ["--model", str(tiny_checkpoint)]
     if not torch.cuda.is_available():
-        # auto never fuses on the CPU: the kernel is a GPU optimisation
+        # auto on the CPU: never the Triton kernel (a GPU optimisation), the CPU rewrites instead
         result = runner.invoke(cli, ["--json", "upscale", str(src), str(tmp_path / "auto"), *model])
+        kernels = json.loads(result.stdout)["settings"]["kernels"]
+        assert result.exit_code == 0 and kernels.startswith("cpu: ") and "triton" not in kernels
+        result = runner.invoke(cli, ["--json", "upscale", str(src), str(tmp_path / "plain"), "--kernels", "torch", *model])
         assert result.exit_code == 0 and json.loads(result.stdout)["settings"]["kernels"] == "torch"
     result = runner.invoke(cli, ["--json", "upscale", str(src), str(tmp_path / "fused"), "--kernels", "triton", *model])
     assert result.exit_code == 0, result.stderr
@@ -98,3 +103,36 @@ def test_cli_output_identical_with_and_without_kernels(tmp_path, tiny_checkpoint
         outputs[kernels] = np.asarray(Image.open(tmp_path / kernels / "a.png")).astype(int)
     assert outputs["torch"].shape == (18, 26, 3)  # the tiny checkpoint is x2
     assert np.abs(outputs["torch"] - outputs["triton"]).max() <= 1  # at most one rounding step apart
+
+
+def test_batch_norms_fold_into_their_convs():
+    from pixbatch.runtime.fuse import fold_batch_norms
+
+    torch.manual_seed(0)
+    model = create_model("unet", pretrained=False, base=4, depth=2).module
+    for m in model.modules():  # non-trivial statistics, as a trained net has
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    x = torch.rand(1, 3, 24, 20)
+    with torch.no_grad():
+        want = model(x)
+        folded = fold_batch_norms(model)
+        got = model(x)
+    assert folded == sum(isinstance(m, torch.nn.Identity) for m in model.modules()) > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["edsr_tiny_x4", "unet_drive", "rlfn_x4", "imdn_x2", "carn_m_x3", "unet"])
+def test_cpu_rewrites_compute_the_same_function(name):
+    """The default CPU preparation (batch norms folded, convs packed with their activations, upsamplers
+    through the channels-last path) against the model as written, both fp32."""
+    torch.manual_seed(0)
+    kwargs = {"base": 4, "depth": 2} if name == "unet" else {}
+    loaded = create_model(name, **kwargs)  # untrained ones get random weights: one set for both
+    fast = prepare_model(copy.deepcopy(loaded), torch.device("cpu"), torch.float32)
+    plain = prepare_model(loaded, torch.device("cpu"), torch.float32, kernels="torch")
+    assert fast.kernels.startswith("cpu: ") and plain.kernels == "torch"
+    x = torch.rand(2, 3, 21, 26)
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=2e-4)

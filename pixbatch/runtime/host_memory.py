@@ -1,0 +1,53 @@
+"""Host memory: keep freed blocks for reuse instead of handing them back to the kernel.
+
+PyTorch's CPU tensors come from the C library's malloc. glibc serves blocks above its mmap threshold
+(128 KiB to 32 MiB, adaptive) with fresh ``mmap`` pages and unmaps them on free, so every large
+activation of every forward pass is page-faulted and zeroed again: on the 2-core Xeon of
+benchmarks/results/cpu_engines_cpu.json that doubled the time of edsr_tiny_x4 at 256 px (a 67 MB
+copy took 21 ms fresh, 5 ms into memory already touched). Serving everything from the heap and
+trimming it only above a high-water mark makes the second forward reuse the first one's pages, as
+OpenVINO's and ONNX Runtime's arenas do.
+
+Process-wide, so the command line turns it on (``pixbatch ...``), not the library, and hands the
+retained memory back when the command ends (``release_freed_memory``: a process that runs many jobs,
+such as a test session driving the CLI in-process, does not keep the largest job's heap). No effect
+where the C library is not glibc. ``PIXBATCH_MALLOC=system`` leaves malloc as it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+TRIM_THRESHOLD = 256 << 20  # free memory above this much at the top of the heap goes back to the system
+
+_done: bool | None = None
+_libc = None
+
+
+def reuse_freed_memory() -> bool:
+    """Configure glibc malloc for reuse (once); True when it is in effect."""
+    global _done, _libc
+    if _done is not None:
+        return _done
+    _done = False
+    if os.environ.get("PIXBATCH_MALLOC", "reuse") == "system" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: leave them alone
+            return False
+        _done = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        _libc = libc
+    except OSError:
+        pass
+    return _done
+
+
+def release_freed_memory() -> None:
+    """Return every free page of the heap to the system (glibc's malloc_trim), when reuse is on."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
