@@ -31,18 +31,22 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): the autotune space on a GPU. Every entry is
+# compiled ahead of time for sm_80 and sm_90a in CI and checked against those architectures' limits
+# (pixbatch/kernels/aot.py, tests/kernels/test_aot.py).
+AUTOTUNE_SPACE = [
+    (128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 128, 64, 8, 3),
+    (64, 64, 32, 4, 4), (128, 32, 32, 4, 4), (64, 32, 16, 2, 4), (256, 64, 32, 8, 3),
+    (128, 256, 32, 8, 3), (64, 256, 32, 8, 3),
+]
+
+
 def _configs() -> list[triton.Config]:
     """Autotune space; the interpreter (CPU tests) gets one small config, as timing it means nothing."""
     if _interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16}, num_warps=4)]
-    configs = []
-    for bm, bn, bk, warps, stages in [
-        (128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (128, 128, 64, 8, 3),
-        (64, 64, 32, 4, 4), (128, 32, 32, 4, 4), (64, 32, 16, 2, 4), (256, 64, 32, 8, 3),
-        (128, 256, 32, 8, 3), (64, 256, 32, 8, 3),
-    ]:
-        configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages))
-    return configs
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+            for bm, bn, bk, warps, stages in AUTOTUNE_SPACE]
 
 
 @triton.autotune(
@@ -69,8 +73,9 @@ def conv3x3_pixel_shuffle_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
 
-    # Rows: low-resolution pixels (n, h, w); 64-bit so huge batches cannot overflow offsets.
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    # Rows: low-resolution pixels (n, h, w). Indices are 32-bit (M < 2^31 pixels); element offsets
+    # are 64-bit, so huge tensors cannot overflow them, without paying for 64-bit division.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = offs_m < M
     hw = H * W
     n_idx = offs_m // hw
@@ -84,11 +89,11 @@ def conv3x3_pixel_shuffle_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
     # Main loop: 9 taps, each a [BLOCK_M, C_in] x [C_in, BLOCK_N] product; zero padding by masking.
-    for tap in tl.static_range(9):
+    for tap in range(9):
         hh = h_idx + (tap // 3 - 1)
         ww = w_idx + (tap % 3 - 1)
         pix_ok = row_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        x_row = x_ptr + n_idx * stride_xn + hh * stride_xh + ww * stride_xw
+        x_row = x_ptr + n_idx.to(tl.int64) * stride_xn + hh.to(tl.int64) * stride_xh + ww.to(tl.int64) * stride_xw
         for k0 in range(0, C_in, BLOCK_K):
             k = k0 + offs_k
             k_ok = k < C_in
@@ -116,9 +121,9 @@ def conv3x3_pixel_shuffle_kernel(
         acc = tl.where(acc >= 0, acc, acc * slope)
     mask = row_ok[:, None] & col_ok[None, :]
     if HAS_RES:
-        res_row = res_ptr + n_idx * stride_rn + h_idx * stride_rh + w_idx * stride_rw
+        res_row = res_ptr + n_idx.to(tl.int64) * stride_rn + h_idx.to(tl.int64) * stride_rh + w_idx.to(tl.int64) * stride_rw
         acc += tl.load(res_row[:, None] + c_idx[None, :] * stride_rc, mask=mask, other=0.0).to(tl.float32)
-    out_row = n_idx * stride_on + (h_idx * R) * stride_oh + (w_idx * R) * stride_ow  # [BLOCK_M]
+    out_row = n_idx.to(tl.int64) * stride_on + (h_idx * R).to(tl.int64) * stride_oh + (w_idx * R).to(tl.int64) * stride_ow  # [BLOCK_M]
     out_col = i_idx * stride_oh + j_idx * stride_ow + c_idx * stride_oc  # [BLOCK_N]
     tl.store(out_ptr + out_row[:, None] + out_col[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
