@@ -90,6 +90,12 @@ def is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
+def host_flags(flags: torch.Tensor) -> list[bool]:
+    """Per-sample flags read back to the host: the one data-dependent step of a batch (the precision
+    guard), kept in one place so a dry run on fake tensors can stand in for it."""
+    return flags.tolist()
+
+
 def device_pixel_budget(runner: Runner) -> int:
     """Input pixels one batch may hold. On a GPU, measured: bytes one input pixel costs at peak."""
     if runner.device.type != "cuda":
@@ -312,7 +318,7 @@ class WindowEngine:
                 self._fail(canvas, reason)
             return
         del x
-        finite = torch.isfinite(y).flatten(1).all(1).tolist()
+        finite = host_flags(torch.isfinite(y).flatten(1).all(1))
         i = 0
         for u in batch:  # still not finite after the fp32 rerun: that image fails, never a black output
             k = u.k
@@ -327,8 +333,9 @@ class WindowEngine:
         if fp32 or self.runner.dtype == torch.float32:
             return self.runner.run_fp32(x) if fp32 else run(x)
         y = run(x)
-        bad = ~torch.isfinite(y).flatten(1).all(1)
-        if bool(bad.any()):  # the precision guard: redo those samples in fp32
+        finite = torch.isfinite(y).flatten(1).all(1)
+        if not all(host_flags(finite)):  # the precision guard: redo those samples in fp32
+            bad = ~finite
             y[bad] = self.runner.run_fp32(x[bad])
             self.report.fp32_reruns += int(bad.sum())
         return y

@@ -76,11 +76,10 @@ def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
     ``kernels``: "torch" keeps the model's own layers; "triton" fuses every conv -> PixelShuffle;
     "auto" fuses on CUDA only if the fused model measures faster on this device (never slower), and on
     the CPU (channels-last) always, with the op's channels-last path instead of Triton."""
-    module = loaded.module.eval().to(device)
+    # one conversion for device and layout (a second pass would copy every weight again)
+    module = loaded.module.eval().to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     for p in module.parameters():
         p.requires_grad_(False)
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
     label = "torch"
     if kernels != "torch":
         from pixbatch.ops.conv_pixel_shuffle import triton_enabled, triton_interpreting
