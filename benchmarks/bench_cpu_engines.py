@@ -103,9 +103,14 @@ def variants(name: str, x: torch.Tensor, compile_models: bool):
                 return compiled(x.contiguous(memory_format=torch.channels_last))
 
         t0 = time.perf_counter()
-        run_compiled(xc)
-        yield "torch.compile + inductor freezing", label, run_compiled, time.perf_counter() - t0
-        inductor.freezing = False
+        try:
+            run_compiled(xc)
+        except Exception as exc:  # inductor cannot compile every model: a row that says so
+            yield f"torch.compile + inductor freezing (failed: {type(exc).__name__})", label, None, 0.0
+        else:
+            yield "torch.compile + inductor freezing", label, run_compiled, time.perf_counter() - t0
+        finally:
+            inductor.freezing = False
     yield from onnxruntime_variant(name, x)
     yield from openvino_variants(name, x)
 
@@ -195,6 +200,18 @@ class AsyncQueue:
         return torch.from_numpy(self.out)
 
 
+def partial(rows: list[dict], malloc_reuse: bool, peak: dict) -> dict:
+    """The result record: environment, engine versions, and the rows so far."""
+    versions = {}
+    for module in ("onnxruntime", "openvino"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            versions[module] = None
+    return {**environment(torch.device("cpu")), **versions, "malloc_reuse": malloc_reuse, "peak_gflops": peak,
+            "rows": rows}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=DEFAULT_MODELS)
@@ -255,14 +272,8 @@ def main() -> None:
                               f"{r['ratio_to_eager']:5.2f}x  PSNR {r['psnr_vs_fp32_db']:6.1f}  "
                               f"{r['gflops']:6.0f} GFLOP/s ({r.get('pct_of_peak', 0):4.1f}% of {r['dtype']} peak)"
                               f"  setup {r['setup_seconds']:.1f}s", flush=True)
-    versions = {}
-    for module in ("onnxruntime", "openvino"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            versions[module] = None
-    result = {**environment(cpu), **versions, "malloc_reuse": malloc_reuse, "peak_gflops": peak, "rows": rows}
-    out = write_result(result, "cpu_engines_cpu", args.out)
+                write_result(partial(rows, malloc_reuse, peak), "cpu_engines_cpu", args.out)  # a crash keeps the rest
+    out = write_result(partial(rows, malloc_reuse, peak), "cpu_engines_cpu", args.out)
     print(f"wrote {out}")
     draw(rows, (args.out or RESULTS / "cpu_engines_cpu.json").with_suffix(".png"))
 

@@ -33,7 +33,9 @@ def shipped_examples() -> Path | None:
 def bench(app, model_name, photos, images, size, out_json) -> None:
     """Cut IMAGES crops of SIZE px from real photos (JPEG and PNG), then time each pipeline stage alone
     (decode, host->device, compute, device->host, encode), the pipeline as `pixbatch upscale` runs it, and
-    a plain eager loop (PIL -> tensor -> fp32 model -> PIL, one image at a time), in the same run.
+    a plain eager loop (PIL -> tensor -> fp32 model -> PIL, one image at a time) and, on the CPU with
+    openvino installed, the same loop computing with OpenVINO (conversion time reported apart), in the
+    same run.
     Prints the bottleneck stage and the pipeline efficiency (end-to-end rate / bottleneck capacity).
 
     \b

@@ -156,6 +156,38 @@ def plain_loop(module: torch.nn.Module, files: list[Path], out: Path, device: to
         Image.fromarray(arr).save(out / f.with_suffix(".png").name)
 
 
+def openvino_loop(module: torch.nn.Module, size: int):
+    """The plain loop with OpenVINO computing instead of PyTorch (the model converted once for SIZE px
+    inputs, bf16 inference where the CPU computes it natively, the latency hint): what a user who reached
+    for OpenVINO would write. Returns (loop over files into a folder, conversion seconds), or None when
+    openvino is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    from PIL import Image
+
+    from pixbatch.runtime.device import cpu_has_native_bf16
+
+    t = time.perf_counter()
+    converted = ov.convert_model(module.eval(), example_input=torch.rand(1, 3, size, size))
+    compiled = ov.Core().compile_model(converted, "CPU", {
+        "INFERENCE_PRECISION_HINT": "bf16" if cpu_has_native_bf16() else "f32", "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    setup = time.perf_counter() - t
+
+    def loop(files: list[Path], out: Path) -> None:
+        for f in files:
+            with Image.open(f) as im:
+                x = (np.asarray(im.convert("RGB"), dtype=np.float32) / 255).transpose(2, 0, 1)[None]
+            request.infer({0: np.ascontiguousarray(x)})
+            y = request.get_output_tensor(0).data[0]
+            Image.fromarray((np.clip(y, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)).save(
+                out / f.with_suffix(".png").name)
+
+    return loop, setup
+
+
 def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int = 256, device: str = "auto",
                   log=print, on_line=None) -> dict:
     """Stage capacities, the pipeline and the plain loop on one generated folder; returns the figures.
@@ -197,6 +229,16 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
         plain_loop(plain_module, files, tmp / "plain", dev)
         plain = _rate(images, time.perf_counter() - t, out_mp)
         say(_row("plain eager loop", plain))
+        ov_plain = None
+        if dev.type == "cpu" and (found := openvino_loop(copy.deepcopy(loaded.module), size)) is not None:
+            log("plain OpenVINO loop ...")
+            loop, setup = found
+            (tmp / "ov").mkdir()
+            loop(files[:1], tmp / "ov")  # warm-up
+            t = time.perf_counter()
+            loop(files, tmp / "ov")
+            ov_plain = {**_rate(images, time.perf_counter() - t, out_mp), "conversion_seconds": setup}
+            say(_row("plain OpenVINO loop", ov_plain))
         log("pixbatch pipeline ...")
         t = time.perf_counter()
         report = run_job(UpscaleTask(runner), plan_jobs([tmp / "in"], tmp / "out"), opts)
@@ -211,6 +253,8 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
         "efficiency": pipeline["images_per_s"] / stages[bottleneck]["images_per_s"],
         "speedup_vs_plain_loop": pipeline["images_per_s"] / plain["images_per_s"],
     }
+    if ov_plain is not None:
+        result.update(openvino_loop=ov_plain, speedup_vs_openvino_loop=pipeline["images_per_s"] / ov_plain["images_per_s"])
     for line in _closing(result):
         say(line)
     return result
@@ -235,7 +279,8 @@ def _row(label: str, st: dict) -> str:
 def _closing(r: dict) -> list[str]:
     name = r["bottleneck"]
     lines = [f"<- bottleneck: {name} ({r['stages'][name]['images_per_s']:.2f} img/s alone); the pipeline reaches "
-             f"{100 * r['efficiency']:.0f}% of it and is {r['speedup_vs_plain_loop']:.2f}x the plain eager loop"]
+             f"{100 * r['efficiency']:.0f}% of it and is {r['speedup_vs_plain_loop']:.2f}x the plain eager loop"
+             + (f", {r['speedup_vs_openvino_loop']:.2f}x the plain OpenVINO loop" if "openvino_loop" in r else "")]
     if r["efficiency"] > 1:
         lines.append("(over 100 %: each stage alone was timed with its one-time costs, such as starting the decode "
                      "workers and the first batches, which the pipeline overlaps with other work; the stage's "
@@ -245,5 +290,6 @@ def _closing(r: dict) -> list[str]:
 
 def format_report(r: dict) -> list[str]:
     """The whole report: what ``on_line`` receives during a run, in the same order."""
+    ov = [_row("plain OpenVINO loop", r["openvino_loop"])] if "openvino_loop" in r else []
     return [*_head(r), *(_row(n, st) for n, st in r["stages"].items()), _row("plain eager loop", r["plain_loop"]),
-            _row("pixbatch pipeline", r["pipeline"]), *_closing(r)]
+            *ov, _row("pixbatch pipeline", r["pipeline"]), *_closing(r)]

@@ -2,11 +2,12 @@
 
 PyTorch's CPU tensors come from the C library's malloc. glibc serves blocks above its mmap threshold
 (128 KiB to 32 MiB, adaptive) with fresh ``mmap`` pages and unmaps them on free, so every large
-activation of every forward pass is page-faulted and zeroed again: on the 2-core Xeon of
-benchmarks/results/cpu_engines_cpu.json that doubled the time of edsr_tiny_x4 at 256 px (a 67 MB
-copy took 21 ms fresh, 5 ms into memory already touched). Serving everything from the heap and
-trimming it only above a high-water mark makes the second forward reuse the first one's pages, as
-OpenVINO's and ONNX Runtime's arenas do.
+activation of every forward pass is page-faulted and zeroed again. On this project's 2-core Xeon that
+nearly doubled the CPU time of edsr_tiny_x4 at 256 px (the prepared bf16 model: 119 ms per image with
+glibc's defaults, 64 ms with reuse; cloning a 67 MB tensor: 20.8 -> 12.7 ms). Raising the mmap
+threshold does not help (it stops at 32 MiB, below those activations); serving everything from the
+heap and trimming it only above a high-water mark makes the second forward reuse the first one's
+pages, as OpenVINO's and ONNX Runtime's own arenas do.
 
 Process-wide, so the command line turns it on (``pixbatch ...``), not the library, and hands the
 retained memory back when the command ends (``release_freed_memory``: a process that runs many jobs,
