@@ -34,10 +34,6 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, device: str, as_json: boo
       pixbatch segment fundus/ masks/
       pixbatch --device cpu --json upscale scans/ out/ --scale 2
     """
-    from pixbatch.runtime.host_memory import release_freed_memory, reuse_freed_memory
-
-    if reuse_freed_memory():  # large CPU tensors reuse freed pages instead of faulting fresh ones each pass
-        ctx.call_on_close(release_freed_memory)
     ctx.obj = App(verbosity=-1 if quiet else verbose, device=device, as_json=as_json)
     App.current = ctx.obj
 
@@ -100,6 +96,11 @@ def _terminate(signum, frame) -> None:
 
 
 def main() -> None:
+    from pixbatch.runtime.host_memory import reuse_freed_memory
+
+    # This process is one pixbatch command: large CPU tensors reuse freed pages instead of faulting
+    # fresh ones on every forward pass (a host calling `cli` in-process keeps its own malloc settings).
+    reuse_freed_memory()
     # SIGTERM unwinds like Ctrl-C, so writers finish or delete their temporary files.
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -22,7 +22,12 @@ def conv_pixel_shuffle_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                            residual: torch.Tensor | None = None) -> torch.Tensor:
     """act(pixel_shuffle(conv2d(x, weight, bias, padding=1), r)) + nearest_upsample(residual, r)."""
     y = F.conv2d(x, weight, bias, padding=1)
-    y = F.pixel_shuffle(y, r) if r > 1 else y
+    return _epilogue(F.pixel_shuffle(y, r) if r > 1 else y, r, act, alpha, slope, residual)
+
+
+def _epilogue(y: torch.Tensor, r: int, act: str, alpha: torch.Tensor | None, slope: float,
+              residual: torch.Tensor | None) -> torch.Tensor:
+    """The activation, then the nearest-upsampled residual, on the shuffled output."""
     if act == "relu":
         y = F.relu(y)
     elif act == "prelu":
@@ -90,15 +95,7 @@ def conv_pixel_shuffle_nhwc(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     n, _, h, w = y.shape
     y = (y.permute(0, 2, 3, 1).reshape(n, h, w, r, r, c).permute(0, 1, 3, 2, 4, 5)
          .reshape(n, h * r, w * r, c).permute(0, 3, 1, 2))
-    if act == "relu":
-        y = F.relu_(y)
-    elif act == "prelu":
-        y = F.prelu(y, alpha)
-    elif act == "leaky_relu":
-        y = F.leaky_relu_(y, slope)
-    if residual is not None:
-        y = y + F.interpolate(residual, scale_factor=r, mode="nearest")
-    return y.contiguous(memory_format=torch.channels_last)
+    return _epilogue(y, r, act, alpha, slope, residual).contiguous(memory_format=torch.channels_last)
 
 
 @_conv_pixel_shuffle_op.register_fake

@@ -9,9 +9,9 @@ threshold does not help (it stops at 32 MiB, below those activations); serving e
 heap and trimming it only above a high-water mark makes the second forward reuse the first one's
 pages, as OpenVINO's and ONNX Runtime's own arenas do.
 
-Process-wide, so the command line turns it on (``pixbatch ...``), not the library, and hands the
-retained memory back when the command ends (``release_freed_memory``: a process that runs many jobs,
-such as a test session driving the CLI in-process, does not keep the largest job's heap). No effect
+Process-wide, so only a process that is one pixbatch command turns it on (``pixbatch.cli.main``, the
+``pixbatch`` executable and ``python -m pixbatch``): not the library, and not a host that drives the
+CLI in-process (a test session would keep every command's heap, and the workers it forks inherit it). No effect
 where the C library is not glibc. ``PIXBATCH_MALLOC=system`` leaves malloc as it is.
 """
 
@@ -26,12 +26,11 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
 TRIM_THRESHOLD = 256 << 20  # free memory above this much at the top of the heap goes back to the system
 
 _done: bool | None = None
-_libc = None
 
 
 def reuse_freed_memory() -> bool:
     """Configure glibc malloc for reuse (once); True when it is in effect."""
-    global _done, _libc
+    global _done
     if _done is not None:
         return _done
     _done = False
@@ -42,13 +41,11 @@ def reuse_freed_memory() -> bool:
         if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: leave them alone
             return False
         _done = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-        _libc = libc
     except OSError:
         pass
     return _done
 
 
-def release_freed_memory() -> None:
-    """Return every free page of the heap to the system (glibc's malloc_trim), when reuse is on."""
-    if _libc is not None:
-        _libc.malloc_trim(0)
+def reuse_in_effect() -> bool:
+    """Whether this process turned reuse on."""
+    return bool(_done)
