@@ -1,6 +1,6 @@
 """Layers the model families share: ICNR initialisation, activations, PixelShuffle upsamplers, mean
 shifts, contrast-aware channel attention, conv-BN-ReLU, size matching for skip connections, and the
-scale a recogniser reads from an upsampler conv."""
+scale and block count a recogniser reads from a checkpoint."""
 
 from __future__ import annotations
 
@@ -117,6 +117,13 @@ def shuffle_scale(conv_out_channels: int, out_channels: int = 3, scales: tuple[i
     as a recogniser reads it from a checkpoint; None when it is not one of ``scales``."""
     r = round((conv_out_channels / out_channels) ** 0.5)
     return r if r * r * out_channels == conv_out_channels and r in scales else None
+
+
+def count_keys(state_dict: dict, pattern: str) -> int:
+    """How many keys match ``pattern`` in full: a recogniser's count of repeated blocks."""
+    import re
+
+    return sum(1 for k in state_dict if re.fullmatch(pattern, k))
 
 
 def conv_scale(state_dict: dict, key: str, out_channels: int = 3) -> int | None:

@@ -14,14 +14,12 @@ the paper layout's channel attention pools over all of it: the receptive field i
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from pixbatch.models._registry import register_model, register_recogniser
-from pixbatch.models.layers import ContrastChannelAttention, conv_scale, icnr_
+from pixbatch.models.layers import ContrastChannelAttention, conv_scale, count_keys, icnr_
 
 LAYOUTS = ("paper", "ntire2022")
 
@@ -169,5 +167,5 @@ def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> 
     pw = state_dict["fea_conv.pw.weight"]
     layout = "ntire2022" if pw.dim() == 2 else "paper"
     kwargs = {"num_feat": int(pw.shape[0]), "in_channels": int(pw.shape[1]) // 4, "layout": layout,
-              "num_block": sum(1 for k in state_dict if re.fullmatch(r"B\d+\.c1_d\.weight", k))}
+              "num_block": count_keys(state_dict, r"B\d+\.c1_d\.weight")}
     return "bsrn_x4", kwargs

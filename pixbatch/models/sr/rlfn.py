@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixbatch.models._registry import register_model, register_recogniser
-from pixbatch.models.layers import conv_scale, icnr_
+from pixbatch.models.layers import conv_scale, count_keys, icnr_
 
 
 def _conv(c_in: int, c_out: int, k: int, **kw) -> nn.Conv2d:
@@ -113,6 +113,6 @@ def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> 
     feat, in_ch = state_dict["conv_1.weight"].shape[:2]
     kwargs = {"in_channels": int(in_ch), "feature_channels": int(feat),
               "mid_channels": int(state_dict["block_1.c1_r.weight"].shape[0]),
-              "n_blocks": sum(1 for k in state_dict if re.fullmatch(r"block_\d+\.c1_r\.weight", k)),
+              "n_blocks": count_keys(state_dict, r"block_\d+\.c1_r\.weight"),
               "esa_channels": int(state_dict["block_1.esa.conv1.weight"].shape[0])}
     return "rlfn_x4", kwargs, state_dict

@@ -10,14 +10,12 @@ is unbounded.
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from pixbatch.models._registry import register_model, register_recogniser
-from pixbatch.models.layers import conv_scale, icnr_
+from pixbatch.models.layers import conv_scale, count_keys, icnr_
 
 
 class GRN(nn.Module):
@@ -172,10 +170,6 @@ def safmnpp_x4(**kw) -> SAFMNPP:
     return SAFMNPP(**{"scale": 4, **kw})
 
 
-def _blocks(state_dict: dict, pattern: str) -> int:
-    return sum(1 for k in state_dict if re.fullmatch(pattern, k))
-
-
 @register_recogniser("SAFMN")
 def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> tuple[str, dict] | None:
     if not all(k in state_dict for k in ("to_feat.weight", "to_img.0.weight")) or conv_scale(state_dict, "to_img.0.weight") != 4:
@@ -183,10 +177,10 @@ def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> 
     dim = int(state_dict["to_feat.weight"].shape[0])
     if "norm.gamma" in state_dict and "feats.0.safm.aggr.weight" in state_dict and "feats.0.ccm.ccm.0.weight" in state_dict:
         hidden = int(state_dict["feats.0.ccm.ccm.0.weight"].shape[0])
-        return "safmn_ntire_x4", {"dim": dim, "n_blocks": _blocks(state_dict, r"feats\.\d+\.safm\.aggr\.weight"),
+        return "safmn_ntire_x4", {"dim": dim, "n_blocks": count_keys(state_dict, r"feats\.\d+\.safm\.aggr\.weight"),
                                   "ffn_scale": hidden / dim}
     if "feats.0.conv1.proj.weight" in state_dict and "feats.0.conv2.conv1.weight" in state_dict:
         hidden = int(state_dict["feats.0.conv2.conv1.weight"].shape[0])
-        return "safmnpp_x4", {"dim": dim, "n_blocks": _blocks(state_dict, r"feats\.\d+\.conv1\.proj\.weight"),
+        return "safmnpp_x4", {"dim": dim, "n_blocks": count_keys(state_dict, r"feats\.\d+\.conv1\.proj\.weight"),
                               "ffn_scale": hidden / dim}
     return None

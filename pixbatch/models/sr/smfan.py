@@ -7,14 +7,12 @@ RGB in [0, 1]. The variance is the whole image's: the receptive field is unbound
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from pixbatch.models._registry import register_model, register_recogniser
-from pixbatch.models.layers import conv_scale, icnr_
+from pixbatch.models.layers import conv_scale, count_keys, icnr_
 
 
 class DMlp(nn.Module):
@@ -107,4 +105,4 @@ def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> 
         return None
     dim = int(state_dict["to_feat.weight"].shape[0])
     return "smfan_x4", {"dim": dim, "ffn_scale": int(state_dict["feats.0.pcfn.conv_0.weight"].shape[0]) / dim,
-                        "n_blocks": sum(1 for k in state_dict if re.fullmatch(r"feats\.\d+\.smfa\.linear_0\.weight", k))}
+                        "n_blocks": count_keys(state_dict, r"feats\.\d+\.smfa\.linear_0\.weight")}

@@ -10,14 +10,12 @@ receptive field is 21 input pixels (21 3x3 convs on the longest path).
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from pixbatch.models._registry import register_model, register_recogniser
-from pixbatch.models.layers import DIV2K_MEAN, conv_scale, icnr_
+from pixbatch.models.layers import DIV2K_MEAN, conv_scale, count_keys, icnr_
 
 
 class FoldedConv(nn.Module):
@@ -95,4 +93,4 @@ def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> 
         return None
     feat, in_ch = state_dict["conv_1.eval_conv.weight"].shape[:2]
     return "span_x4", {"feature_channels": int(feat), "in_channels": int(in_ch),
-                       "n_blocks": sum(1 for k in state_dict if re.fullmatch(r"block_\d+\.c1_r\.eval_conv\.weight", k))}
+                       "n_blocks": count_keys(state_dict, r"block_\d+\.c1_r\.eval_conv\.weight")}
