@@ -71,6 +71,13 @@ def _conv_pixel_shuffle_op(x: torch.Tensor, weight: torch.Tensor, w_packed: torc
                                          act=act, alpha=alpha, slope=slope, residual=residual)
         except UnsupportedCase:
             pass
+    return _torch_path(x, weight, bias, r, act, alpha, slope, residual)
+
+
+def _torch_path(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, r: int, act: str,
+                alpha: torch.Tensor | None, slope: float, residual: torch.Tensor | None) -> torch.Tensor:
+    """Without Triton: the channels-last CPU path where it applies, else the reference; weights in
+    x's dtype, output channels-last."""
     weight, bias = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
     alpha = None if alpha is None else alpha.to(x.dtype)
     if x.device.type == "cpu" and r > 1 and x.is_contiguous(memory_format=torch.channels_last):
@@ -159,10 +166,8 @@ class ConvPixelShuffle(nn.Module):
         if dtype is not None:
             x = x.to(dtype)
             residual = None if residual is None else residual.to(dtype)
-        if self.cpu_path and x.device.type == "cpu" and self.r > 1 and x.is_contiguous(memory_format=torch.channels_last):
-            return conv_pixel_shuffle_nhwc(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype),
-                                           self.r, self.act, None if self.alpha is None else self.alpha.to(x.dtype),
-                                           self.slope, residual)
+        if self.cpu_path and x.device.type == "cpu":
+            return _torch_path(x, self.weight, self.bias, self.r, self.act, self.alpha, self.slope, residual)
         w_packed, b_packed = self._packed(x.dtype)
         return _conv_pixel_shuffle_op(x, self.weight, w_packed, self.bias, b_packed, self.r, self.act,
                                       self.alpha, self.slope, residual)

@@ -5,7 +5,8 @@ runs the activation after it as a second pass over memory. ``OneDNNConv2d`` pack
 per dtype (``mkldnn._reorder_convolution_weight``, what inductor's freezing does at compile time) and
 calls ``mkldnn._convolution_pointwise`` with the activation as a post-op, so the output is written
 once. Everything else (other devices and dtypes, NCHW inputs, autograd, a PyTorch without oneDNN)
-takes the module's plain conv + activation path, which computes the same function.
+takes the module's plain conv + activation path, which computes the same function; a PyTorch without
+oneDNN cannot build one (``pack_convolutions`` checks first).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class OneDNNConv2d(nn.Conv2d):
     an optional activation, built from the modules it replaces."""
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module | None = None) -> None:
+        if not onednn_available():
+            raise ValueError("this PyTorch has no oneDNN convolution with post-ops")
         if not is_packable_conv(conv) or (act is not None and not fusable_activation(act)):
             raise ValueError("needs a zero-padded fp32 Conv2d and, optionally, a ReLU/LeakyReLU/GELU/SiLU/Sigmoid")
         with torch.device("meta"):  # shapes only: the parameters are the given conv's own
@@ -60,7 +63,7 @@ class OneDNNConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         if (x.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) or torch.is_grad_enabled()
-                or not x.is_contiguous(memory_format=torch.channels_last) or not onednn_available()):
+                or not x.is_contiguous(memory_format=torch.channels_last)):
             return self.act(super().forward(x))
         w, b = self._weights(dtype, x)
         return torch.ops.mkldnn._convolution_pointwise(x.to(dtype), w, b, list(self.padding), list(self.stride),

@@ -11,8 +11,8 @@ pages, as OpenVINO's and ONNX Runtime's own arenas do.
 
 Process-wide, so only a process that is one pixbatch command turns it on (``pixbatch.cli.main``, the
 ``pixbatch`` executable and ``python -m pixbatch``): not the library, and not a host that drives the
-CLI in-process (a test session would keep every command's heap, and the workers it forks inherit it). No effect
-where the C library is not glibc. ``PIXBATCH_MALLOC=system`` leaves malloc as it is.
+CLI in-process (a test session would keep every command's heap, and the workers it forks inherit
+it). No effect where the C library is not glibc. ``PIXBATCH_MALLOC=system`` leaves malloc as it is.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ class Runner:
     ``dtype`` is the autocast dtype; ``run_fp32`` is the eager full-precision path used to redo
     samples whose reduced-precision output is not finite. Inputs whose sizes are not a multiple
     of the model's ``size_multiple`` (or smaller than its ``min_size``) are reflect-padded at the
-    bottom/right and cropped back; the
-    compiled model gets sizes rounded up to ``COMPILE_BUCKET`` the same way, so images of many sizes
+    bottom/right and cropped back; the compiled model gets sizes rounded up to ``COMPILE_BUCKET`` the
+    same way, so images of many sizes
     reuse a few graphs instead of recompiling for each (and hitting dynamo's recompile limit)."""
 
     module: nn.Module
@@ -58,8 +58,7 @@ class Runner:
         if fn is self.compiled:  # one compiled graph per size bucket, not per image size
             m = math.lcm(m, COMPILE_BUCKET)
         low = self.info.min_size
-        ph, pw = max(h, low) - h, max(w, low) - w
-        ph, pw = ph - (h + ph) % -m, pw - (w + pw) % -m
+        ph, pw = -(-max(h, low) // m) * m - h, -(-max(w, low) // m) * m - w  # up to min_size, then a multiple of m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
         x = x.contiguous(memory_format=self.memory_format)
