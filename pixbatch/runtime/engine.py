@@ -17,11 +17,12 @@ output pixels, and which files each job writes. Everything else lives here, once
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -682,6 +683,21 @@ class _Outputs:
 DecodeRecord = tuple[int, Any, "ImageMeta | None", str]  # (index in the in-memory jobs, pixels, meta, error)
 
 
+def start_loader(loader: Iterable) -> Iterator:
+    """Iterate ``loader``; a DataLoader's worker processes are forked with the parent's objects frozen
+    for the garbage collector, so a child never runs the destructor of an object it inherited (an
+    OpenVINO compiled model's waits for threads that a forked child does not have: the decode worker
+    hangs, and the job with it)."""
+    if not isinstance(loader, DataLoader) or loader.num_workers == 0:
+        return iter(loader)
+    gc.collect()  # what is garbage now is finalised here, in the parent
+    gc.freeze()
+    try:
+        return iter(loader)  # the workers fork here
+    finally:
+        gc.unfreeze()
+
+
 def split_jobs(task: Task, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
     """(in-memory jobs, streamed jobs): tiled TIFFs going to TIFFs are read by region, unless the task
     needs its inputs whole."""
@@ -710,7 +726,8 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
     report.settings = {
         "task": task.name, "model": runner.info.name, "arch": runner.info.arch, "scale": runner.info.scale,
         "device": str(runner.device), "precision": str(runner.dtype).removeprefix("torch."),
-        "channels_last": runner.channels_last, "compile": runner.compiled is not None, "kernels": runner.kernels,
+        "channels_last": runner.channels_last, "compile": runner.compiled is not None and runner.backend == "torch", "kernels": runner.kernels,
+        "backend": runner.backend,
         "tile": engine.tile, "overlap": engine.context, "blend": engine.blend, **task.settings(),
         "streamed": len(streamed), "workers": workers, "writers": book.writers,
     }
@@ -765,7 +782,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
         DecodeSet(in_memory, opts.max_pixels, book.owner), batch_size=None, shuffle=False, num_workers=workers,
         pin_memory=runner.device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False)
     try:
-        for i, pixels, meta, error in loader:
+        for i, pixels, meta, error in start_loader(loader):
             job = in_memory[i]
             if book.accept(job.src, error, meta):
                 try:

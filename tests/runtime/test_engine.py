@@ -1,6 +1,7 @@
 """The one engine: windows (crop and blend), batching, OOM back-off, precision guard, and a toy task
 through a whole job, in memory and streamed."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -301,3 +302,52 @@ def test_a_small_tiled_tiff_is_not_left_waiting_for_a_batch(tmp_path):
     report = run_job(UpscaleTask(runner), plan, JobOptions(), log=lambda m: None)
     assert report.done == 1 and report.settings["streamed"] == 1
     assert tifffile.imread(tmp_path / "out" / "small.tif").shape == (80, 60, 3)
+
+
+class _CollectingSet(torch.utils.data.Dataset):
+    """Each item runs the collector in the worker and says which process it is."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        import gc
+
+        gc.collect()
+        return os.getpid()
+
+
+class _Finalised:
+    def __init__(self, log):
+        self.log, self.cycle = log, self
+
+    def __del__(self):
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+@pytest.mark.parametrize("start", ["start_loader", "plain iter"])
+def test_decode_workers_never_finalise_what_they_inherit(tmp_path, start):
+    """Garbage the parent holds when decode workers fork is finalised in the parent, never in a worker:
+    an OpenVINO compiled model finalised in a forked worker waits forever for executor threads the
+    child does not have, and the job hangs. A plain iter() lets the worker finalise it."""
+    import gc
+
+    from torch.utils.data import DataLoader
+
+    from pixbatch.runtime.engine import start_loader
+
+    log = tmp_path / "finalised"
+    gc.disable()  # keep the garbage uncollected until the workers fork
+    try:
+        _Finalised(log)
+        loader = DataLoader(_CollectingSet(), batch_size=None, num_workers=1)
+        workers = set(int(p) for p in (start_loader(loader) if start == "start_loader" else iter(loader)))
+    finally:
+        gc.enable()
+    gc.collect()
+    finalised_in = {int(line) for line in log.read_text().split()}
+    if start == "start_loader":
+        assert finalised_in == {os.getpid()} and not finalised_in & workers
+    else:
+        assert finalised_in & workers  # what the fix prevents
