@@ -6,6 +6,7 @@ there the bf16 case checks indexing, masks, epilogue and bf16 loads/stores, not 
 
 import pytest
 import torch
+from torch import nn
 
 from pixbatch.ops.conv_pixel_shuffle import (
     ConvPixelShuffle,
@@ -158,3 +159,27 @@ def test_cpu_channels_last_path_matches_the_reference(dtype, r, act, residual):
     assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
     tol = 1e-4 if dtype == torch.float32 else 0.35  # bf16: rounding of the inputs, then of a 72-term sum
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("r", [2, 3])
+@pytest.mark.parametrize("act,residual", [("none", False), ("prelu", True), ("leaky_relu", False)])
+def test_blocks_first_form_matches_the_reference_and_is_what_a_trace_sees(r, act, residual):
+    """The plain-op form a graph compiler converts (ijc-ordered conv, blocks-first depth-to-space)
+    computes PixelShuffle's result, and tracing the module records it instead of the custom op."""
+    from pixbatch.ops.conv_pixel_shuffle import ConvPixelShuffle, conv_pixel_shuffle_blocks_first
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 7, 5)
+    w, b, a = torch.randn(3 * r * r, 8, 3, 3), torch.randn(3 * r * r), torch.rand(3)
+    res = torch.randn(2, 3, 7, 5) if residual else None
+    want = conv_pixel_shuffle_ref(x.double(), w.double(), b.double(), r, act, a.double(), 0.2,
+                                  None if res is None else res.double())
+    got = conv_pixel_shuffle_blocks_first(x, w, b, r, act, a, 0.2, res)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+    conv = nn.Conv2d(8, 3 * r * r, 3, padding=1)
+    module = ConvPixelShuffle(conv, r, act, a if act == "prelu" else None, 0.2, residual=residual).eval()
+    args = (x,) if res is None else (x, res)
+    with torch.no_grad():
+        traced = torch.jit.trace(module, args)
+        assert "pixbatch::conv_pixel_shuffle" not in str(traced.graph)
+        torch.testing.assert_close(traced(*args), module(*args), rtol=1e-4, atol=1e-4)
