@@ -79,7 +79,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def variants(name: str, x: torch.Tensor, compile_models: bool):
     """(label, dtype, callable(x) -> output tensor, setup seconds) for each way of running the model."""
     from pixbatch.runtime.device import resolve_precision
-    from pixbatch.runtime.prepare import prepare_model
+    from pixbatch.runtime.prepare import OPENVINO_MIN_PIXELS, prepare_model
 
     cpu = torch.device("cpu")
     eager = load(name)
@@ -87,9 +87,12 @@ def variants(name: str, x: torch.Tensor, compile_models: bool):
     dtype = resolve_precision("auto", cpu, eager.info)
     label = "bf16" if dtype == torch.bfloat16 else "fp32"
     t0 = time.perf_counter()
-    default = prepare_model(load(name), cpu, dtype)
-    yield f"pixbatch default ({default.kernels})", label, default, time.perf_counter() - t0
-    yield "pixbatch default without its CPU rewrites", label, prepare_model(load(name), cpu, dtype, kernels="torch"), 0.0
+    default = prepare_model(load(name), cpu, dtype, backend="auto", job_pixels=OPENVINO_MIN_PIXELS)
+    yield (f"pixbatch default ({default.backend}; {default.kernels})", label, default, time.perf_counter() - t0)
+    if default.backend != "torch":
+        yield f"pixbatch PyTorch backend ({default.kernels})", label, prepare_model(load(name), cpu, dtype), 0.0
+    yield "pixbatch PyTorch backend without its CPU rewrites", label, prepare_model(load(name), cpu, dtype,
+                                                                                   kernels="torch"), 0.0
     if compile_models:
         import torch._inductor.config as inductor
 
@@ -175,6 +178,16 @@ def openvino_variants(name: str, x: torch.Tensor):
                 yield label, dtype, run, setup
             else:
                 yield label + " (async queue)", dtype, AsyncQueue(ov, compiled), setup
+    t0 = time.perf_counter()  # the same at this exact input shape: OpenVINO plans every buffer ahead
+    static = ov.convert_model(load(name).module.eval(), example_input=x, input=[list(x.shape)])
+    compiled = core.compile_model(static, "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+
+    def run_static(x, request=request):
+        request.infer({0: x.numpy()}, share_inputs=True)
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    yield "openvino bf16 latency, static shape", "bf16", run_static, time.perf_counter() - t0
 
 
 class AsyncQueue:
@@ -224,6 +237,7 @@ def main() -> None:
 
     from pixbatch.runtime.engine import CPU_BATCH_PIXELS
     from pixbatch.runtime.host_memory import reuse_freed_memory
+    from pixbatch.runtime.prepare import TORCH_THREADS
 
     malloc_reuse = reuse_freed_memory()  # as the command line does, for every row of this process
     cpu = torch.device("cpu")
@@ -250,6 +264,8 @@ def main() -> None:
                         rows.append(row)
                         print(f"{name:<14} {size:>4} b{batch:<2} {label}", flush=True)
                         continue
+                    # a job on OpenVINO runs with one PyTorch thread (prepare_model sets it); every other row with all
+                    torch.set_num_threads(1 if getattr(fn, "backend", "torch") != "torch" else TORCH_THREADS)
                     with torch.no_grad():
                         y = fn(x)
                     if reference is None:

@@ -148,3 +148,13 @@ def style_checkpoint(tmp_path_factory) -> Path:
 def seg3_checkpoint(tmp_path_factory) -> Path:
     """A small 3-class U-Net."""
     return _seg_checkpoint(tmp_path_factory.mktemp("seg3"), 3)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """A job handed to OpenVINO sets PyTorch's CPU threads to one (runtime/prepare.py): not for the
+    tests that follow it."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -92,6 +92,10 @@ precision_options = _apply([
                  help="torch.compile the model (default: on a GPU for jobs of 32+ images)."),
     click.option("--channels-last/--no-channels-last", default=True, show_default=True,
                  help="Run convolutions in NHWC memory layout."),
+    click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+                 help="What computes on the CPU. auto: OpenVINO when it is installed (pip install "
+                      "'pixbatch[openvino]'), the job has 64 MP of input or more, and it measures faster than "
+                      "PyTorch for this model with the same outputs; else PyTorch."),
 ])
 
 

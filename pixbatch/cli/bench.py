@@ -27,10 +27,13 @@ def shipped_examples() -> Path | None:
                    "installed with pixbatch, from scikit-image's public-domain/CC0 samples).")
 @click.option("--images", type=click.IntRange(min=2), default=24, show_default=True)
 @click.option("--size", type=click.IntRange(min=16), default=256, show_default=True, help="Input size in px.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+              help="What computes on the CPU, as in `pixbatch upscale` (auto chooses for a job of IMAGES x SIZE^2 "
+                   "input pixels).")
 @click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures as JSON to this file.")
 @click.pass_obj
-def bench(app, model_name, photos, images, size, out_json) -> None:
+def bench(app, model_name, photos, images, size, backend, out_json) -> None:
     """Cut IMAGES crops of SIZE px from real photos (JPEG and PNG), then time each pipeline stage alone
     (decode, host->device, compute, device->host, encode), the pipeline as `pixbatch upscale` runs it, and
     a plain eager loop (PIL -> tensor -> fp32 model -> PIL, one image at a time) and, on the CPU with
@@ -50,7 +53,8 @@ def bench(app, model_name, photos, images, size, out_json) -> None:
     if not sources:
         app.fail_start("the example photos are missing from this installation: pass --photos FOLDER")
     try:
-        result = bench_upscale(model_name, sources, images=images, size=size, device=app.device, log=app.info,
+        result = bench_upscale(model_name, sources, images=images, size=size, device=app.device, backend=backend,
+                               log=app.info,
                                on_line=None if app.as_json else click.echo)  # each line as it is measured
     except (FileNotFoundError, ValueError) as exc:
         app.fail_start(str(exc))

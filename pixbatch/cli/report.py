@@ -64,8 +64,10 @@ class App:
         sys.exit(EXIT_STARTUP)
 
     def start_runner(self, plan, dst, model_name: str | None, scale: int | None, precision: str,
-                     compile_: bool | None, channels_last: bool, *, kernels: str = "torch", task: str = "sr"):
+                     compile_: bool | None, channels_last: bool, *, kernels: str = "auto", backend: str = "torch",
+                     task: str = "sr"):
         """The prepared model for a planned job, after checking DST is writable; else exit 1."""
+        from pixbatch.io.discover import header_pixels
         from pixbatch.runtime.device import StartupError
         from pixbatch.runtime.engine import check_destination
         from pixbatch.runtime.session import load_runner
@@ -74,7 +76,9 @@ class App:
             raise click.UsageError("--ray-workers and --ray-gpus-per-worker need --ray")
         self.runner_args = {"device_spec": self.device, "model_name": model_name, "scale": scale,
                             "precision": precision, "compile_": compile_, "channels_last": channels_last,
-                            "n_jobs": len(plan.todo), "kernels": kernels, "task": task}
+                            "n_jobs": len(plan.todo), "kernels": kernels, "backend": backend, "task": task,
+                            # input pixels, from headers planning has read already
+                            "job_pixels": sum(header_pixels(j.src) or 0 for j in plan.todo)}
         try:
             if self.ray:  # before the model loads: a missing extra is an instant error
                 from pixbatch.runtime.ray_executor import require_ray

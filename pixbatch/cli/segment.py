@@ -36,7 +36,7 @@ from pixbatch.cli._options import (
 @click.option("--overlay-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.pass_obj
 def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, workers, writers, max_pixels,
-            png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, model_name, threshold,
+            png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend, model_name, threshold,
             probabilities, prob_format, ignore_index, overlay, overlay_alpha) -> None:
     """Segment every image in SRC (files and/or folders, searched recursively) into DST.
 
@@ -65,7 +65,7 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
     from pixbatch.runtime.engine import JobOptions
     from pixbatch.tasks.segment import SegmentTask, segment_windowing
 
-    app.start_runner(plan, dst, model_name, None, precision, compile_, channels_last, task="seg")
+    app.start_runner(plan, dst, model_name, None, precision, compile_, channels_last, backend=backend, task="seg")
     opts = JobOptions(
         windowing=segment_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels, encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),

@@ -29,7 +29,7 @@ from pixbatch.cli._options import format_options, io_options, precision_options,
               help="Keep the input's colours: the net's luminance with the input's chroma (YCbCr).")
 @click.pass_obj
 def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
-            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last,
+            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
             style, max_side, strength, preserve_color) -> None:
     """Stylise every image in SRC (files and/or folders, searched recursively) into DST.
 
@@ -65,7 +65,7 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     from pixbatch.runtime.engine import JobOptions
     from pixbatch.tasks.stylize import StylizeTask, style_windowing
 
-    app.start_runner(plan, dst, style, None, precision, compile_, channels_last, task="style")
+    app.start_runner(plan, dst, style, None, precision, compile_, channels_last, backend=backend, task="style")
     opts = JobOptions(
         windowing=style_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,

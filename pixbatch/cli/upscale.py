@@ -36,7 +36,7 @@ BUILTIN_SCALES = (2, 3, 4)  # pixbatch.models.DEFAULT_SR_MODELS, without importi
               help="A built-in model (see `pixbatch models`) or a checkpoint file (.safetensors/.pth).")
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
-            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last,
+            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
             kernels, scale, outscale, model_name) -> None:
     """Upscale every image in SRC (files and/or folders, searched recursively) into DST.
 
@@ -65,7 +65,7 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     from pixbatch.runtime.engine import JobOptions
     from pixbatch.tasks.upscale import UpscaleTask, upscale_windowing
 
-    runner = app.start_runner(plan, dst, model_name, scale, precision, compile_, channels_last, kernels=kernels)
+    runner = app.start_runner(plan, dst, model_name, scale, precision, compile_, channels_last, backend=backend, kernels=kernels)
     if max_pixels:  # now that the scale is known: outputs too large for memory go to tiled BigTIFFs
         from pixbatch.io.discover import header_pixels, output_suffix
 

@@ -65,7 +65,7 @@ def stage_capacities(files: list[Path], runner, opts, on_stage=None) -> dict[str
     from torch.utils.data import DataLoader
 
     from pixbatch.io.encode import write_image
-    from pixbatch.runtime.engine import DecodeSet, decode_workers
+    from pixbatch.runtime.engine import DecodeSet, decode_workers, start_loader
     from pixbatch.runtime.jobs import Report
     from pixbatch.tasks.upscale import pixels_from_planes, planes_from_pixels, upscale_tensor
 
@@ -78,8 +78,9 @@ def stage_capacities(files: list[Path], runner, opts, on_stage=None) -> dict[str
 
     # decode: the pipeline's own DataLoader, workers included (their start-up counted, as in a run)
     t = time.perf_counter()
-    decoded = [(px, meta) for _, px, meta, _ in DataLoader(DecodeSet(jobs, opts.max_pixels), batch_size=None,
-                                                           num_workers=workers, prefetch_factor=4 if workers else None)]
+    loader = DataLoader(DecodeSet(jobs, opts.max_pixels), batch_size=None, num_workers=workers,
+                        prefetch_factor=4 if workers else None)
+    decoded = [(px, meta) for _, px, meta, _ in start_loader(loader)]
     out_mp = sum(px.shape[0] * px.shape[1] for px, _ in decoded) * s * s / 1e6
     stages["decode"] = {**_rate(n, time.perf_counter() - t, out_mp), "workers": workers}
     _tell(on_stage, "decode", stages)
@@ -189,7 +190,7 @@ def openvino_loop(module: torch.nn.Module, size: int):
 
 
 def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int = 256, device: str = "auto",
-                  log=print, on_line=None) -> dict:
+                  backend: str = "auto", log=print, on_line=None) -> dict:
     """Stage capacities, the pipeline and the plain loop on one generated folder; returns the figures.
     ``on_line`` receives the report's lines as each measurement finishes (a run takes minutes)."""
     import copy
@@ -198,7 +199,7 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
     from pixbatch.models import create_model
     from pixbatch.runtime.device import resolve_device, resolve_precision
     from pixbatch.runtime.engine import JobOptions, run_job
-    from pixbatch.runtime.prepare import prepare_model
+    from pixbatch.runtime.prepare import TORCH_THREADS, prepare_model
     from pixbatch.runtime.session import COMPILE_MIN_JOBS
     from pixbatch.tasks.upscale import UpscaleTask
 
@@ -218,9 +219,14 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
         out_mp = images * (size * s) ** 2 / 1e6
         opts = JobOptions()
         runner = prepare_model(copy.deepcopy(loaded), dev, resolve_precision("auto", dev, loaded.info),
-                               compile=dev.type == "cuda" and images >= COMPILE_MIN_JOBS)
+                               compile=dev.type == "cuda" and images >= COMPILE_MIN_JOBS, backend=backend,
+                               job_pixels=images * size * size)
+        if runner.backend != "torch":
+            say(f"backend: {runner.backend}")
         log("measuring each stage alone ...")
         stages = stage_capacities(files, runner, opts, on_stage=lambda name, st: say(_row(name, st)))
+        threads = torch.get_num_threads()  # one when the job went to OpenVINO; the plain loops get PyTorch's own
+        torch.set_num_threads(TORCH_THREADS)
         log("plain eager loop ...")
         (tmp / "plain").mkdir()
         plain_module = copy.deepcopy(loaded.module)
@@ -239,6 +245,7 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
             loop(files, tmp / "ov")
             ov_plain = {**_rate(images, time.perf_counter() - t, out_mp), "conversion_seconds": setup}
             say(_row("plain OpenVINO loop", ov_plain))
+        torch.set_num_threads(threads)
         log("pixbatch pipeline ...")
         t = time.perf_counter()
         report = run_job(UpscaleTask(runner), plan_jobs([tmp / "in"], tmp / "out"), opts)

@@ -42,8 +42,8 @@ def load_model_for_scale(model_name: str | None, scale: int | None, task: str = 
 
 
 def load_runner(device_spec: str, model_name: str | None, scale: int | None, precision: str, compile_: bool | None,
-                channels_last: bool, *, n_jobs: int, kernels: str = "auto", task: str = "sr",
-                info: Callable[[str], None] | None = None) -> Runner:
+                channels_last: bool, *, n_jobs: int, kernels: str = "auto", backend: str = "torch",
+                job_pixels: int | None = None, task: str = "sr", info: Callable[[str], None] | None = None) -> Runner:
     """The prepared model of a command, or StartupError; ``info`` receives one line describing it."""
     device = resolve_device(device_spec)
     loaded = load_model_for_scale(model_name, scale, task)
@@ -57,6 +57,10 @@ def load_runner(device_spec: str, model_name: str | None, scale: int | None, pre
     (info or (lambda message: None))(f"model {loaded.info.name} ({loaded.info.arch}, {what}, {loaded.info.params:,} "
              f"parameters) on {device}, {str(dtype).removeprefix('torch.')}, compile={compile_}")
     try:
-        return prepare_model(loaded, device, dtype, channels_last=channels_last, compile=compile_, kernels=kernels)
+        runner = prepare_model(loaded, device, dtype, channels_last=channels_last, compile=compile_, kernels=kernels,
+                               backend=backend, job_pixels=job_pixels)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
+    if runner.backend != "torch":
+        (info or (lambda message: None))(f"backend: {runner.backend}")
+    return runner

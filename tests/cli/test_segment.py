@@ -185,3 +185,22 @@ def test_segment_outputs_carry_the_mark(tmp_path, seg3_checkpoint):
     assert [p.name for p in written] == ["a.png", "a_overlay.png", "a_prob.tif", "b.tif", "b_overlay.tif",
                                          "b_prob.tif"]
     assert all(carries_output_mark(p) for p in written)
+
+
+def test_openvino_backend_gives_the_same_probabilities(folder, tmp_path, seg_checkpoint):
+    """--backend openvino (fp32 here, so the two backends compute the same function) through the whole
+    pipeline, bad file included: the same probability maps as PyTorch, the backend in the settings."""
+    pytest.importorskip("openvino")
+    outs = {}
+    for backend in ("torch", "openvino"):
+        out = tmp_path / backend
+        result = run("--json", "--device", "cpu", "segment", folder, out, "--model", seg_checkpoint,
+                     "--precision", "fp32", "--backend", backend, "--probabilities", "--prob-format", "float")
+        assert result.exit_code == 123, result.output
+        summary = json.loads(result.stdout)
+        assert summary["done"] == 5 and summary["settings"]["backend"] == (
+            "torch" if backend == "torch" else "openvino (f32)")
+        outs[backend] = out
+    for rel in ["a", "b", "sub/gray", "rgba", "deep"]:
+        np.testing.assert_allclose(tifffile.imread(outs["openvino"] / f"{rel}_prob.tif"),
+                                   tifffile.imread(outs["torch"] / f"{rel}_prob.tif"), atol=1e-4)

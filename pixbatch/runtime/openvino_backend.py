@@ -1,0 +1,203 @@
+"""OpenVINO as the CPU backend: the model converted once per input shape, run by OpenVINO's CPU plugin.
+
+On a CPU, the same oneDNN convolutions run faster under OpenVINO than under eager PyTorch because it
+builds every primitive once, ahead of time, where PyTorch's oneDNN ops build a primitive descriptor
+on every call (about 30 us each: measured 31 us per call for a 16->16 conv on 8x8 px whose kernel
+takes 3 us), and because its graph compiler fuses what eager mode cannot (max-pool, concat, bias and
+activation around each conv). For a U-Net at 256 px that is 3.4 ms per image against 5.5 ms for
+PyTorch's best eager path on a 2-core Xeon (benchmarks/results/cpu_engines_cpu.json).
+
+What this module adds to a plain ``openvino.convert_model`` + ``compile_model``:
+- static shapes: the model is converted once with dynamic sizes (about 1 s) and compiled for each
+  input shape it meets (about 0.07 s): the same speed as a model converted at that shape, where
+  running the dynamic model costs OpenVINO 5-8%; no padding to size buckets, so outputs are those
+  of the PyTorch model at every size, and the first batch of each shape is checked against it;
+- ``Convolution(Concat(a, b))`` rewritten as ``Convolution(a) + Convolution(b)`` with the weights
+  split by input channel: the add becomes the second conv's sum post-op, so the skip connections of a
+  U-Net decoder are never copied into a concatenated tensor (7% of a U-Net's time at 256 px);
+- a batch runs as one request per image over OpenVINO's parallel streams (the throughput hint), a
+  single image as one request over every core (the latency hint); inputs are shared, not copied;
+- OpenVINO's threads and PyTorch's must not take turns on the same cores: PyTorch's OpenMP workers
+  spin after each op and OpenVINO's after each inference, and on 2 cores either side then waits for
+  a time slice (measured: the U-Net at 256 px, 3.6 ms alone, took 5.4 ms between PyTorch ops, while
+  PyTorch's own path went from 5.9 to 9.1 ms beside OpenVINO). ``prepare_model`` therefore sets
+  PyTorch's CPU threads to one when it hands a job to OpenVINO (4.2 ms, the rest being the Runner's
+  padding, crop and copies).
+
+Used by ``prepare_model`` (backend "openvino", or "auto" where it measures faster); OpenVINO is the
+optional ``openvino`` extra (pip install 'pixbatch[openvino]').
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+MAX_SHAPES = 16  # compiled input shapes kept per model (each holds a copy of the weights)
+AGREEMENT_DB = 45.0  # OpenVINO's output against PyTorch's, as images in [0, 1]: below this, PyTorch runs
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def split_concat_convolutions(model) -> int:
+    """Rewrite every ``Convolution`` that is the only consumer of a channel ``Concat`` as the sum of
+    one convolution per concatenated input (weights split along input channels); in place on an
+    ``openvino.Model``. Returns how many were rewritten."""
+    import openvino.opset13 as ops
+
+    rewritten = 0
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "Convolution":
+            continue
+        concat, weights = node.input_value(0).get_node(), node.input_value(1).get_node()
+        if (concat.get_type_name() != "Concat" or weights.get_type_name() != "Constant"
+                or len(concat.output(0).get_target_inputs()) != 1):
+            continue
+        rank = concat.get_output_partial_shape(0).rank.get_length()
+        if concat.get_attributes()["axis"] % rank != 1:
+            continue
+        w, attrs = weights.get_data(), node.get_attributes()
+        total, start = None, 0
+        for source in (i.get_source_output() for i in concat.inputs()):
+            channels = source.get_partial_shape()[1].get_length()
+            part = ops.convolution(source, ops.constant(np.ascontiguousarray(w[:, start:start + channels])),
+                                   attrs["strides"], attrs["pads_begin"], attrs["pads_end"], attrs["dilations"],
+                                   attrs["auto_pad"])
+            total = part if total is None else ops.add(total, part)
+            start += channels
+        for target in list(node.output(0).get_target_inputs()):
+            target.replace_source_output(total.output(0))
+        rewritten += 1
+    if rewritten:
+        model.validate_nodes_and_infer_types()
+    return rewritten
+
+
+class OpenVINOModel(nn.Module):
+    """Runs ``module`` (an eval-mode PyTorch model on the CPU, never modified) through OpenVINO.
+
+    Called like the module on a float32 NCHW batch; returns float32 NCHW. ``precision`` is OpenVINO's
+    inference precision ("bf16" or "f32"). The model is converted once, with dynamic sizes, and compiled
+    for each input shape it meets (about 0.07 s; the ``max_shapes`` most recent are kept). The first
+    batch of each shape also runs through ``fallback`` (the prepared PyTorch model): if the two disagree
+    (a size branch in the model's Python that the conversion froze), that shape stays with PyTorch."""
+
+    def __init__(self, module: nn.Module, fallback: nn.Module, precision: str, *, task: str, in_channels: int,
+                 max_shapes: int = MAX_SHAPES) -> None:
+        super().__init__()
+        import openvino as ov
+
+        self._ov, self._core = ov, ov.Core()
+        self.source, self.fallback = module, fallback
+        self.precision, self.task, self.in_channels, self.max_shapes = precision, task, in_channels, max_shapes
+        self._model = None  # the converted model; False when conversion failed
+        self._shapes: OrderedDict[tuple[int, ...], _Compiled | None] = OrderedDict()
+        self.splits = 0  # concat convs rewritten in the conversion
+
+    def converted(self) -> bool:
+        """Convert now (once) if not yet done; whether OpenVINO can run this model."""
+        if self._model is None:
+            channels = self.in_channels
+            example = torch.rand(1, channels, 64, 64)
+            try:
+                # traced outside any caller's autocast: OpenVINO applies the precision itself
+                with warnings.catch_warnings(), torch.no_grad(), torch.autocast("cpu", enabled=False):
+                    warnings.simplefilter("ignore")  # tracer warnings about size branches: checked per shape
+                    model = self._ov.convert_model(self.source, example_input=example, input=[-1, channels, -1, -1])
+                self.splits = split_concat_convolutions(model)
+                self._model = model
+            except Exception as exc:  # an op OpenVINO cannot convert: PyTorch runs the model
+                warnings.warn(f"OpenVINO cannot convert this model ({type(exc).__name__}: {exc}); PyTorch runs it",
+                              stacklevel=2)
+                self._model = False
+        return self._model is not False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or torch.is_grad_enabled() or not self.converted():
+            return self.fallback(x)
+        shape = (1, *x.shape[1:])
+        if shape in self._shapes:
+            self._shapes.move_to_end(shape)
+            compiled = self._shapes[shape]
+            return self.fallback(x) if compiled is None else compiled(x)
+        model = self._model.clone()
+        model.reshape({0: list(shape)})
+        compiled = _Compiled(self._ov, self._core, model, self.precision)
+        y = compiled(x)
+        if agreement_db(y[:1], self.fallback(x[:1]), self.task) < AGREEMENT_DB:
+            warnings.warn(f"OpenVINO's output at {list(x.shape[-2:])} px differs from PyTorch's; PyTorch runs "
+                          "this size", stacklevel=2)
+            compiled = None
+        self._shapes[shape] = compiled
+        if len(self._shapes) > self.max_shapes:
+            self._shapes.popitem(last=False)
+        return y if compiled is not None else self.fallback(x)
+
+    def compiled_shapes(self) -> list[tuple[int, ...]]:
+        """The input shapes OpenVINO runs (one image each), oldest first."""
+        return [s for s, c in self._shapes.items() if c is not None]
+
+    def extra_repr(self) -> str:
+        return f"precision={self.precision}, shapes={self.compiled_shapes()}"
+
+
+def agreement_db(a: torch.Tensor, b: torch.Tensor, task: str) -> float:
+    """PSNR in dB of output ``a`` against ``b`` as images in [0, 1]: clamped, or for segmentation
+    logits, through a sigmoid (one channel) or a softmax (several)."""
+
+    def unit(t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        if task == "seg":
+            return torch.sigmoid(t) if t.shape[1] == 1 else torch.softmax(t, dim=1)
+        return t.clamp(0, 1)
+
+    mse = float((unit(a) - unit(b)).pow(2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+class _Compiled:
+    """One input shape: a latency-hinted model for single images and, made when a batch first comes,
+    a throughput-hinted one whose parallel requests take the batch's images. Requests read the input
+    where it is and write straight into the output tensor they return (no copy either way)."""
+
+    def __init__(self, ov, core, model, precision: str) -> None:
+        self._ov, self._core, self._model, self._precision = ov, core, model, precision
+        compiled = self._compile("LATENCY")
+        self._out_shape = tuple(compiled.output(0).get_shape())[1:]
+        self._single = compiled.create_infer_request()
+        self._queue = None
+
+    def _compile(self, hint: str):
+        return self._core.compile_model(self._model, "CPU", {"INFERENCE_PRECISION_HINT": self._precision,
+                                                             "PERFORMANCE_HINT": hint})
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        data = np.ascontiguousarray(x.float().numpy())  # NCHW float32; a copy only if it was not
+        out = torch.empty(len(data), *self._out_shape)
+        if len(data) == 1:
+            self._run(self._single, data, out)
+            self._single.infer()
+            return out
+        if self._queue is None:
+            compiled = self._compile("THROUGHPUT")
+            self._queue = self._ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        for i in range(len(data)):
+            self._run(self._queue[self._queue.get_idle_request_id()], data[i : i + 1], out[i : i + 1])
+            self._queue.start_async()
+        self._queue.wait_all()
+        return out
+
+    def _run(self, request, data: np.ndarray, out: torch.Tensor) -> None:
+        request.set_input_tensor(self._ov.Tensor(data, shared_memory=True))
+        request.set_output_tensor(self._ov.Tensor(out.numpy(), shared_memory=True))
