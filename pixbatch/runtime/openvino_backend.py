@@ -131,14 +131,20 @@ class OpenVINOModel(nn.Module):
             self._shapes.move_to_end(shape)
             compiled = self._shapes[shape]
             return self.fallback(x) if compiled is None else compiled(x)
-        model = self._model.clone()
-        model.reshape({0: list(shape)})
-        compiled = _Compiled(self._ov, self._core, model, self.precision)
-        y = compiled(x)
-        if agreement_db(y[:1], self.fallback(x[:1]), self.task) < AGREEMENT_DB:
-            warnings.warn(f"OpenVINO's output at {list(x.shape[-2:])} px differs from PyTorch's; PyTorch runs "
-                          "this size", stacklevel=2)
-            compiled = None
+        try:
+            model = self._model.clone()
+            model.reshape({0: list(shape)})
+            compiled = _Compiled(self._ov, self._core, model, self.precision)
+            y = compiled(x)
+        except Exception as exc:  # a size the converted model cannot take
+            compiled, reason = None, f"cannot run it ({type(exc).__name__}: {exc})"
+        else:
+            want = self.fallback(x[:1])
+            if y.shape[1:] != want.shape[1:] or agreement_db(y[:1], want, self.task) < AGREEMENT_DB:
+                compiled, reason = None, "differs from PyTorch's"
+        if compiled is None:
+            warnings.warn(f"OpenVINO's output at {list(x.shape[-2:])} px {reason}; PyTorch runs this size",
+                          stacklevel=2)
         self._shapes[shape] = compiled
         if len(self._shapes) > self.max_shapes:
             self._shapes.popitem(last=False)

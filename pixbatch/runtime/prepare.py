@@ -133,7 +133,9 @@ def _openvino_source(module: nn.Module, device: torch.device, dtype: torch.dtype
     from pixbatch.runtime.fuse import fuse_upsamplers
 
     source = copy.deepcopy(module).to(memory_format=torch.contiguous_format)
-    return fuse_upsamplers(source)[0]  # traced as the blocks-first shuffle (ops/conv_pixel_shuffle.py)
+    # fused upsamplers trace as the blocks-first shuffle (ops/conv_pixel_shuffle.py); run eagerly (the
+    # conversion does once) they take the CPU path, never Triton's interpreter
+    return fuse_upsamplers(source, cpu_path=True)[0]
 
 
 def _attach_openvino(runner: Runner, source: nn.Module, *, explicit: bool) -> None:
