@@ -1,11 +1,12 @@
-"""OpenVINO as the CPU backend: the model converted once per input shape, run by OpenVINO's CPU plugin.
+"""OpenVINO as the CPU backend: the model converted once, compiled per input shape, run by OpenVINO's CPU plugin.
 
 On a CPU, the same oneDNN convolutions run faster under OpenVINO than under eager PyTorch because it
 builds every primitive once, ahead of time, where PyTorch's oneDNN ops build a primitive descriptor
 on every call (about 30 us each: measured 31 us per call for a 16->16 conv on 8x8 px whose kernel
 takes 3 us), and because its graph compiler fuses what eager mode cannot (max-pool, concat, bias and
 activation around each conv). For a U-Net at 256 px that is 3.4 ms per image against 5.5 ms for
-PyTorch's best eager path on a 2-core Xeon (benchmarks/results/cpu_engines_cpu.json).
+PyTorch's best eager path on a 2-core Xeon (``python benchmarks/bench_cpu_engines.py --models unet_drive
+--sizes 256 --batches 1``).
 
 What this module adds to a plain ``openvino.convert_model`` + ``compile_model``:
 - static shapes: the model is converted once with dynamic sizes (about 1 s) and compiled for each
@@ -21,8 +22,7 @@ What this module adds to a plain ``openvino.convert_model`` + ``compile_model``:
   spin after each op and OpenVINO's after each inference, and on 2 cores either side then waits for
   a time slice (measured: the U-Net at 256 px, 3.6 ms alone, took 5.4 ms between PyTorch ops, while
   PyTorch's own path went from 5.9 to 9.1 ms beside OpenVINO). ``prepare_model`` therefore sets
-  PyTorch's CPU threads to one when it hands a job to OpenVINO (4.2 ms, the rest being the Runner's
-  padding, crop and copies).
+  PyTorch's CPU threads to one when it hands a job to OpenVINO.
 
 Used by ``prepare_model`` (backend "openvino", or "auto" where it measures faster); OpenVINO is the
 optional ``openvino`` extra (pip install 'pixbatch[openvino]').
@@ -109,7 +109,7 @@ class OpenVINOModel(nn.Module):
         """Convert now (once) if not yet done; whether OpenVINO can run this model."""
         if self._model is None:
             channels = self.in_channels
-            example = torch.rand(1, channels, 64, 64)
+            example = torch.rand(1, channels, 64, 64)  # any size: the input is declared dynamic
             try:
                 # traced outside any caller's autocast: OpenVINO applies the precision itself
                 with warnings.catch_warnings(), torch.no_grad(), torch.autocast("cpu", enabled=False):

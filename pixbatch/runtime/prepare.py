@@ -32,9 +32,10 @@ class Runner:
     ``dtype`` is the autocast dtype; ``run_fp32`` is the eager full-precision path used to redo
     samples whose reduced-precision output is not finite. Inputs whose sizes are not a multiple
     of the model's ``size_multiple`` (or smaller than its ``min_size``) are reflect-padded at the
-    bottom/right and cropped back; the compiled model (torch.compile's, or OpenVINO's when ``backend``
-    says so) gets sizes rounded up to ``COMPILE_BUCKET`` the same way, so images of many sizes
-    reuse a few graphs instead of recompiling for each (and hitting dynamo's recompile limit)."""
+    bottom/right and cropped back; a torch.compile'd model gets sizes rounded up to ``COMPILE_BUCKET``
+    the same way, so images of many sizes reuse a few graphs instead of recompiling for each (and
+    hitting dynamo's recompile limit). OpenVINO's (``backend`` not "torch") gets exact sizes, NCHW: it
+    compiles per shape cheaply, and its outputs then equal the PyTorch model's."""
 
     module: nn.Module
     info: ModelInfo
