@@ -12,7 +12,8 @@ What this module adds to a plain ``openvino.convert_model`` + ``compile_model``:
 - static shapes: the model is converted once with dynamic sizes (about 1 s) and compiled for each
   input shape it meets (about 0.07 s): the same speed as a model converted at that shape, where
   running the dynamic model costs OpenVINO 5-8%; no padding to size buckets, so outputs are those
-  of the PyTorch model at every size, and the first batch of each shape is checked against it;
+  of the PyTorch model at every size, and the first batch of each shape is checked against it (a
+  model whose Python branches on the input size is converted again at a shape where it disagrees);
 - ``Convolution(Concat(a, b))`` rewritten as ``Convolution(a) + Convolution(b)`` with the weights
   split by input channel: the add becomes the second conv's sum post-op, so the skip connections of a
   U-Net decoder are never copied into a concatenated tensor (7% of a U-Net's time at 256 px);
@@ -91,7 +92,9 @@ class OpenVINOModel(nn.Module):
     inference precision ("bf16" or "f32"). The model is converted once, with dynamic sizes, and compiled
     for each input shape it meets (about 0.07 s; the ``max_shapes`` most recent are kept). The first
     batch of each shape also runs through ``fallback`` (the prepared PyTorch model): if the two disagree
-    (a size branch in the model's Python that the conversion froze), that shape stays with PyTorch."""
+    (a size branch in the model's Python that the conversion froze, such as TensorFlow-style "same"
+    padding computed from the input size), the model is converted again at that shape (about 1 s), and
+    if that still disagrees or fails, the shape stays with PyTorch."""
 
     def __init__(self, module: nn.Module, fallback: nn.Module, precision: str, *, task: str, in_channels: int,
                  max_shapes: int = MAX_SHAPES) -> None:
@@ -108,20 +111,23 @@ class OpenVINOModel(nn.Module):
     def converted(self) -> bool:
         """Convert now (once) if not yet done; whether OpenVINO can run this model."""
         if self._model is None:
-            channels = self.in_channels
-            example = torch.rand(1, channels, 64, 64)  # any size: the input is declared dynamic
             try:
-                # traced outside any caller's autocast: OpenVINO applies the precision itself
-                with warnings.catch_warnings(), torch.no_grad(), torch.autocast("cpu", enabled=False):
-                    warnings.simplefilter("ignore")  # tracer warnings about size branches: checked per shape
-                    model = self._ov.convert_model(self.source, example_input=example, input=[-1, channels, -1, -1])
-                self.splits = split_concat_convolutions(model)
-                self._model = model
+                self._model = self._convert(torch.rand(1, self.in_channels, 64, 64), dynamic=True)
             except Exception as exc:  # an op OpenVINO cannot convert: PyTorch runs the model
                 warnings.warn(f"OpenVINO cannot convert this model ({type(exc).__name__}: {exc}); PyTorch runs it",
                               stacklevel=2)
                 self._model = False
         return self._model is not False
+
+    def _convert(self, example: torch.Tensor, *, dynamic: bool):
+        """The source traced on ``example`` and converted, with dynamic sizes or at the example's shape."""
+        shape = [-1, self.in_channels, -1, -1] if dynamic else list(example.shape)
+        # traced outside any caller's autocast: OpenVINO applies the precision itself
+        with warnings.catch_warnings(), torch.no_grad(), torch.autocast("cpu", enabled=False):
+            warnings.simplefilter("ignore")  # tracer warnings about size branches: checked per shape
+            model = self._ov.convert_model(self.source, example_input=example, input=shape)
+        self.splits = split_concat_convolutions(model)
+        return model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or torch.is_grad_enabled() or not self.converted():
@@ -131,17 +137,25 @@ class OpenVINOModel(nn.Module):
             self._shapes.move_to_end(shape)
             compiled = self._shapes[shape]
             return self.fallback(x) if compiled is None else compiled(x)
-        try:
-            model = self._model.clone()
-            model.reshape({0: list(shape)})
-            compiled = _Compiled(self._ov, self._core, model, self.precision)
-            y = compiled(x)
-        except Exception as exc:  # a size the converted model cannot take
-            compiled, reason = None, f"cannot run it ({type(exc).__name__}: {exc})"
-        else:
-            want = self.fallback(x[:1])
-            if y.shape[1:] != want.shape[1:] or agreement_db(y[:1], want, self.task) < AGREEMENT_DB:
-                compiled, reason = None, "differs from PyTorch's"
+        want = self.fallback(x[:1])
+        # the dynamic model compiled at this shape; where a size branch in the model's Python was frozen
+        # by the trace (it runs but computes another function), the model traced again at this shape
+        y, compiled, reason = None, None, ""
+        for dynamic in (True, False):
+            try:
+                if dynamic:
+                    model = self._model.clone()
+                    model.reshape({0: list(shape)})
+                else:
+                    model = self._convert(x[:1].float().contiguous(), dynamic=False)
+                compiled = _Compiled(self._ov, self._core, model, self.precision)
+                y = compiled(x)
+            except Exception as exc:  # a size the converted model cannot take
+                compiled, reason = None, f"cannot run it ({type(exc).__name__}: {exc})"
+                continue
+            if y.shape[1:] == want.shape[1:] and agreement_db(y[:1], want, self.task) >= AGREEMENT_DB:
+                break
+            compiled, reason = None, "differs from PyTorch's"
         if compiled is None:
             warnings.warn(f"OpenVINO's output at {list(x.shape[-2:])} px {reason}; PyTorch runs this size",
                           stacklevel=2)

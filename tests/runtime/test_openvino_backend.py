@@ -1,6 +1,8 @@
 """The OpenVINO backend: graph rewrites that keep the function, exact shapes, the per-shape check
 against PyTorch, and when prepare_model uses it."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -57,19 +59,47 @@ class SizeBranch(nn.Module):
         return y + 0.5 if x.shape[-1] > 64 else y
 
 
-def test_a_size_branch_the_conversion_froze_runs_on_pytorch():
-    """Converted at 64 px (the branch not taken), the model is wrong at 96 px: the first batch of that
-    shape is checked against PyTorch, which then runs it (with a warning); 64 px stays on OpenVINO."""
+def test_a_size_branch_the_conversion_froze_is_converted_again_at_that_size():
+    """Converted at 64 px (the branch not taken), the dynamic model is wrong at 96 px: the first batch of
+    that shape is checked against PyTorch and the model converted again at 96 px, which takes the branch;
+    both shapes then run on OpenVINO with PyTorch's outputs."""
     module = SizeBranch().eval()
     backend = OpenVINOModel(module, module, "f32", task="sr", in_channels=3)
-    x64, x96 = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 96)
-    with torch.no_grad():
+    x64, x96 = torch.rand(1, 3, 64, 64), torch.rand(2, 3, 64, 96)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no shape falls back to PyTorch
         torch.testing.assert_close(backend(x64), module(x64), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(backend(x96), module(x96), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(backend(x96), module(x96), rtol=1e-4, atol=1e-4)
+    assert backend.compiled_shapes() == [(1, 3, 64, 64), (1, 3, 64, 96)]
+
+
+class TracedOtherwise(nn.Module):
+    """A model that computes another function whenever it is traced, at every size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y + 0.5 if torch.jit.is_tracing() else y
+
+
+def test_a_shape_openvino_gets_wrong_even_when_converted_at_it_runs_on_pytorch():
+    """When the model converted again at the shape still disagrees, PyTorch runs that shape (with a
+    warning), and the check is not repeated on the next batch."""
+    module = TracedOtherwise().eval()
+    backend = OpenVINOModel(module, module, "f32", task="sr", in_channels=3)
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
         with pytest.warns(UserWarning, match="differs from PyTorch"):
-            y = backend(x96)
-        torch.testing.assert_close(y, module(x96))
-        torch.testing.assert_close(backend(x96), module(x96))  # and stays there, without a second check
-    assert backend.compiled_shapes() == [(1, 3, 64, 64)]
+            y = backend(x)
+        torch.testing.assert_close(y, module(x))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            torch.testing.assert_close(backend(x), module(x))
+    assert backend.compiled_shapes() == []
 
 
 def test_a_model_openvino_cannot_convert_runs_on_pytorch():
