@@ -30,10 +30,12 @@ def eval_group() -> None:
 @click.option("--lr", "lr_dir", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Use these LR images (NAMExS.png or NAME.png) instead of MATLAB-bicubic downscaling.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--backend", type=click.Choice(["torch", "openvino"]), default="torch", show_default=True,
+              help="What computes on the CPU: the scores of a backend `pixbatch upscale/segment` can choose.")
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
 @click.pass_obj
-def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None:
+def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, backend, out_json) -> None:
     """Y-PSNR/SSIM (BT.601, SCALE pixels shaved) and RGB PSNR per image and on average, next to
     MATLAB-bicubic upsampling. LR images are made from HR exactly as MATLAB's imresize does.
 
@@ -50,7 +52,7 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None
 
     try:
         runner = load_runner(app.device, model_name, scale, precision, False, True, n_jobs=0, kernels="auto",
-                             info=app.info)
+                             backend=backend, info=app.info)
         results = evaluate_sr(runner, hr_dir, lr_dir, on_error=app.file_error)
     except (StartupError, FileNotFoundError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
@@ -58,7 +60,7 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, out_json) -> None
     bicubic_mean = mean_metrics([r.bicubic for r in results])
     summary = {"model": model_label(runner.info), "arch": runner.info.name, "scale": runner.info.scale,
                "hr": str(hr_dir),
-               "lr": str(lr_dir) if lr_dir else "MATLAB bicubic from HR", "precision": precision,
+               "lr": str(lr_dir) if lr_dir else "MATLAB bicubic from HR", "precision": precision, "backend": runner.backend,
                "images": [{"name": r.name, "model": r.model, "bicubic": r.bicubic} for r in results],
                "mean": {"model": model_mean, "bicubic": bicubic_mean},
                "errors": [{"path": p, "reason": r} for p, r in app.file_errors]}
@@ -111,11 +113,13 @@ MULTICLASS_COLUMNS = ("miou", "mean_accuracy", "accuracy")
 @click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True,
               help="Context px on each side of a tile, as in `pixbatch segment`.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--backend", type=click.Choice(["torch", "openvino"]), default="torch", show_default=True,
+              help="What computes on the CPU: the scores of a backend `pixbatch upscale/segment` can choose.")
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
 @click.pass_obj
 def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, class_names, plot, tile, overlap, precision,
-             out_json) -> None:
+             backend, out_json) -> None:
     """Per-image and pooled (all pixels together) Dice (= F1), IoU, pixel accuracy, precision,
     recall (sensitivity), specificity and, for binary models, AUC-ROC. Multi-class models: a confusion
     matrix of exact pixel counts over all images, per-class IoU, precision and recall, class-mean IoU
@@ -137,7 +141,7 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, class
 
     try:
         runner = load_runner(app.device, model_name, None, precision, False, True, n_jobs=0, kernels="torch", task="seg",
-                             info=app.info)
+                             backend=backend, info=app.info)
         training = runner.info.training or {}
         if threshold is None:
             threshold = float(training.get("threshold", 0.5))
@@ -155,7 +159,7 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, class
     summary = {"model": model_label(runner.info), "arch": runner.info.name, "images": str(images),
                "masks": str(masks), "classes": classes, "class_names": names, "ignore_index": ignore_index,
                "roi": str(roi) if roi else None, "threshold": threshold if classes == 1 else None,
-               "precision": precision,
+               "precision": precision, "backend": runner.backend,
                "per_image": [{"name": r.name, **r.scores} for r in results], "mean": mean, "pooled": pooled,
                "errors": [{"path": p, "reason": r} for p, r in app.file_errors]}
     if out_json:

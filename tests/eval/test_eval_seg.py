@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
@@ -9,7 +10,7 @@ from pixbatch.cli import cli
 from pixbatch.eval.seg import evaluate_seg
 from pixbatch.models import LoadedModel, ModelInfo
 from pixbatch.runtime.prepare import prepare_model
-from tests.conftest import write_disk_set
+from tests.conftest import DATA, requires_data, write_disk_set
 
 
 class RedIsForeground(torch.nn.Module):
@@ -69,3 +70,20 @@ def test_eval_seg_command(tmp_path, seg_checkpoint):
     result = CliRunner().invoke(cli, ["eval", "seg", "--model", str(seg_checkpoint), "--images", str(images),
                                       "--masks", str(tmp_path)])
     assert result.exit_code == 1 and "error: no mask for 2 image(s)" in result.output
+
+
+@requires_data
+def test_openvino_backend_keeps_drive_scores_of_the_shipped_unet():
+    """What `--backend openvino` (bf16) computes scores DRIVE within 0.01 Dice of fp32 PyTorch."""
+    pytest.importorskip("openvino")
+    drive = DATA / "seg" / "drive" / "test"
+    dice = {}
+    for precision, backend in [("fp32", "torch"), ("bf16", "openvino")]:
+        result = CliRunner().invoke(cli, ["--device", "cpu", "--json", "eval", "seg", "--model", "unet_drive",
+                                          "--images", str(drive / "images"), "--masks", str(drive / "masks"),
+                                          "--roi", str(drive / "fov"), "--precision", precision, "--backend", backend])
+        assert result.exit_code == 0, result.stderr
+        summary = json.loads(result.stdout)
+        dice[backend] = summary["pooled"]["dice"]
+    assert summary["backend"] == "openvino (bf16)"
+    assert dice["torch"] > 0.8 and abs(dice["openvino"] - dice["torch"]) < 0.01, dice

@@ -76,3 +76,19 @@ def test_a_checkpoint_file_heads_the_table_with_its_own_name(tmp_path, tiny_chec
                                       str(tmp_path / "hr")])
     summary = json.loads(result.stdout)
     assert summary["model"] == "tiny_x2.safetensors (edsr_tiny_x2)" and summary["arch"] == "edsr_tiny_x2"
+
+
+@requires_data
+def test_openvino_backend_keeps_set5_scores_of_the_shipped_x4_model():
+    """What `--backend openvino` (bf16) computes scores within 0.01 dB / 0.001 SSIM of fp32 PyTorch."""
+    pytest.importorskip("openvino")
+    scores = {}
+    for precision, backend in [("fp32", "torch"), ("bf16", "openvino")]:
+        result = CliRunner().invoke(cli, ["--device", "cpu", "--json", "eval", "sr", "--model", "edsr_tiny_x4", "--hr",
+                                          str(SET5), "--precision", precision, "--backend", backend])
+        assert result.exit_code == 0, result.stderr
+        summary = json.loads(result.stdout)
+        scores[backend] = summary["mean"]["model"]
+    assert summary["backend"] == "openvino (bf16)"
+    assert abs(scores["openvino"]["psnr_y"] - scores["torch"]["psnr_y"]) < 0.01, scores
+    assert abs(scores["openvino"]["ssim_y"] - scores["torch"]["ssim_y"]) < 0.001, scores
