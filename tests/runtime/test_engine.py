@@ -20,6 +20,7 @@ from pixbatch.runtime.engine import (
     TensorSource,
     WindowEngine,
     Windowing,
+    finite_rows,
     run_job,
     run_planes,
 )
@@ -176,6 +177,17 @@ def test_out_of_memory_in_a_band_delivers_every_row_exactly_once():
     starts = [y for y, _ in rows]
     assert len(rows) > 2 and starts == sorted(set(starts)) and sum(n for _, n in rows) == 300  # each row once
     assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_finite_rows_finds_each_non_finite_sample_and_not_an_overflowing_sum():
+    y = torch.rand(5, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    y[1, 2, 7, 7] = float("nan")
+    y[2, 0, 0, 0], y[2, 1, 0, 0] = float("inf"), float("-inf")  # their sum is nan
+    y[3, 0, 4, 4] = float("-inf")
+    y[4] = 3e38  # every value finite, their sum is not
+    assert finite_rows(y) == [True, False, False, False, True]
+    assert finite_rows(y.bfloat16()) == [True, False, False, False, True]
+    assert finite_rows(y[:1]) == [True]
 
 
 def test_non_finite_reduced_precision_output_is_rerun_in_fp32():
