@@ -77,8 +77,9 @@ io_options = _apply([
     click.option("--skip-existing/--overwrite", default=True, show_default=True,
                  help="Resume by skipping outputs that exist, or replace them."),
     click.option("--workers", type=click.IntRange(min=0), default=None,
-                 help="Decoding processes (default: about half the cores; 0 decodes in the main process; never more "
-                      "than the cores, the files, or free memory at 1 GiB each)."),
+                 help="Decoding processes (default: about half the cores, none where the model computes on a CPU of "
+                      "two cores or fewer; 0 decodes in the main process; never more than the cores, the files, or "
+                      "free memory at 1 GiB each)."),
     click.option("--writers", type=click.IntRange(min=1), default=None, help="Encoding threads (default: auto)."),
     click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
                  help="Refuse inputs above this many pixels (decompression bombs); 0 = no limit."),

@@ -73,7 +73,7 @@ def stage_capacities(files: list[Path], runner, opts, on_stage=None) -> dict[str
     from pixbatch.io.discover import Job
 
     jobs = [Job(f, f) for f in files]
-    workers = decode_workers(opts.workers, n)
+    workers = decode_workers(opts.workers, n, dev.type == "cpu")
     stages: dict[str, dict] = {}
 
     # decode: the pipeline's own DataLoader, workers included (their start-up counted, as in a run)

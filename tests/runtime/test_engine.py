@@ -20,6 +20,7 @@ from pixbatch.runtime.engine import (
     TensorSource,
     WindowEngine,
     Windowing,
+    decode_workers,
     finite_rows,
     run_job,
     run_planes,
@@ -363,3 +364,13 @@ def test_decode_workers_never_finalise_what_they_inherit(tmp_path, start):
         assert finalised_in == {os.getpid()} and not finalised_in & workers
     else:
         assert finalised_in & workers  # what the fix prevents
+
+
+def test_automatic_decode_workers_leave_a_two_core_cpu_to_the_model(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert decode_workers(None, 100, cpu_compute=True) == 0  # the model already keeps both cores busy
+    assert decode_workers(None, 100, cpu_compute=False) == 1  # a GPU computes: one core decodes
+    assert decode_workers(2, 100, cpu_compute=True) == 2  # asked for: given
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert decode_workers(None, 100, cpu_compute=True) == 4
+    assert decode_workers(None, 3, cpu_compute=True) == 0  # a handful of files
