@@ -6,13 +6,15 @@
 Every shipped model, the foreign compact model and Engstrom's udnie style net (shared data), at each
 size (input px) and batch ("pipeline" = the batch `pixbatch upscale/segment` forms at that size), with
 rows for: eager fp32 NCHW (the baseline of every ratio), pixbatch default (what the command line
-prepares: channels-last, bf16 where the CPU computes it natively, batch norms folded, convs packed for
-oneDNN with their activations as post-ops, fused channels-last upsamplers, and
-the host-memory reuse the CLI turns on for the whole process, this one included), pixbatch default
-without those rewrites (kernels=torch), torch.compile with inductor freezing (oneDNN weights pre-packed at
-compile time; compile seconds reported apart), ONNX Runtime fp32 (all graph optimisations, one thread
-per core), and OpenVINO (converted from the PyTorch module; f32 and bf16 inference-precision hints,
-each with the latency hint and, batch 1, the throughput hint driving an async request queue).
+prepares for a job of 64 MP of input or more: backend auto, which hands the model to OpenVINO where
+that measures faster with the same outputs, with the host-memory reuse the CLI turns on for the whole
+process, this one included), the PyTorch backend (channels-last, bf16 where the CPU computes it
+natively, batch norms folded, convs packed for oneDNN with their activations as post-ops, fused
+channels-last upsamplers) with and without those rewrites (kernels=torch), torch.compile with inductor
+freezing (oneDNN weights pre-packed at compile time; compile seconds reported apart), ONNX Runtime fp32
+(all graph optimisations, one thread per core), and OpenVINO (converted from the PyTorch module; f32 and
+bf16 inference-precision hints, each with the latency hint and, batch 1, the throughput hint driving an
+async request queue; bf16 also converted at the exact input shape).
 
 Per row: output MP/s, ratio to eager, PSNR of the output against the eager fp32 output (images
 clamped to [0, 1]; segmentation logits through sigmoid/softmax), and achieved GFLOP/s (conv/matmul
