@@ -28,6 +28,7 @@ Writes benchmarks/results/cpu_engines_cpu.json and .png. ONNX Runtime and OpenVI
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -235,7 +236,13 @@ def main() -> None:
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per row")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--summary", type=Path, default=None, metavar="JSON",
+                   help="print the standings of a result written before, measuring nothing")
     args = p.parse_args()
+    if args.summary is not None:
+        for line in standings(json.loads(args.summary.read_text())["rows"]):
+            print(line)
+        return
 
     from pixbatch.runtime.engine import CPU_BATCH_PIXELS
     from pixbatch.runtime.host_memory import reuse_freed_memory
@@ -292,8 +299,39 @@ def main() -> None:
                               f"  setup {r['setup_seconds']:.1f}s", flush=True)
                 write_result(partial(rows, malloc_reuse, peak), "cpu_engines_cpu", args.out)  # a crash keeps the rest
     out = write_result(partial(rows, malloc_reuse, peak), "cpu_engines_cpu", args.out)
+    for line in standings(rows):
+        print(line)
     print(f"wrote {out}")
     draw(rows, (args.out or RESULTS / "cpu_engines_cpu.json").with_suffix(".png"))
+
+
+def standings(rows: list[dict]) -> list[str]:
+    """Per model, size and batch: pixbatch default against the best OpenVINO bf16 row and against the
+    fastest other row (its ratio and name), then how many cells the default leads."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "output_mp_per_s" in r:
+            cells.setdefault((r["model"], r["size"], r["batch"]), []).append(r)
+    lines, fastest, over_openvino = [], 0, 0
+    for (name, size, batch), measured in cells.items():
+        default = next((r for r in measured if r["variant"].startswith("pixbatch default")), None)
+        if default is None:
+            continue
+        others = [r for r in measured if r is not default]
+        openvino = max((r for r in others if r["variant"].startswith("openvino bf16")),
+                       key=lambda r: r["output_mp_per_s"], default=None)
+        best = max(others, key=lambda r: r["output_mp_per_s"])
+        mp = default["output_mp_per_s"]
+        fastest += mp >= best["output_mp_per_s"]
+        line = f"{name:<14} {size:>4} b{batch:<2} pixbatch default {mp:6.2f} MP/s (PSNR {default['psnr_vs_fp32_db']:.1f})"
+        if openvino is not None:
+            over_openvino += mp >= openvino["output_mp_per_s"]
+            line += f"  {mp / openvino['output_mp_per_s']:.2f}x the best OpenVINO bf16 row ({openvino['variant']})"
+        line += f"  {mp / best['output_mp_per_s']:.2f}x the fastest other row ({best['variant'].split(' (')[0]})"
+        lines.append(line)
+    lines.append(f"pixbatch default is the fastest row in {fastest} of {len(lines)} cells and at least the best "
+                 f"OpenVINO bf16 row in {over_openvino}")
+    return lines
 
 
 def draw(rows: list[dict], path: Path, size: int = 256) -> None:
