@@ -149,3 +149,23 @@ def test_explicit_openvino_backend_refuses_what_it_cannot_do(monkeypatch):
         prepare_model(loaded, CPU, torch.float32, backend="openvino")
     assert prepare_model(loaded, CPU, torch.float32, backend="auto", job_pixels=10**12).backend == "torch"
 
+
+
+@pytest.mark.parametrize("faster", ["queue", "batched"])
+def test_a_batch_runs_the_way_measured_faster_with_the_same_outputs(monkeypatch, faster):
+    """The first batch of a size runs both ways (parallel one-image requests, one request of the whole
+    batch) and the faster is kept; either way gives the PyTorch model's output, batch after batch."""
+    from types import SimpleNamespace
+
+    from pixbatch.runtime import openvino_backend
+
+    ticks = iter([0, 2, 10, 11, 20, 22, 30, 31] if faster == "batched" else [0, 1, 10, 12, 20, 21, 30, 32])
+    monkeypatch.setattr(openvino_backend, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    module = create_model("unet_drive").module.eval()
+    backend = OpenVINOModel(module, module, "f32", task="seg", in_channels=3)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _ in range(3):
+            x = torch.rand(3, 3, 32, 48, generator=g)
+            torch.testing.assert_close(backend(x), module(x), rtol=1e-4, atol=2e-4)
+    assert backend.batch_ways() == {(1, 3, 32, 48): {3: faster}}
