@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -65,18 +64,6 @@ def load(name: str):
     from pixbatch.models import create_model
 
     return create_model({"compact": COMPACT, "udnie": UDNIE}.get(name, name))
-
-
-def to_quality(y: torch.Tensor, task: str) -> torch.Tensor:
-    y = y.float()
-    if task == "seg":
-        return torch.sigmoid(y) if y.shape[1] == 1 else torch.softmax(y, dim=1)
-    return y.clamp(0, 1)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float((a - b).pow(2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
 
 
 def variants(name: str, x: torch.Tensor, compile_models: bool):
@@ -246,6 +233,7 @@ def main() -> None:
 
     from pixbatch.runtime.engine import CPU_BATCH_PIXELS
     from pixbatch.runtime.host_memory import reuse_freed_memory
+    from pixbatch.runtime.openvino_backend import agreement_db
     from pixbatch.runtime.prepare import TORCH_THREADS
 
     malloc_reuse = reuse_freed_memory()  # as the command line does, for every row of this process
@@ -278,12 +266,12 @@ def main() -> None:
                     with torch.no_grad():
                         y = fn(x)
                     if reference is None:
-                        reference = to_quality(y, info.task)
+                        reference = y
                     per_call = median_seconds(lambda fn=fn, x=x: fn(x), cpu, args.min_time)
                     jobs = getattr(fn, "jobs", 1)
                     seconds = per_call / jobs
                     row.update(seconds=seconds, output_mp_per_s=out_mp / seconds,
-                               psnr_vs_fp32_db=psnr(to_quality(y, info.task), reference),
+                               psnr_vs_fp32_db=agreement_db(y, reference, info.task),
                                gflops=flops / seconds / 1e9)
                     if peak.get(dtype):
                         row["pct_of_peak"] = 100 * row["gflops"] / peak[dtype]

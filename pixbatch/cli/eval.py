@@ -21,6 +21,12 @@ def eval_group() -> None:
     """
 
 
+# both evaluators: the scores of a backend `pixbatch upscale/segment` can choose
+backend_option = click.option("--backend", type=click.Choice(["torch", "openvino"]), default="torch",
+                              show_default=True, help="What computes on the CPU: the scores of a backend "
+                                                      "`pixbatch upscale/segment` can choose.")
+
+
 @eval_group.command(name="sr", short_help="PSNR/SSIM of a super-resolution model.")
 @click.option("--model", "model_name", default=None, metavar="NAME|PATH",
               help="A built-in model or a checkpoint (default: the shipped model for --scale).")
@@ -30,8 +36,7 @@ def eval_group() -> None:
 @click.option("--lr", "lr_dir", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Use these LR images (NAMExS.png or NAME.png) instead of MATLAB-bicubic downscaling.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
-@click.option("--backend", type=click.Choice(["torch", "openvino"]), default="torch", show_default=True,
-              help="What computes on the CPU: the scores of a backend `pixbatch upscale/segment` can choose.")
+@backend_option
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
 @click.pass_obj
@@ -113,8 +118,7 @@ MULTICLASS_COLUMNS = ("miou", "mean_accuracy", "accuracy")
 @click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True,
               help="Context px on each side of a tile, as in `pixbatch segment`.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
-@click.option("--backend", type=click.Choice(["torch", "openvino"]), default="torch", show_default=True,
-              help="What computes on the CPU: the scores of a backend `pixbatch upscale/segment` can choose.")
+@backend_option
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
 @click.pass_obj

@@ -31,7 +31,6 @@ optional ``openvino`` extra (pip install 'pixbatch[openvino]').
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections import OrderedDict
@@ -181,14 +180,15 @@ def agreement_db(a: torch.Tensor, b: torch.Tensor, task: str) -> float:
     """PSNR in dB of output ``a`` against ``b`` as images in [0, 1]: clamped, or for segmentation
     logits, through a sigmoid (one channel) or a softmax (several)."""
 
-    def unit(t: torch.Tensor) -> torch.Tensor:
+    from pixbatch.eval.metrics import psnr
+
+    def unit(t: torch.Tensor) -> np.ndarray:
         t = t.float()
         if task == "seg":
-            return torch.sigmoid(t) if t.shape[1] == 1 else torch.softmax(t, dim=1)
-        return t.clamp(0, 1)
+            return (torch.sigmoid(t) if t.shape[1] == 1 else torch.softmax(t, dim=1)).numpy()
+        return t.clamp(0, 1).numpy()
 
-    mse = float((unit(a) - unit(b)).pow(2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+    return psnr(unit(a), unit(b), max_val=1.0)
 
 
 class _Compiled:
@@ -213,11 +213,11 @@ class _Compiled:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         data = np.ascontiguousarray(x.float().numpy())  # NCHW float32; a copy only if it was not
-        out = torch.empty(len(data), *self._out_shape)
-        if len(data) == 1:
+        n = len(data)
+        out = torch.empty(n, *self._out_shape)
+        if n == 1:
             self._infer(self._single, data, out)
             return out
-        n = len(data)
         if n not in self._batched:
             self._batched[n] = self._choose(data, out)
             return out

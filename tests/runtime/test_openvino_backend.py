@@ -47,23 +47,24 @@ def test_openvino_runner_gives_pytorchs_outputs_at_every_size(name):
     assert set(openvino.compiled.compiled_shapes()) == shapes
 
 
-class SizeBranch(nn.Module):
-    """A model whose Python takes a branch on the input width, which a trace freezes."""
+class Branching(nn.Module):
+    """A conv whose Python adds 0.5 to its output when ``when(x)`` holds, a branch a trace freezes."""
 
-    def __init__(self) -> None:
+    def __init__(self, when) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.when = when
 
     def forward(self, x):
         y = self.conv(x)
-        return y + 0.5 if x.shape[-1] > 64 else y
+        return y + 0.5 if self.when(x) else y
 
 
 def test_a_size_branch_the_conversion_froze_is_converted_again_at_that_size():
     """Converted at 64 px (the branch not taken), the dynamic model is wrong at 96 px: the first batch of
     that shape is checked against PyTorch and the model converted again at 96 px, which takes the branch;
     both shapes then run on OpenVINO with PyTorch's outputs."""
-    module = SizeBranch().eval()
+    module = Branching(lambda x: x.shape[-1] > 64).eval()  # converted at 64 px: the branch not taken
     backend = OpenVINOModel(module, module, "f32", task="sr", in_channels=3)
     x64, x96 = torch.rand(1, 3, 64, 64), torch.rand(2, 3, 64, 96)
     with torch.no_grad(), warnings.catch_warnings():
@@ -74,22 +75,10 @@ def test_a_size_branch_the_conversion_froze_is_converted_again_at_that_size():
     assert backend.compiled_shapes() == [(1, 3, 64, 64), (1, 3, 64, 96)]
 
 
-class TracedOtherwise(nn.Module):
-    """A model that computes another function whenever it is traced, at every size."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-
-    def forward(self, x):
-        y = self.conv(x)
-        return y + 0.5 if torch.jit.is_tracing() else y
-
-
 def test_a_shape_openvino_gets_wrong_even_when_converted_at_it_runs_on_pytorch():
     """When the model converted again at the shape still disagrees, PyTorch runs that shape (with a
     warning), and the check is not repeated on the next batch."""
-    module = TracedOtherwise().eval()
+    module = Branching(lambda x: torch.jit.is_tracing()).eval()  # another function whenever traced
     backend = OpenVINOModel(module, module, "f32", task="sr", in_channels=3)
     x = torch.rand(1, 3, 32, 48)
     with torch.no_grad():
