@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import COMPACT, REPO
 
 
 @pytest.mark.slow
@@ -20,7 +20,9 @@ def test_kernel_benchmark_variants_check():
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_conv_pixel_shuffle.py"), "--check"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("ok Layer(") >= 4
+    # one layer per shipped x2/x3/x4 model, and Real-ESRGAN's compact model's when the shared data has it
+    assert done.stdout.count("ok Layer(") == 3 + COMPACT.is_file(), done.stdout
+    assert ("realesr-animevideov3" in done.stdout) == COMPACT.is_file()
 
 
 @pytest.mark.slow
@@ -31,6 +33,9 @@ def test_model_benchmark_variants_check():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "pixbatch default" in done.stdout and "check:" in done.stdout
+    # Real-ESRGAN's compact model is among them exactly when the shared data has it
+    models = {line.split()[0] for line in done.stdout.splitlines()[1:] if line and not line.startswith("check:")}
+    assert models == {"edsr_tiny_x2", "edsr_tiny_x4", "unet_drive"} | ({"compact"} if COMPACT.is_file() else set())
 
 
 def test_bench_command_reports_stages_and_the_plain_loop(tmp_path):

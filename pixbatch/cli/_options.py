@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -44,6 +45,20 @@ class TileSize(click.ParamType):
 
 
 TILE = TileSize()
+
+
+class FiniteFloat(click.FloatRange):
+    """Every float option of every command: NaN and infinity are usage errors (a NaN threshold or blend
+    weight would silently make black outputs), then the range, if any, applies."""
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None  # not a number at all: FloatRange says so
+        if number is not None and not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def _apply(options):
@@ -142,7 +157,7 @@ ray_options = _apply([
                        "unit of work on one worker."),
     click.option("--ray-workers", type=click.IntRange(min=1), default=None, expose_value=False,
                  callback=_set_ray("workers"), help="Model workers (default: one per GPU, else per 2 CPUs)."),
-    click.option("--ray-gpus-per-worker", type=click.FloatRange(min=0), default=None, expose_value=False,
+    click.option("--ray-gpus-per-worker", type=FiniteFloat(min=0), default=None, expose_value=False,
                  callback=_set_ray("gpus_per_worker"),
                  help="GPUs each model worker takes (default: 1 where the cluster has GPUs, else 0: CPU workers)."),
 ])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pixbatch.cli._options import TILE
+from pixbatch.cli._options import TILE, FiniteFloat
 
 
 @click.group(name="eval", short_help="Evaluate models (PSNR/SSIM for super-resolution, IoU/Dice/AUC for segmentation).")
@@ -105,7 +105,7 @@ MULTICLASS_COLUMNS = ("miou", "mean_accuracy", "accuracy")
               help="Ground-truth masks, paired with the images by stem (or the part before the first '_').")
 @click.option("--roi", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Region-of-interest masks (e.g. DRIVE's field of view): only pixels inside count.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--threshold", type=FiniteFloat(0, 1), default=None,
               help="Binary models: foreground above this probability (default: the model's, else 0.5).")
 @click.option("--ignore-index", type=int, default=None,
               help="Mask value that counts for nothing (default: the one the model was trained with, if any).")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from pixbatch.cli._options import (
+    FiniteFloat,
     io_options,
     png_compression_option,
     precision_options,
@@ -24,7 +25,7 @@ from pixbatch.cli._options import (
 @ray_options
 @click.option("-m", "--model", "model_name", default="unet_drive", show_default=True, metavar="NAME|PATH",
               help="A built-in segmentation model or a checkpoint written by `pixbatch train seg`.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--threshold", type=FiniteFloat(0, 1), default=None,
               help="Probability above which a pixel is foreground (binary models; default: the model's, else 0.5).")
 @click.option("--probabilities", is_flag=True, help="Also write NAME_prob.tif with the probability map(s).")
 @click.option("--prob-format", type=click.Choice(["8bit", "float"]), default="8bit", show_default=True,
@@ -33,7 +34,7 @@ from pixbatch.cli._options import (
               help="Multi-class models: the void label, never predicted (default: the one the model was trained "
                    "with, if any).")
 @click.option("--overlay", is_flag=True, help="Also write NAME_overlay.png: the classes in colour over the input.")
-@click.option("--overlay-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--overlay-alpha", type=FiniteFloat(0, 1), default=0.5, show_default=True)
 @click.pass_obj
 def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, workers, writers, max_pixels,
             png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend, model_name, threshold,

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from pixbatch.cli._options import format_options, io_options, precision_options, ray_options, window_options
+from pixbatch.cli._options import (
+    FiniteFloat,
+    format_options,
+    io_options,
+    precision_options,
+    ray_options,
+    window_options,
+)
 
 
 @click.command(short_help="Stylise images and folders of images with a feed-forward style net.")
@@ -23,7 +30,7 @@ from pixbatch.cli._options import format_options, io_options, precision_options,
               help="Shrink inputs whose longer side is larger to PX first (antialiased): the size of the "
                    "brush strokes is relative to the image, so this sets the style's scale; outputs have "
                    "the shrunk size.")
-@click.option("--strength", type=click.FloatRange(0, 1), default=1.0, show_default=True,
+@click.option("--strength", type=FiniteFloat(0, 1), default=1.0, show_default=True,
               help="Blend with the input: 1 = the net's output, 0 = the input.")
 @click.option("--preserve-color", is_flag=True,
               help="Keep the input's colours: the net's luminance with the input's chroma (YCbCr).")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from pixbatch.cli._options import FiniteFloat
+
 
 @click.group(name="train", short_help="Train models.")
 def train_group() -> None:
@@ -34,9 +36,9 @@ def train_group() -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--patch", type=click.IntRange(min=8), default=48, show_default=True, help="LR patch size in px.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (one-cycle).")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate (one-cycle).")
 @click.option("--loss", type=click.Choice(["l1", "mse", "perceptual"]), default="l1", show_default=True)
-@click.option("--pixel-weight", type=float, default=0.1, show_default=True, help="Pixel L1 weight in the perceptual loss.")
+@click.option("--pixel-weight", type=FiniteFloat(min=0), default=0.1, show_default=True, help="Pixel L1 weight in the perceptual loss.")
 @click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="torchvision VGG16 weights for --loss perceptual (default: the torch hub cache; never downloaded).")
 @click.option("--init", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -137,12 +139,13 @@ def _sizes(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--ignore-index", type=int, default=None, help="Mask value that counts for nothing (e.g. 255).")
 @click.option("--loss", default="bce+dice", show_default=True, help="bce, dice, focal, ce, or sums such as bce+dice.")
 @click.option("--size", "sizes", default="512", show_default=True, callback=_sizes,
-              help="Crop size in px; several (256,512) = progressive resizing over equal parts of the steps.")
+              help="Crop size in px; several (256,512) = progressive resizing over equal parts of the steps. "
+                   "Images smaller than a crop are mirror-padded to it.")
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Crops per step at the first size (later sizes keep the pixels per step).")
-@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (one-cycle).")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.9), default=0.1, show_default=True,
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=2e-3, show_default=True, help="Peak learning rate (one-cycle).")
+@click.option("--val-fraction", type=FiniteFloat(0, 0.9), default=0.1, show_default=True,
               help="Images held out for validation (the checkpoint with the best Dice, or mIoU for multi-class "
                    "models, is kept).")
 @click.option("--val-images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -220,10 +223,10 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
 @click.option("--size", type=click.IntRange(min=32), default=256, show_default=True, help="Content crop size in px.")
 @click.option("--style-size", type=click.IntRange(min=32), default=None,
               help="Resize the style image's longer side to this first (its brush strokes' scale).")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (one-cycle).")
-@click.option("--content-weight", type=float, default=1e5, show_default=True)
-@click.option("--style-weight", type=float, default=1e10, show_default=True)
-@click.option("--tv-weight", type=float, default=1e2, show_default=True, help="Total variation (smoothness).")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate (one-cycle).")
+@click.option("--content-weight", type=FiniteFloat(min=0), default=1e5, show_default=True)
+@click.option("--style-weight", type=FiniteFloat(min=0), default=1e10, show_default=True)
+@click.option("--tv-weight", type=FiniteFloat(min=0), default=1e2, show_default=True, help="Total variation (smoothness).")
 @click.option("--preview", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Content photo for the previews (default: the first content image).")
 @click.option("--preview-every", type=click.IntRange(min=1), default=500, show_default=True)

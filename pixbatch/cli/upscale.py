@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from pixbatch.cli._options import (
+    FiniteFloat,
     format_options,
     io_options,
     kernels_option,
@@ -28,7 +29,7 @@ BUILTIN_SCALES = (2, 3, 4)  # pixbatch.models.DEFAULT_SR_MODELS, without importi
 @kernels_option
 @click.option("-s", "--scale", type=click.IntRange(min=1), default=None,
               help="Upscaling factor (default: the model's, or 4 with the built-in models).")
-@click.option("--outscale", type=click.FloatRange(min=0, min_open=True), default=None, metavar="FACTOR",
+@click.option("--outscale", type=FiniteFloat(min=0, min_open=True), default=None, metavar="FACTOR",
               help="Output size / input size when it should differ from the model's scale (e.g. 2 or 3 with an "
                    "x4 model): the model's output is resized with antialiased bicubic before rounding, on the "
                    "device, streamed row by row. Sizes are int(input x FACTOR), as in Real-ESRGAN.")

@@ -42,6 +42,15 @@ def seed_everything(seed: int, threads: int = 0) -> random.Random:
     return random.Random(seed)
 
 
+def one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The one-cycle schedule over ``steps`` (any count from 1): warm-up for about a tenth of them, at
+    least two steps where there are three or more. OneCycleLR's warm-up phase ends at step
+    ``pct_start * steps - 1``; at exactly 0 (10 steps at 10 %) it divides by zero, so the share is
+    chosen in whole steps."""
+    warm = max(2, round(0.1 * steps)) if steps >= 3 else 0.1 * steps  # below 3 steps: no warm-up to speak of
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=warm / steps)
+
+
 class TrainLoop:
     """Runs ``steps`` optimisation steps of ``net``; ``state_path`` holds the resumable state."""
 
@@ -53,8 +62,7 @@ class TrainLoop:
         self.progress = progress
         self.amp = training_amp_dtype(opts.amp, device)
         self.opt = torch.optim.Adam(net.parameters(), lr=opts.lr, betas=opts.betas)
-        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=opts.lr, total_steps=opts.steps,
-                                                         pct_start=0.1)
+        self.sched = one_cycle(self.opt, opts.lr, opts.steps)
         self.start_step, self.seconds = 0, 0.0
         self.extra: dict = {}  # trainer state that must survive a resume
         self.t0 = time.perf_counter()

@@ -9,8 +9,11 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import torch
 from torch.nn import functional as F
+
+from pixbatch.runtime.windows import reflect_index
 
 
 def augment(image: torch.Tensor, mask: torch.Tensor, rng: random.Random, *, rotate_deg: float = 15.0,
@@ -39,12 +42,14 @@ def augment(image: torch.Tensor, mask: torch.Tensor, rng: random.Random, *, rota
 
 def random_crop(image: torch.Tensor, mask: torch.Tensor, size: int,
                 rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-    """A size x size crop; images smaller than that are reflect-padded first (masks likewise)."""
+    """A size x size crop; images smaller than that are mirror-padded to it first (masks likewise), by
+    as many reflections as it takes (an image of 40 px fills a 512 px crop)."""
     h, w = image.shape[-2:]
-    ph, pw = max(0, size - h), max(0, size - w)
-    if ph or pw:
-        image = F.pad(image[None], (0, pw, 0, ph), mode="reflect")[0]
-        mask = F.pad(mask[None, None].float(), (0, pw, 0, ph), mode="reflect")[0, 0].long()
+    if h < size or w < size:
+        rows = torch.from_numpy(reflect_index(np.arange(max(h, size)), h))
+        cols = torch.from_numpy(reflect_index(np.arange(max(w, size)), w))
+        image = image.index_select(-2, rows).index_select(-1, cols)
+        mask = mask.index_select(-2, rows).index_select(-1, cols)
         h, w = image.shape[-2:]
     y, x = rng.randrange(h - size + 1), rng.randrange(w - size + 1)
     return image[:, y:y + size, x:x + size], mask[y:y + size, x:x + size]

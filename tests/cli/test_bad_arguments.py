@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -69,3 +70,45 @@ def test_a_usage_error_is_one_line_from_the_real_command(photo, tmp_path):
         assert proc.returncode == 2 and proc.stdout == "", proc.stderr
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and says in proc.stderr
         assert "--help`)" in proc.stderr
+
+
+def float_options() -> list[tuple[str, click.Option]]:
+    """Every option of every command whose value is a number with a fraction."""
+    found = []
+
+    def walk(command: click.Command, path: str) -> None:
+        for sub_name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {sub_name}")
+        found.extend((path, p) for p in command.params if isinstance(p.type, click.types.FloatParamType))
+
+    walk(cli, "pixbatch")
+    return found
+
+
+def test_every_float_option_of_every_command_refuses_nan_and_infinity():
+    from pixbatch.cli._options import FiniteFloat
+
+    options = float_options()
+    assert len(options) >= 12  # thresholds, strengths, learning rates, loss weights, --outscale, ...
+    for where, option in options:
+        assert isinstance(option.type, FiniteFloat), f"{where} {option.opts[0]} takes NaN"
+        ctx = click.Context(cli)
+        for value in ("nan", "NaN", "inf", "-inf", "1e999"):
+            with pytest.raises(click.BadParameter, match="is not a finite number"):
+                option.type.convert(value, option, ctx)
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["segment", "{photo}", "{out}", "--threshold", "nan"], "--threshold"),
+    (["segment", "{photo}", "{out}", "--overlay", "--overlay-alpha", "nan"], "--overlay-alpha"),
+    (["stylize", "{photo}", "{out}", "--style", "{photo}", "--strength", "nan"], "--strength"),
+    (["upscale", "{photo}", "{out}", "--outscale", "inf"], "--outscale"),
+    (["train", "sr", "--data", ".", "--arch", "edsr_tiny_x2", "--out", "m.safetensors", "--lr", "nan"], "--lr"),
+    (["eval", "seg", "--images", ".", "--masks", ".", "--threshold", "-inf"], "--threshold"),
+])
+def test_nan_and_infinity_are_usage_errors_before_any_work(photo, tmp_path, args, option):
+    args = [a.format(photo=photo, out=tmp_path / "out") for a in args]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert option in result.output and "is not a finite number" in result.output
+    assert not (tmp_path / "out").exists()

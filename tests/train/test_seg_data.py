@@ -29,3 +29,19 @@ def test_random_crop_pads_small_images():
     assert img.shape == (3, 16, 16) and m.shape == (16, 16)
     img, m = random_crop(image, mask, 8, random.Random(0))
     assert img.shape == (3, 8, 8)
+
+
+def test_random_crop_mirrors_images_far_smaller_than_the_crop():
+    """A 512 px crop of a 40 px image (reflect padding of more than the image once raised): mirrored as
+    often as it takes, image and mask alike, without repeating the edge pixel."""
+    mask = torch.randint(0, 3, (40, 30))
+    image = (mask.float() / 2).expand(3, -1, -1)
+    img, m = random_crop(image, mask, 512, random.Random(0))
+    assert img.shape == (3, 512, 512) and m.shape == (512, 512)
+    assert torch.equal((img[0] * 2).round().long(), m)
+    row = torch.arange(7.0).expand(3, 1, -1)  # 0..6 along x, one row
+    img, _ = random_crop(row, torch.zeros(1, 7, dtype=torch.long), 1, random.Random(0))
+    wide, _ = random_crop(row, torch.zeros(1, 7, dtype=torch.long), 16, random.Random(0))
+    assert wide[0, 0].tolist() == [0, 1, 2, 3, 4, 5, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3]
+    one, _ = random_crop(torch.ones(3, 1, 1), torch.ones(1, 1, dtype=torch.long), 4, random.Random(0))
+    assert one.shape == (3, 4, 4) and bool((one == 1).all())
