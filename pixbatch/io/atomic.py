@@ -42,12 +42,14 @@ def temp_path(dst: Path) -> Path:
 
 
 def commit(tmp: Path, dst: Path, overwrite: bool) -> None:
-    """Move a finished temporary file into place (hard link: never replaces a file unless ``overwrite``)."""
+    """Move a finished temporary file into place (hard link: never replaces a file unless ``overwrite``);
+    the temporary name is gone afterwards."""
     if overwrite:
         os.replace(tmp, dst)
         return
     try:
         os.link(tmp, dst)  # atomic and never replaces an existing file
+        os.unlink(tmp)  # the output is in place: the temporary name goes
     except FileExistsError:
         raise OutputExistsError(f"{dst} already exists (use --overwrite to replace it)") from None
     except OSError:  # file systems without hard links: check, then rename

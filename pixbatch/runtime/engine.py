@@ -40,7 +40,7 @@ from pixbatch.io.encode import EncodeOptions
 from pixbatch.io.regions import RegionSource, TiffRegionReader, TiledTiffWriter, is_tiled_tiff
 from pixbatch.ops.imresize import RowResampler
 from pixbatch.runtime.device import StartupError
-from pixbatch.runtime.jobs import CLAIMED_ELSEWHERE, JobBook, Report, one_line
+from pixbatch.runtime.jobs import JobBook, Report, claim_output, one_line
 from pixbatch.runtime.prepare import NON_FINITE, ModelFailedError, Runner
 from pixbatch.runtime.windows import WindowPlan, plan_windows, reflect_index
 
@@ -532,22 +532,23 @@ class DecodeSet(Dataset):
     """Decodes in worker processes; a bad file becomes an error record, never an exception. With an
     ``owner``, each output is claimed for that run before its input is decoded."""
 
-    def __init__(self, jobs: list[Job], max_pixels: int, owner: str | None = None) -> None:
-        self.jobs, self.max_pixels, self.owner = jobs, max_pixels, owner
+    def __init__(self, jobs: list[Job], max_pixels: int, owner: str | None = None, overwrite: bool = False) -> None:
+        self.jobs, self.max_pixels, self.owner, self.overwrite = jobs, max_pixels, owner, overwrite
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def __getitem__(self, i: int):
-        arr, meta, error = decode_job(self.jobs[i], self.max_pixels, self.owner)
+        arr, meta, error = decode_job(self.jobs[i], self.max_pixels, self.owner, self.overwrite)
         return i, torch.from_numpy(arr) if arr is not None else torch.empty(0), meta, error
 
 
-def decode_job(job: Job, max_pixels: int, owner: str | None) -> tuple[np.ndarray | None, ImageMeta | None, str]:
+def decode_job(job: Job, max_pixels: int, owner: str | None,
+               overwrite: bool = False) -> tuple[np.ndarray | None, ImageMeta | None, str]:
     """Claim a job's output (with an ``owner``) and decode its input: (pixels, meta, "") or (None,
-    None, reason); never raises for a bad file."""
-    if owner is not None and not claims.claim(job.dst, owner):
-        return None, None, CLAIMED_ELSEWHERE
+    None, reason); never raises for a bad file or an unwritable claim."""
+    if owner is not None and (reason := claim_output(job.dst, owner, overwrite)):
+        return None, None, reason
     try:
         arr, meta = decode_image(job.src, max_pixels)
         return arr, meta, ""
@@ -785,7 +786,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
                 try:
                     book.done(*outputs.commit_streamed())
                 except OutputExistsError:
-                    book.skipped()
+                    book.skipped(job.src)
                 except Exception as exc:
                     book.fail(job.src, f"cannot write {job.dst}: {exc}")
         finally:
@@ -795,7 +796,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
             claims.release(job.dst, book.owner)
 
     loader = decoded if decoded is not None else DataLoader(
-        DecodeSet(in_memory, opts.max_pixels, book.owner), batch_size=None, shuffle=False, num_workers=workers,
+        DecodeSet(in_memory, opts.max_pixels, book.owner, opts.encode.overwrite), batch_size=None, shuffle=False, num_workers=workers,
         pin_memory=runner.device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False)
     try:
         for i, pixels, meta, error in start_loader(loader):
@@ -816,10 +817,8 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
                 start(job, meta, source, bool(big))
         engine.flush()
         for job in streamed:
-            if book.claim(job.dst):
+            if book.claim(job, opts.encode.overwrite):
                 run_streamed(job)
-            else:
-                book.elsewhere(job.src)
         book.wait()
     finally:
         book.close()

@@ -19,6 +19,20 @@ from pixbatch.io.discover import Plan, remove_stale_temps
 CLAIMED_ELSEWHERE = "\0claimed"  # a decode record's error: another run is making this output
 
 
+def claim_output(dst: Path, owner: str, overwrite: bool) -> str:
+    """Claim a job's output before its input is decoded: "" when it is this run's to make,
+    ``CLAIMED_ELSEWHERE`` when another live run holds it or has written it since planning (unless
+    ``overwrite``), else why it cannot be claimed (a full disk fails that image, not the run)."""
+    try:
+        if not claims.claim(dst, owner):
+            return CLAIMED_ELSEWHERE
+    except OSError as exc:
+        return f"cannot claim its output in {dst.parent} ({exc.strerror or exc})"
+    if not overwrite and os.path.lexists(dst):  # another run finished it after this one planned
+        claims.release(dst, owner)
+        return CLAIMED_ELSEWHERE
+    return ""
+
 
 @dataclass
 class Report:
@@ -76,7 +90,7 @@ def begin_run(plan: Plan, report: Report, log: Callable[[str], None], info: Call
         log(error_line(problem.path, problem.reason))
     for note in plan.notes:
         info(f"note: {one_line(note)}")
-    folders = {j.dst.parent for j in plan.todo}
+    folders = {j.dst.parent for j in plan.todo + plan.skipped}  # finished folders too
     remove_stale_temps(folders)
     for folder in folders:
         if folder.is_dir():
@@ -131,9 +145,15 @@ class JobBook:
             for note in notes:
                 self.info(f"note: {one_line(path)}: {one_line(note)}")
 
-    def claim(self, dst: Path) -> bool:
-        """Claim an output before its work starts; False when another live run is making it."""
-        return claims.claim(dst, self.owner)
+    def claim(self, job, overwrite: bool) -> bool:
+        """Claim a job's output before its work starts; False when it is not this run's to make (booked
+        as another run's, or as failed when the claim cannot be written)."""
+        reason = claim_output(job.dst, self.owner, overwrite)
+        if reason == CLAIMED_ELSEWHERE:
+            self.elsewhere(job.src)
+        elif reason:
+            self.fail(job.src, reason)
+        return not reason
 
     def elsewhere(self, path: Path) -> None:
         """Another run holds the claim on this input's output: it is that run's work, not ours."""
@@ -142,10 +162,11 @@ class JobBook:
             self.info(f"note: {one_line(path)}: its output is being written by another run")
             self.bar.update(1)
 
-    def skipped(self) -> None:
+    def skipped(self, path: Path) -> None:
         """The output appeared meanwhile (another run wrote it): it is kept."""
         with self.lock:
             self.report.skipped += 1
+            self.info(f"note: {one_line(path)}: another run wrote its output first; it is kept")
             self.bar.update(1)
 
     def done(self, input_mp: float, output_mp: float) -> None:
@@ -166,7 +187,7 @@ class JobBook:
         try:
             input_mp, output_mp = encode()
         except OutputExistsError:
-            self.skipped()
+            self.skipped(src)
             return
         except Exception as exc:
             self.fail(src, f"cannot write {dst}: {exc}")

@@ -96,12 +96,12 @@ def connect(settings: RaySettings) -> dict:
     return ray.cluster_resources()
 
 
-def decode_row(row: dict, max_pixels: int, owner: str) -> dict:
+def decode_row(row: dict, max_pixels: int, owner: str, overwrite: bool) -> dict:
     """A Ray task: claim the output and decode the input (a streamed TIFF is left to its actor)."""
     job = Job(Path(row["src"]), Path(row["dst"]))
     if row["streamed"]:
         return {**row, "payload": b"", "error": ""}
-    arr, meta, error = decode_job(job, max_pixels, owner)
+    arr, meta, error = decode_job(job, max_pixels, owner, overwrite)
     return {**row, "payload": pickle.dumps((arr, meta), protocol=5) if arr is not None else b"", "error": error}
 
 
@@ -172,7 +172,8 @@ def run_on_ray(make_task: Callable, task: Task, runner_args: dict, plan: Plan, o
     try:
         if rows:
             ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 200))
-            ds = ds.map(decode_row, fn_kwargs={"max_pixels": opts.max_pixels, "owner": owner}, num_cpus=0.25)
+            ds = ds.map(decode_row, fn_kwargs={"max_pixels": opts.max_pixels, "owner": owner,
+                                                "overwrite": opts.encode.overwrite}, num_cpus=0.25)
             ds = ds.map_batches(
                 EngineActor, batch_size=settings.batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
                 num_gpus=gpus or None, num_cpus=actor_cpus,

@@ -112,6 +112,64 @@ def test_upscale_onto_a_real_full_tmpfs(tmp_path, tiny_checkpoint):
     assert proc.stdout.split("rc=123")[1].split() == [".", ".."]  # nothing in out/
 
 
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="cannot mount a tmpfs here (needs root and mount namespaces)")
+def test_a_disk_too_full_for_a_claim_fails_each_image_with_a_summary(tmp_path, tiny_checkpoint):
+    """A tmpfs filled to the last byte: the destination check (0 bytes) passes, the claims cannot be
+    written. Each image is one error line, the summary comes, exit 123, nothing is left behind."""
+    src = photo_folder(tmp_path / "in", 3, 16)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = (f"mount -t tmpfs -o size=64k tmpfs {mnt} && mkdir {mnt}/out && "
+              f"(dd if=/dev/zero of={mnt}/filler bs=4k 2>/dev/null; true)"
+              f" && {' '.join(PIXBATCH)} --json upscale {src} {mnt}/out --model {tiny_checkpoint}; echo rc=$?;"
+              f" ls -a {mnt}/out")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert "rc=123" in proc.stdout, proc.stdout + proc.stderr
+    summary, listing = proc.stdout.split("rc=123")
+    assert json.loads(summary)["failed"] == 3 and "Traceback" not in proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 3 and all("cannot claim its output" in e and "No space left" in e for e in errors), errors
+    assert listing.split() == [".", ".."]
+
+
+def test_claims_that_cannot_be_written_fail_each_image_in_every_path(tmp_path, tiny_checkpoint, monkeypatch):
+    """Decoded in the main process, streamed by region, and going to a huge output: a claim that cannot be
+    written (ENOSPC) is that image's error line, never a traceback; the run goes on and says so."""
+    import errno
+
+    from pixbatch.io import claims
+
+    def full(path, owner):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(claims, "_create", full)
+    src = photo_folder(tmp_path / "in", 2, 16)
+    tifffile.imwrite(src / "tiled.tif", noisy_rgb(64, 64), tile=(32, 32), photometric="rgb")
+    Image.fromarray(noisy_rgb(60, 50)).save(src / "huge.png")
+    code, stdout, stderr = run("--json", "--device", "cpu", "upscale", src, tmp_path / "out", "--model",
+                               tiny_checkpoint, "--workers", 0, "--max-pixels", 5000)
+    assert code == 123 and json.loads(stdout)["failed"] == 4, stderr
+    errors = error_lines(stderr)
+    assert len(errors) == 4 and all("cannot claim its output" in e for e in errors), errors
+    assert all_files(tmp_path / "out") == []
+
+
+def test_a_rerun_with_nothing_to_do_cleans_what_killed_runs_left(tmp_path, tiny_checkpoint):
+    """Stale temporary files and dead runs' claims are removed in finished folders too."""
+    from pixbatch.io.atomic import HOST_ID
+    from pixbatch.io.claims import claim, claim_path
+
+    src = photo_folder(tmp_path / "in", 2, 16)
+    out = tmp_path / "out"
+    code, _, _ = run("--device", "cpu", "upscale", src, out, "--model", tiny_checkpoint)
+    assert code == 0
+    claim(out / "0.png", f"999999999 1 {os.uname().nodename}")
+    (out / f".0.png.pixbatch-999999999-{HOST_ID}-0badf00d.tmp").write_bytes(b"half")
+    code, stdout, _ = run("--json", "--device", "cpu", "upscale", src, out, "--model", tiny_checkpoint)
+    assert code == 0 and json.loads(stdout)["skipped"] == 2
+    assert all_files(out) == ["0.png", "1.png"] and not claim_path(out / "0.png").exists()
+
+
 def run(*args):
     from click.testing import CliRunner
 
@@ -360,6 +418,28 @@ def test_two_concurrent_runs_split_one_destination(tmp_path, tiny_checkpoint, ov
     assert all_files(out) == [f"{i:02d}.png" for i in range(16)]
     for p in out.iterdir():
         assert decode_image(p)[0].shape == (192, 192, 3)
+
+
+def test_concurrent_runs_compute_every_image_exactly_once(tmp_path, tiny_checkpoint):
+    """Several runs into one destination at once, a fifth of the outputs claimed by killed runs: every
+    image is computed by exactly one run (none computes an image another then writes first). CI runs 3
+    runs x 30 images; PIXBATCH_STRESS_RUNS=5 PIXBATCH_STRESS_IMAGES=200 for the full stress."""
+    from pixbatch.io.claims import claim
+
+    runs_n = int(os.environ.get("PIXBATCH_STRESS_RUNS", "3"))
+    n = int(os.environ.get("PIXBATCH_STRESS_IMAGES", "30"))
+    src = photo_folder(tmp_path / "in", n, 8, name="{i:03d}.png")
+    out = tmp_path / "out"
+    for i in range(0, n, 5):
+        claim(out / f"{i:03d}.png", f"999999999 1 {os.uname().nodename}")
+    cmd = [*PIXBATCH, "-v", "--json", "upscale", str(src), str(out), "--model", str(tiny_checkpoint), "--workers", "0"]
+    runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(runs_n)]
+    results = [r.communicate(timeout=600) for r in runs]
+    assert [r.returncode for r in runs] == [0] * runs_n, results
+    done = [json.loads(stdout)["done"] for stdout, _ in results]
+    assert sum(done) == n, done
+    assert not any("wrote its output first" in stderr for _, stderr in results)  # computed twice
+    assert all_files(out) == [f"{i:03d}.png" for i in range(n)]
 
 
 def test_workers_are_bounded_by_cores_files_and_memory(tmp_path, tiny_checkpoint):

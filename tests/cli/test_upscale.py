@@ -323,3 +323,5 @@ def test_outputs_above_max_pixels_stream_into_a_tiled_bigtiff(tmp_path, tiny_che
     code, stdout, _ = run("--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "big2", "--model",
                           tiny_checkpoint, "--max-pixels", 5000)
     assert code == 0 and "1 output(s) above --max-pixels were written tile by tile as tiled BigTIFFs" in stdout
+    for folder in ("big", "big2"):  # the finished file only: no temporary name linked to it is left
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["a.tif"]

@@ -63,3 +63,72 @@ def test_stale_claims_are_swept(tmp_path, other_process):
     claim_path(tmp_path / "garbled.png").write_text("half a tok")
     assert remove_stale_claims(tmp_path) == 2
     assert [p.name for p in tmp_path.iterdir()] == [claim_path(tmp_path / "live.png").name]
+
+
+def _claim_all(dsts, rounds, results):
+    owner = owner_token()  # this process's
+    won = []
+    for _ in range(rounds):
+        won += [str(d) for d in dsts if claim(d, owner)]
+    results.put((owner, sorted(set(won))))
+
+
+def test_racing_runs_claim_each_output_exactly_once_also_over_dead_claims(tmp_path):
+    """Four processes claim the same 300 outputs at once, half of them held by a dead run: every output
+    goes to exactly one of them (claims appear whole, take-overs are locked)."""
+    import multiprocessing
+
+    dsts = [tmp_path / f"{i}.png" for i in range(300)]
+    for d in dsts[::2]:
+        claim(d, "999999999 1 " + socket.gethostname())
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(dsts, 3, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    won = dict(results.get(timeout=60) for _ in procs)  # read while they live: their claims stay theirs
+    counts = {str(d): sum(str(d) in w for w in won.values()) for d in dsts}
+    assert all(n == 1 for n in counts.values()), {d: n for d, n in counts.items() if n != 1}
+    for d in dsts:
+        holder = claim_path(d).read_text()
+        assert str(d) in won[holder]
+    for p in procs:
+        p.join(timeout=60)
+
+
+def test_a_claim_is_never_seen_without_its_owner(tmp_path, monkeypatch):
+    """Written under a temporary name and linked whole: a run reading it finds the token, never an empty
+    file to take for a dead owner's; no temporary file is left."""
+    seen = []
+    real_link = os.link
+
+    def link(src, dst, *a, **kw):
+        real_link(src, dst, *a, **kw)
+        seen.append(open(dst).read())
+
+    monkeypatch.setattr(os, "link", link)
+    assert claim(tmp_path / "a.png", owner_token())
+    assert seen == [owner_token()]
+    assert [p.name for p in tmp_path.iterdir()] == [claim_path(tmp_path / "a.png").name]
+
+
+def test_an_empty_claim_being_written_is_honoured_for_a_moment(tmp_path):
+    """File systems without hard links create the claim, then write it: an empty young one is live."""
+    path = claim_path(tmp_path / "a.png")
+    path.write_text("")
+    assert not claim(tmp_path / "a.png", owner_token())
+    old = time.time() - claims.UNWRITTEN_GRACE - 1
+    os.utime(path, (old, old))
+    assert claim(tmp_path / "a.png", owner_token())
+
+
+def test_a_claim_that_cannot_be_written_raises_oserror(tmp_path, monkeypatch):
+    import errno
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space left"):
+        claim(tmp_path / "a.png", owner_token())
+    assert list(tmp_path.iterdir()) == []  # neither a claim nor a temporary file
