@@ -10,6 +10,7 @@ import sys
 import click
 
 from pixbatch import __version__
+from pixbatch.cli._options import DEVICE
 from pixbatch.cli.report import App
 
 
@@ -19,7 +20,7 @@ from pixbatch.cli.report import App
               help="More detail on stderr (repeat for more). [env: PIXBATCH_VERBOSE]")
 @click.option("-q", "--quiet", is_flag=True, envvar="PIXBATCH_QUIET",
               help="No progress bar and no summary; errors only. [env: PIXBATCH_QUIET]")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+@click.option("--device", type=DEVICE, default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
               help="Where models run. [env: PIXBATCH_DEVICE]")
 @click.option("--json", "as_json", is_flag=True, envvar="PIXBATCH_JSON",
               help="Print the summary as JSON on stdout (also on start errors and interruptions). "
@@ -60,7 +61,7 @@ def _accept_global_options_after(command: click.Command) -> None:
                      callback=_late("verbosity", lambda app, n: max(app.verbosity, 0) + n)),
         click.Option(["-q", "--quiet"], is_flag=True, hidden=True, expose_value=False,
                      callback=_late("verbosity", lambda app, _: -1)),
-        click.Option(["--device"], default=None, hidden=True, expose_value=False,
+        click.Option(["--device"], type=DEVICE, default=None, hidden=True, expose_value=False,
                      callback=_late("device", lambda app, spec: spec)),
         click.Option(["--json", "as_json"], is_flag=True, hidden=True, expose_value=False,
                      callback=_late("as_json", lambda app, _: True)),
@@ -112,6 +113,9 @@ def main() -> None:
         if app is not None and app.report is not None:
             app.finish(app.report, interrupted=True)  # the partial summary, exit 130
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `pixbatch` or `pixbatch train`: the help itself
+        exc.show()
+        sys.exit(exc.exit_code)
     except click.UsageError as exc:  # one line, like every other error: what is wrong and where help is
         from pixbatch.runtime.jobs import one_line
 

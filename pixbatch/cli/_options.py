@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import click
@@ -45,6 +46,21 @@ class TileSize(click.ParamType):
 
 
 TILE = TileSize()
+
+
+class DeviceSpec(click.ParamType):
+    """--device: auto, cpu, cuda or cuda:N, checked as it is parsed (before torch or a model loads); whether
+    that GPU exists is the engine's start-up check."""
+
+    name = "auto|cpu|cuda[:N]"
+
+    def convert(self, value, param, ctx) -> str:
+        if value is None or isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            return value
+        self.fail(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N", param, ctx)
+
+
+DEVICE = DeviceSpec()
 
 
 class FiniteFloat(click.FloatRange):

@@ -63,6 +63,22 @@ class App:
             click.echo(json.dumps({"error": message, "exit_code": EXIT_STARTUP}, indent=2))
         sys.exit(EXIT_STARTUP)
 
+    def plan(self, src, dst, **kw):
+        """The job plan (``plan_jobs``) before torch or a model loads: a missing input is one start-up error,
+        and nothing to find ends the command here, saying where it looked (exit 0)."""
+        from pixbatch.io.discover import plan_jobs
+        from pixbatch.runtime.jobs import Report, one_line
+
+        try:
+            plan = plan_jobs(list(src), dst, **kw)
+        except FileNotFoundError as exc:
+            self.fail_start(str(exc))
+        if not (plan.todo or plan.skipped or plan.problems):
+            where = ", ".join(one_line(p) for p in src)
+            self.log(f"no images found in {where}" + (f" (glob: {one_line(kw['glob'])})" if kw.get("glob") else ""))
+            self.finish(Report())
+        return plan
+
     def start_runner(self, plan, dst, model_name: str | None, scale: int | None, precision: str,
                      compile_: bool | None, channels_last: bool, *, kernels: str = "auto", backend: str = "torch",
                      task: str = "sr"):

@@ -54,14 +54,10 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
       pixbatch segment slide.tif out/ --model my_unet.safetensors --tile 1024 --overlap 64
       pixbatch segment in/ out/ --probabilities --overlay
     """
-    from pixbatch.io.discover import plan_jobs
     from pixbatch.io.regions import is_tiled_tiff
 
-    try:  # before torch is imported: a missing input is an instant error
-        plan = plan_jobs(list(src), dst, suffix=suffix, glob=glob, overwrite=not skip_existing,
-                         suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png")
-    except FileNotFoundError as exc:
-        app.fail_start(str(exc))
+    plan = app.plan(src, dst, suffix=suffix, glob=glob, overwrite=not skip_existing,
+                    suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png")
     from pixbatch.io.encode import EncodeOptions
     from pixbatch.runtime.engine import JobOptions
     from pixbatch.tasks.segment import SegmentTask, segment_windowing

@@ -55,10 +55,7 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     """
     from pixbatch.io.discover import plan_jobs
 
-    try:  # before torch is imported: a missing input is an instant error
-        plan = plan_jobs(list(src), dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
-    except FileNotFoundError as exc:
-        app.fail_start(str(exc))
+    plan = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
     if max_pixels and max_side is None:  # outputs too large for memory go to tiled BigTIFFs
         from pixbatch.io.discover import header_pixels, output_suffix
 

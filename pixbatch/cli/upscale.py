@@ -58,10 +58,7 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     if model_name is None and scale is not None and scale not in BUILTIN_SCALES:
         raise click.BadParameter(f"the built-in models upscale by {', '.join(map(str, BUILTIN_SCALES))}; "
                                  f"x{scale} needs --model PATH of such a model", param_hint="'-s' / '--scale'")
-    try:  # before torch is imported: a missing input is an instant error
-        plan = plan_jobs(list(src), dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
-    except FileNotFoundError as exc:
-        app.fail_start(str(exc))
+    plan = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
     from pixbatch.io.encode import EncodeOptions
     from pixbatch.runtime.engine import JobOptions
     from pixbatch.tasks.upscale import UpscaleTask, upscale_windowing

@@ -36,8 +36,8 @@ def load_model_for_scale(model_name: str | None, scale: int | None, task: str = 
         raise StartupError(f"{info.name} has no trained weights in this package; pass a checkpoint "
                            "with --model PATH, or a model listed with weights by `pixbatch models`")
     if scale is not None and scale != info.scale:
-        raise StartupError(f"{info.name} upscales by {info.scale}, not {scale}; drop --scale or choose "
-                           "another model")
+        raise StartupError(f"{info.name} upscales by {info.scale}, not {scale}; for x{scale} outputs from it use "
+                           f"--outscale {scale} instead of --scale, or choose another model")
     return loaded
 
 

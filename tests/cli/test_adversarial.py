@@ -22,7 +22,8 @@ PIXBATCH = [sys.executable, "-m", "pixbatch", "--device", "cpu"]
 
 
 def pixbatch(*args, file_limit=None, timeout=300):
-    """Run the CLI in a subprocess; ``file_limit`` (bytes) makes the kernel refuse to grow any file
+    """Run the CLI in a subprocess (``run`` below runs it in this process: no interpreter start-up);
+    ``file_limit`` (bytes) makes the kernel refuse to grow any file
     past it, with one short write and then EFBIG: what a full disk does to the file being written."""
 
     def limit_files():
@@ -43,8 +44,7 @@ def all_files(folder):
 @pytest.mark.parametrize("fmt", ["jpg", "png", "webp", "tiff"])
 def test_upscale_on_a_full_disk_commits_nothing_and_resume_redoes_it(tmp_path, tiny_checkpoint, fmt):
     src = photo_folder(tmp_path / "in", 2, (56, 64), pixels=noisy_rgb)
-    ref = pixbatch("upscale", src, tmp_path / "ref", "--model", tiny_checkpoint, "--format", fmt)
-    assert ref.returncode == 0, ref.stderr
+    assert run("upscale", src, tmp_path / "ref", "--model", tiny_checkpoint, "--format", fmt)[0] == 0
     sizes = [p.stat().st_size for p in (tmp_path / "ref").iterdir()]
     # Every output fits in one 64 KiB encoder block: exactly the case where Pillow's own file writer
     # loses the short write and the truncated file used to be renamed into place.
@@ -57,8 +57,8 @@ def test_upscale_on_a_full_disk_commits_nothing_and_resume_redoes_it(tmp_path, t
     errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and all("File too large" in e for e in errors), full.stderr
     assert all_files(out) == []  # no output, no temporary file
-    again = pixbatch("--json", "upscale", src, out, "--model", tiny_checkpoint, "--format", fmt)
-    assert again.returncode == 0 and json.loads(again.stdout)["done"] == 2
+    code, stdout, _ = run("--json", "upscale", src, out, "--model", tiny_checkpoint, "--format", fmt)
+    assert code == 0 and json.loads(stdout)["done"] == 2
     for p in out.iterdir():
         assert decode_image(p)[0].shape[:2] == (112, 128)
 
@@ -70,8 +70,7 @@ def test_segment_on_a_full_disk_commits_nothing(tmp_path, seg_checkpoint):
     tifffile.imwrite(src / "big.tif", noisy_rgb(300, 260, seed=1), tile=(64, 64), photometric="rgb")
     args = ("segment", src, None, "--model", seg_checkpoint, "--tile", 128, "--overlap", 16,
             "--probabilities", "--prob-format", "float", "--overlay")
-    ref = pixbatch(*[tmp_path / "ref" if a is None else a for a in args])
-    assert ref.returncode == 0, ref.stderr
+    assert run(*[tmp_path / "ref" if a is None else a for a in args])[0] == 0
     assert all_files(tmp_path / "ref") == ["a.png", "a_overlay.png", "a_prob.tif",
                                            "big.tif", "big_overlay.tif", "big_prob.tif"]
     limit = (tmp_path / "ref" / "a_prob.tif").stat().st_size // 2  # the float probabilities are the largest
@@ -82,8 +81,7 @@ def test_segment_on_a_full_disk_commits_nothing(tmp_path, seg_checkpoint):
     assert len(errors) == 2, full.stderr
     assert not (out / "a.png").exists() and not (out / "big.tif").exists()  # no mask: not done
     assert not [p for p in out.rglob(".*")]  # no temporary file
-    again = pixbatch(*[out if a is None else a for a in args])
-    assert again.returncode == 0, again.stderr
+    assert run(*[out if a is None else a for a in args])[0] == 0
     assert all_files(out) == all_files(tmp_path / "ref")
 
 

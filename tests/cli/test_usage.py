@@ -46,3 +46,48 @@ def test_short_options(tmp_path, tiny_checkpoint):
     settings = json.loads(stdout)["settings"]
     assert code == 0 and settings["tile"] == 16 and settings["scale"] == 2
     assert Image.open(tmp_path / "out" / "a.jpg").size == (80, 60)
+
+
+def test_no_images_found_says_where_before_loading_a_model(tmp_path, monkeypatch):
+    """An empty folder, or a --glob that matches nothing: one line naming the folder (and the glob), exit 0,
+    no model loaded, DST not created."""
+    import pixbatch.runtime.session as session
+
+    def never(*a, **kw):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(session, "load_runner", never)
+    (tmp_path / "empty").mkdir()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(gradient_rgb(8, 8)).save(photos / "a.jpg")
+    for command in ("upscale", "segment", "stylize"):
+        extra = ["--style", photos / "a.jpg"] if command == "stylize" else []
+        code, stdout, stderr = run(command, tmp_path / "empty", tmp_path / "out", *extra)
+        assert code == 0 and stderr == f"no images found in {tmp_path / 'empty'}\n", stderr
+        assert stdout.startswith("done 0, skipped 0, failed 0")
+        code, _, stderr = run(command, photos, tmp_path / "out", "--glob", "*.png", *extra)
+        assert code == 0 and stderr == f"no images found in {photos} (glob: *.png)\n", stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_device_that_does_not_exist_is_a_usage_error_before_anything_loads():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    for args in (["--device", "gpu", "upscale", "a", "b"], ["upscale", "a", "b", "--device", "cuda:x"]):
+        proc = subprocess.run([sys.executable, "-m", "pixbatch", *args], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("error: Invalid value for '--device'") and "use auto, cpu, cuda or cuda:N" in proc.stderr
+    code, _, stderr = run("--device", "cuda:0", "models")  # well-formed: whether it exists is checked at start
+    assert code == 0
+
+
+def test_a_scale_the_model_does_not_have_points_to_outscale(tmp_path):
+    Image.fromarray(gradient_rgb(8, 8)).save(tmp_path / "a.png")
+    code, _, stderr = run("upscale", tmp_path / "a.png", tmp_path / "out", "--model", "rlfn_x4", "--scale", "3")
+    assert code == 1
+    assert stderr.strip() == ("error: rlfn_x4 upscales by 4, not 3; for x3 outputs from it use --outscale 3 "
+                              "instead of --scale, or choose another model")

@@ -2,21 +2,18 @@
 autotune entry within those architectures' register and shared-memory limits (pixbatch.kernels.aot)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 pytest.importorskip("triton")
 
 
-def test_every_autotune_entry_compiles_for_sm80_and_sm90a_within_limits(tmp_path):
-    out = tmp_path / "aot.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "pixbatch.kernels.aot", "--arch", "80", "90", "--dtypes", "bf16,fp32",
-                           "--jobs", "2", "--out", str(out)], capture_output=True, text=True, env=env, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_every_autotune_entry_compiles_for_sm80_and_sm90a_within_limits(aot_run):
+    run = aot_run  # started in the background when the session collected this test (conftest.py)
+    returncode = run["proc"].wait(timeout=1200)
+    run["log"].close()
+    assert returncode == 0, run["log_path"].read_text()[-6000:]
+    out = run["out"]
     rows = json.loads(out.read_text())["rows"]
     from pixbatch.kernels.conv_pixel_shuffle import AUTOTUNE_SPACE
 
