@@ -100,7 +100,7 @@ format_options = _apply([
 io_options = _apply([
     click.argument("src", nargs=-1, required=False, metavar="SRC...", type=click.Path(path_type=Path),
                    callback=_need_src_and_dst),
-    click.argument("dst", nargs=1, type=click.Path(path_type=Path, file_okay=False)),
+    click.argument("dst", nargs=1, type=click.Path(path_type=Path)),
     click.option("--glob", default=None, metavar="PATTERN",
                  help="Only files whose path (relative to the folder) or name matches, e.g. '*.png'."),
     click.option("--suffix", default="", show_default=True, callback=_check_suffix,

@@ -63,21 +63,51 @@ class App:
             click.echo(json.dumps({"error": message, "exit_code": EXIT_STARTUP}, indent=2))
         sys.exit(EXIT_STARTUP)
 
-    def plan(self, src, dst, **kw):
-        """The job plan (``plan_jobs``) before torch or a model loads: a missing input is one start-up error,
-        and nothing to find ends the command here, saying where it looked (exit 0)."""
-        from pixbatch.io.discover import plan_jobs
+    def plan(self, src, dst, *, one_output: bool = True, **kw):
+        """(the job plan, the output folder), before torch or a model loads. A missing input is one
+        start-up error, and nothing to find ends the command here, saying where it looked (exit 0). A DST
+        that names an image file (``out.png``) is the output file of a single input file, for a command
+        that writes one output per image (``one_output``); elsewhere it is a usage error, not a folder."""
+        import os
+
+        from pixbatch.io.discover import OUTPUT_SUFFIX, output_file_suffix, plan_jobs
         from pixbatch.runtime.jobs import Report, one_line
 
+        dst_root, suffix_of = dst, kw.get("suffix_of")
+        file_suffix = output_file_suffix(dst)
+        if file_suffix is not None:
+            ctx = click.get_current_context(silent=True)
+            command = ctx.command_path if ctx is not None else "pixbatch"
+            if not one_output:
+                raise click.UsageError(f"DST {dst} names a file, but {command} writes several files per image: "
+                                       "give a folder", ctx)
+            if len(src) != 1 or os.path.isdir(src[0]):
+                raise click.UsageError(f"DST {dst} names a file: give a folder for a folder or several inputs", ctx)
+            writes = {".jpeg": ".jpg", ".tiff": ".tif"}.get(file_suffix, file_suffix)
+            if writes not in OUTPUT_SUFFIX.values():
+                raise click.UsageError(f"DST {dst}: pixbatch writes .png, .jpg, .webp or .tif files", ctx)
+            fmt = kw.get("fmt", "same")
+            if fmt != "same" and OUTPUT_SUFFIX[fmt] != writes:
+                raise click.UsageError(f"--format {fmt} does not match DST {dst}", ctx)
+            dst_root, kw["output_name"] = dst.parent, dst.name
+        elif os.path.lexists(dst) and not os.path.isdir(dst):
+            raise click.UsageError(f"DST {dst} is a file, not a folder", click.get_current_context(silent=True))
         try:
-            plan = plan_jobs(list(src), dst, **kw)
+            plan = plan_jobs(list(src), dst_root, **kw)
         except FileNotFoundError as exc:
             self.fail_start(str(exc))
+        if file_suffix not in (None, ".tif", ".tiff") and suffix_of is not None and suffix_of(src[0]) == ".tif":
+            # an output too large for memory is written tile by tile, into a TIFF only
+            from pixbatch.io.discover import Problem
+
+            plan.problems += [Problem(job.src, "its output is above --max-pixels: name a .tif DST (written tile by "
+                                               "tile) or raise --max-pixels") for job in plan.todo]
+            plan.todo = []
         if not (plan.todo or plan.skipped or plan.problems):
             where = ", ".join(one_line(p) for p in src)
             self.log(f"no images found in {where}" + (f" (glob: {one_line(kw['glob'])})" if kw.get("glob") else ""))
             self.finish(Report())
-        return plan
+        return plan, dst_root
 
     def start_runner(self, plan, dst, model_name: str | None, scale: int | None, precision: str,
                      compile_: bool | None, channels_last: bool, *, kernels: str = "auto", backend: str = "torch",

@@ -56,13 +56,13 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
     """
     from pixbatch.io.regions import is_tiled_tiff
 
-    plan = app.plan(src, dst, suffix=suffix, glob=glob, overwrite=not skip_existing,
+    plan, dst_root = app.plan(src, dst, one_output=False, suffix=suffix, glob=glob, overwrite=not skip_existing,
                     suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png")
     from pixbatch.io.encode import EncodeOptions
     from pixbatch.runtime.engine import JobOptions
     from pixbatch.tasks.segment import SegmentTask, segment_windowing
 
-    app.start_runner(plan, dst, model_name, None, precision, compile_, channels_last, backend=backend, task="seg")
+    app.start_runner(plan, dst_root, model_name, None, precision, compile_, channels_last, backend=backend, task="seg")
     opts = JobOptions(
         windowing=segment_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels, encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),

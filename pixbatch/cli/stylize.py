@@ -53,9 +53,8 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
       pixbatch stylize photo.jpg out/ --style candy.pth --max-side 1024 --strength 0.7 --preserve-color
       pixbatch stylize scan.tif out/ --style wave/ --tile 1024
     """
-    from pixbatch.io.discover import plan_jobs
 
-    plan = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
+    plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
     if max_pixels and max_side is None:  # outputs too large for memory go to tiled BigTIFFs
         from pixbatch.io.discover import header_pixels, output_suffix
 
@@ -63,13 +62,13 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
             pixels = header_pixels(p)
             return ".tif" if pixels is not None and pixels > max_pixels else output_suffix(p, fmt)
 
-        plan = plan_jobs(list(src), dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
-                         suffix_of=suffix_of)
+        plan, _ = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
+                           suffix_of=suffix_of)
     from pixbatch.io.encode import EncodeOptions
     from pixbatch.runtime.engine import JobOptions
     from pixbatch.tasks.stylize import StylizeTask, style_windowing
 
-    app.start_runner(plan, dst, style, None, precision, compile_, channels_last, backend=backend, task="style")
+    app.start_runner(plan, dst_root, style, None, precision, compile_, channels_last, backend=backend, task="style")
     opts = JobOptions(
         windowing=style_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,

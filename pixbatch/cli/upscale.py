@@ -53,17 +53,16 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
       pixbatch upscale in/ out/ --model realesr-animevideov3.pth
       pixbatch upscale in/ out/ --scale 4 --outscale 2
     """
-    from pixbatch.io.discover import plan_jobs
 
     if model_name is None and scale is not None and scale not in BUILTIN_SCALES:
         raise click.BadParameter(f"the built-in models upscale by {', '.join(map(str, BUILTIN_SCALES))}; "
                                  f"x{scale} needs --model PATH of such a model", param_hint="'-s' / '--scale'")
-    plan = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
+    plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
     from pixbatch.io.encode import EncodeOptions
     from pixbatch.runtime.engine import JobOptions
     from pixbatch.tasks.upscale import UpscaleTask, upscale_windowing
 
-    runner = app.start_runner(plan, dst, model_name, scale, precision, compile_, channels_last, backend=backend, kernels=kernels)
+    runner = app.start_runner(plan, dst_root, model_name, scale, precision, compile_, channels_last, backend=backend, kernels=kernels)
     if max_pixels:  # now that the scale is known: outputs too large for memory go to tiled BigTIFFs
         from pixbatch.io.discover import header_pixels, output_suffix
 
@@ -73,8 +72,8 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
             pixels = header_pixels(p)
             return ".tif" if pixels is not None and pixels * factor > max_pixels else output_suffix(p, fmt)
 
-        plan = plan_jobs(list(src), dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
-                         suffix_of=suffix_of)
+        plan, _ = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
+                           suffix_of=suffix_of)
     opts = JobOptions(
         windowing=upscale_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,

@@ -130,6 +130,10 @@ def _walk(folder: Path, pattern: str | None, exclude: set[str], plan: Plan) -> l
             sub = os.path.join(root, d)
             if d.startswith("."):
                 continue
+            if os.path.islink(sub):
+                plan.notes.append(f"{sub}: a symbolic link to a folder, not followed (name it as an input to "
+                                  "read it)")
+                continue
             if os.path.realpath(sub) in exclude:
                 plan.notes.append(f"{sub}: the destination folder, not read as input")
                 continue
@@ -149,9 +153,15 @@ def _walk(folder: Path, pattern: str | None, exclude: set[str], plan: Plan) -> l
     return found
 
 
+def output_file_suffix(dst: Path) -> str | None:
+    """The suffix of a DST that names an image file rather than a folder (``out.png``), else None."""
+    suffix = dst.suffix.lower()
+    return suffix if suffix in IMAGE_SUFFIXES and not os.path.isdir(dst) else None
+
+
 def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix: str = "",
               glob: str | None = None, overwrite: bool = False,
-              suffix_of: Callable[[Path], str] | None = None) -> Plan:
+              suffix_of: Callable[[Path], str] | None = None, output_name: str | None = None) -> Plan:
     """Map every input to ``dst_root/<path relative to its source folder>`` and sort out what to do.
 
     A file given directly goes to ``dst_root/<name>``. Never read as inputs: the destination folder
@@ -160,7 +170,8 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
     any job; a marked file given directly is read). Problems, never silent
     overwrites or crashes: two inputs with one output, an output that would replace an input or land
     outside ``dst_root``, unreadable files (symbolic link loops, broken links, FIFOs, permissions).
-    ``suffix_of`` chooses the output file type per input (default: from ``fmt``)."""
+    ``suffix_of`` chooses the output file type per input (default: from ``fmt``); ``output_name``
+    names the output of a single file given directly (``upscale a.jpg out/b.png``)."""
     check_suffix(suffix)
     if sources and not any(os.path.lexists(s) for s in sources):
         raise FileNotFoundError(f"no such file or folder: {', '.join(map(str, sources))}")
@@ -188,7 +199,7 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
     planned = []
     for src, rel in readable:
         ext = suffix_of(src) if suffix_of is not None else output_suffix(src, fmt)
-        planned.append((src, dst_root / rel.parent / f"{rel.stem}{suffix}{ext}"))
+        planned.append((src, dst_root / rel.parent / (output_name or f"{rel.stem}{suffix}{ext}")))
     # An input that is the planned output of another input (and is not mapped onto itself) is this
     # job's own earlier output: ``a_x2.png`` beside ``a.png`` with --suffix _x2.
     outputs = {os.path.realpath(dst): src for src, dst in planned}

@@ -91,3 +91,35 @@ def test_a_scale_the_model_does_not_have_points_to_outscale(tmp_path):
     assert code == 1
     assert stderr.strip() == ("error: rlfn_x4 upscales by 4, not 3; for x3 outputs from it use --outscale 3 "
                               "instead of --scale, or choose another model")
+
+
+def test_a_dst_with_an_image_extension_is_the_output_file_of_one_input(tmp_path, tiny_checkpoint, seg_checkpoint):
+    """`upscale a.jpg out.png` writes out.png (as PNG), never a folder named out.png; where a file cannot
+    be the output (a folder or several inputs, segment's extra outputs, a format we do not write, a
+    --format that disagrees), a DST with an image extension is a usage error."""
+    from pixbatch.io.decode import decode_image
+
+    Image.fromarray(gradient_rgb(12, 10)).save(tmp_path / "a.jpg")
+    (tmp_path / "notes.txt").write_text("not a folder")
+    code, stdout, stderr = run("--json", "upscale", tmp_path / "a.jpg", tmp_path / "x" / "out.png",
+                               "--model", tiny_checkpoint)
+    assert code == 0 and json.loads(stdout)["done"] == 1, stderr
+    assert (tmp_path / "x" / "out.png").is_file() and [p.name for p in (tmp_path / "x").iterdir()] == ["out.png"]
+    pixels, meta = decode_image(tmp_path / "x" / "out.png")
+    assert pixels.shape == (24, 20, 3) and meta.format == "PNG"
+    code, stdout, _ = run("--json", "upscale", tmp_path / "a.jpg", tmp_path / "x" / "out.png", "--model", tiny_checkpoint)
+    assert code == 0 and json.loads(stdout)["skipped"] == 1  # resumes like a folder
+    for args, says in (
+            (["upscale", tmp_path, tmp_path / "o.png"], "names a file: give a folder"),
+            (["upscale", tmp_path / "a.jpg", tmp_path / "a.jpg", tmp_path / "o.png"], "names a file: give a folder"),
+            (["segment", tmp_path / "a.jpg", tmp_path / "m.png", "--model", seg_checkpoint],
+             "writes several files per image: give a folder"),
+            (["upscale", tmp_path / "a.jpg", tmp_path / "o.bmp"], "pixbatch writes .png, .jpg, .webp or .tif files"),
+            (["upscale", tmp_path / "a.jpg", tmp_path / "o.jpg", "--format", "png"], "--format png does not match"),
+            (["upscale", tmp_path / "a.jpg", tmp_path / "notes.txt"], "is a file, not a folder")):
+        code, _, stderr = run(*args, "--model", tiny_checkpoint) if args[0] == "upscale" else run(*args)
+        assert code == 2 and says in stderr, (args, stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "notes.txt", "x"]
+    (tmp_path / "dir.png").mkdir()  # an existing folder with such a name stays a folder
+    assert run("upscale", tmp_path / "a.jpg", tmp_path / "dir.png", "--model", tiny_checkpoint)[0] == 0
+    assert (tmp_path / "dir.png" / "a.jpg").is_file()

@@ -1,7 +1,9 @@
 import os
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pixbatch.io.discover import plan_jobs, remove_stale_temps
 
@@ -179,3 +181,20 @@ def test_an_unreadable_folder_is_a_problem(tmp_path):
         (tmp_path / "in" / "locked").chmod(0o755)
     assert [j.src.name for j in plan.todo] == ["a.png"]
     assert plan.problems[0].reason.startswith("cannot list folder")
+
+
+def test_symbolic_links_to_folders_are_not_followed_and_say_so(tmp_path):
+    """A folder reached through a symbolic link inside SRC is left out (it may point anywhere, even to
+    an ancestor), with a note for -v; naming it as an input reads it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(elsewhere / "b.png")
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(src / "a.png")
+    (src / "linked").symlink_to(elsewhere)
+    plan = plan_jobs([src], tmp_path / "out")
+    assert [j.src.name for j in plan.todo] == ["a.png"]
+    assert [n for n in plan.notes if "linked" in n] == [
+        f"{src / 'linked'}: a symbolic link to a folder, not followed (name it as an input to read it)"]
+    assert [j.src.name for j in plan_jobs([src / "linked"], tmp_path / "out").todo] == ["b.png"]
