@@ -27,6 +27,11 @@ def _need_src_and_dst(ctx: click.Context, param: click.Parameter, value: tuple[P
     return value
 
 
+# Where a user gets a style net pixbatch reads (none ships): said by `stylize` and `pixbatch models`.
+STYLE_NETS_HINT = ("ready-made ones are the pretrained models of PyTorch's fast_neural_style example (candy.pth, "
+                   "mosaic.pth, rain_princess.pth, udnie.pth: run download_saved_models.py in "
+                   "pytorch/examples/fast_neural_style), or train one with `pixbatch train style`")
+
 MIN_TILE, MAX_TILE = 16, 32768
 
 

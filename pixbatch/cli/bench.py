@@ -21,11 +21,13 @@ def shipped_examples() -> Path | None:
 
 
 @click.command(short_help="Measure the upscale pipeline stage by stage against a plain PyTorch loop.")
-@click.option("--model", "model_name", default="edsr_tiny_x4", show_default=True, metavar="NAME|PATH")
+@click.option("--model", "model_name", default="edsr_tiny_x4", show_default=True, metavar="NAME|PATH",
+              help="The model to measure: a built-in name or a checkpoint file.")
 @click.option("--photos", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
               help="Folder(s) of real photos to cut the test images from (default: the example photos "
                    "installed with pixbatch, from scikit-image's public-domain/CC0 samples).")
-@click.option("--images", type=click.IntRange(min=2), default=24, show_default=True)
+@click.option("--images", type=click.IntRange(min=2), default=24, show_default=True,
+              help="How many test images of --size px to cut from the photos.")
 @click.option("--size", type=click.IntRange(min=16), default=256, show_default=True, help="Input size in px.")
 @click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
               help="What computes on the CPU, as in `pixbatch upscale` (auto chooses for a job of IMAGES x SIZE^2 "

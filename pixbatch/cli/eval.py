@@ -27,28 +27,43 @@ backend_option = click.option("--backend", type=click.Choice(["torch", "openvino
                                                       "`pixbatch upscale/segment` can choose.")
 
 
+def _renamed(old: str, new: str):
+    """A deprecated option name that still works, saying its new name (``--lr`` of eval sr, a learning
+    rate everywhere else, is now ``--lr-images``)."""
+    def callback(ctx: click.Context, param: click.Parameter, value):
+        if value is not None:
+            click.echo(f"note: {old} is deprecated here; it is now {new}", err=True)
+        return value
+
+    return callback
+
+
 @eval_group.command(name="sr", short_help="PSNR/SSIM of a super-resolution model.")
 @click.option("--model", "model_name", default=None, metavar="NAME|PATH",
               help="A built-in model or a checkpoint (default: the shipped model for --scale).")
 @click.option("--hr", "hr_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of high-resolution ground-truth images.")
 @click.option("--scale", type=click.IntRange(min=2), default=None, help="Upscaling factor (default: the model's).")
-@click.option("--lr", "lr_dir", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--lr-images", "lr_dir", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Use these LR images (NAMExS.png or NAME.png) instead of MATLAB-bicubic downscaling.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--lr", "lr_dir_old", default=None, hidden=True, callback=_renamed("--lr", "--lr-images"),
+              type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Compute precision; published numbers are reproduced in fp32.")
 @backend_option
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
 @click.pass_obj
-def eval_sr(app, model_name, hr_dir, scale, lr_dir, precision, backend, out_json) -> None:
+def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backend, out_json) -> None:
     """Y-PSNR/SSIM (BT.601, SCALE pixels shaved) and RGB PSNR per image and on average, next to
     MATLAB-bicubic upsampling. LR images are made from HR exactly as MATLAB's imresize does.
 
     \b
     Examples:
       pixbatch eval sr --hr Set5/ --scale 4                 # the shipped x4 model
-      pixbatch eval sr --model imdn_x4.pth --hr Set5/ --lr Set5/LR_bicubic/X4 --out imdn_x4.json
+      pixbatch eval sr --model imdn_x4.pth --hr Set5/ --lr-images Set5/LR_bicubic/X4 --out imdn_x4.json
     """
+    lr_dir = lr_dir or lr_dir_old
     from pixbatch.eval.sr import evaluate_sr, mean_metrics
     from pixbatch.runtime.device import StartupError
     from pixbatch.runtime.jobs import one_line
@@ -100,7 +115,8 @@ MULTICLASS_COLUMNS = ("miou", "mean_accuracy", "accuracy")
 @eval_group.command(name="seg", short_help="IoU/Dice/AUC of a segmentation model.")
 @click.option("--model", "model_name", default="unet_drive", show_default=True, metavar="NAME|PATH",
               help="A built-in segmentation model or a checkpoint.")
-@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of test images.")
 @click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Ground-truth masks, paired with the images by stem (or the part before the first '_').")
 @click.option("--roi", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -117,7 +133,8 @@ MULTICLASS_COLUMNS = ("miou", "mean_accuracy", "accuracy")
               help="Tile edge in input px, as in `pixbatch segment`.")
 @click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True,
               help="Context px on each side of a tile, as in `pixbatch segment`.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Compute precision; published numbers are reproduced in fp32.")
 @backend_option
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")

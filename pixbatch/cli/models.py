@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from pixbatch.cli._options import STYLE_NETS_HINT
+
 
 @click.command(short_help="List built-in models or describe a checkpoint file.")
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
@@ -96,7 +98,9 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
     if app.as_json:
         click.echo(json.dumps(entries, indent=2))
         return
-    click.echo(f"{'name':<20} {'arch':<11} {'task':>7} {'params':>12}  weights")
+    name_w = max(len(e["name"]) for e in entries)  # columns as wide as their longest entry
+    arch_w = max(len(e["arch"]) for e in entries)
+    click.echo(f"{'name':<{name_w}}  {'arch':<{arch_w}}  {'task':>7} {'params':>12}  weights")
     for e in entries:
         note = "shipped" if e["weights"] else "-"
         if e["default_for_scale"]:
@@ -104,10 +108,10 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
         elif e["name"] == DEFAULT_SEG_MODEL:
             note += " (default for segment)"
         task = {"sr": f"x{e['scale']}", "style": "style"}.get(e["task"], "segment")
-        click.echo(f"{e['name']:<20} {e['arch']:<11} {task:>7} {e['params']:>12,}  {note}")
+        click.echo(f"{e['name']:<{name_w}}  {e['arch']:<{arch_w}}  {task:>7} {e['params']:>12,}  {note}")
     click.echo("\nStyle nets for `pixbatch stylize` are not shipped: pass a file with --style (a PyTorch "
-               "fast_neural_style .pth, a MobileNetV2 style net, a folder of Engstrom's TensorFlow variables, "
-               "or one trained with `pixbatch train style`).")
+               "fast_neural_style .pth, a MobileNetV2 style net, a folder of Engstrom's TensorFlow variables); "
+               f"{STYLE_NETS_HINT}.")
     click.echo("Any checkpoint spandrel recognises (ESRGAN, Real-ESRGAN compact, SwinIR, ...) also works: "
                "--model PATH. Describe one with `pixbatch models PATH`.")
 

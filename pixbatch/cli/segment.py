@@ -34,7 +34,8 @@ from pixbatch.cli._options import (
               help="Multi-class models: the void label, never predicted (default: the one the model was trained "
                    "with, if any).")
 @click.option("--overlay", is_flag=True, help="Also write NAME_overlay.png: the classes in colour over the input.")
-@click.option("--overlay-alpha", type=FiniteFloat(0, 1), default=0.5, show_default=True)
+@click.option("--overlay-alpha", type=FiniteFloat(0, 1), default=0.5, show_default=True,
+              help="Opacity of the class colours over the input in NAME_overlay.png.")
 @click.pass_obj
 def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, workers, writers, max_pixels,
             png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend, model_name, threshold,
@@ -42,8 +43,9 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
     """Segment every image in SRC (files and/or folders, searched recursively) into DST.
 
     Each input gets a mask PNG: 0/255 for binary models, class indices with a palette for multi-class
-    models. Large images are cut into tiles whose windows overlap (mirror-padded at the image borders)
-    and whose logits are blended, so tiling leaves no seams. Tiled (Big)TIFF inputs are read region by
+    models. Large images are cut into tiles whose windows overlap (mirror-padded at the image borders);
+    each tile keeps its own logits (--crop, exact when --overlap covers the model's reach) or neighbours
+    are cross-faded (--blend), so tiling leaves no seams. Tiled (Big)TIFF inputs are read region by
     region and their outputs written tile by tile as tiled BigTIFFs (NAME.tif), so memory stays bounded.
     Existing outputs are skipped (resume); every output is written to a temporary file and renamed when
     complete.

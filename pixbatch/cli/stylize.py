@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from pixbatch.cli._options import (
+    STYLE_NETS_HINT,
     FiniteFloat,
     format_options,
     io_options,
@@ -23,9 +24,10 @@ from pixbatch.cli._options import (
 @window_options(0, None, "the net's receptive field")
 @precision_options
 @ray_options
-@click.option("--style", "-m", "--model", "style", required=True, metavar="PATH",
-              help="A style net: a pixbatch .safetensors, a PyTorch fast_neural_style or MobileNetV2 style "
-                   ".pth, or a folder of TensorFlow variables with manifest.json (Engstrom's nets).")
+@click.option("--style", "-m", "--model", "style", default=None, metavar="PATH",
+              help="A style net (required): a pixbatch .safetensors, a PyTorch fast_neural_style or MobileNetV2 "
+                   "style .pth, or a folder of TensorFlow variables with manifest.json (Engstrom's nets); "
+                   + STYLE_NETS_HINT + ".")
 @click.option("--max-side", type=click.IntRange(min=16), default=None, metavar="PX",
               help="Shrink inputs whose longer side is larger to PX first (antialiased): the size of the "
                    "brush strokes is relative to the image, so this sets the style's scale; outputs have "
@@ -53,6 +55,8 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
       pixbatch stylize photo.jpg out/ --style candy.pth --max-side 1024 --strength 0.7 --preserve-color
       pixbatch stylize scan.tif out/ --style wave/ --tile 1024
     """
+    if style is None:
+        raise click.UsageError(f"Missing option '--style' (a style net; none ships with pixbatch): {STYLE_NETS_HINT}")
 
     plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
     if max_pixels and max_side is None:  # outputs too large for memory go to tiled BigTIFFs

@@ -33,11 +33,12 @@ def train_group() -> None:
 @click.option("--model-kwargs", default="{}", metavar="JSON",
               help='Architecture arguments, e.g. \'{"n_resblocks": 16, "n_feats": 48}\' (stored in the checkpoint).')
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.safetensors).")
-@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Optimisation steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Patch pairs per step.")
 @click.option("--patch", type=click.IntRange(min=8), default=48, show_default=True, help="LR patch size in px.")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate (one-cycle).")
-@click.option("--loss", type=click.Choice(["l1", "mse", "perceptual"]), default="l1", show_default=True)
+@click.option("--loss", type=click.Choice(["l1", "mse", "perceptual"]), default="l1", show_default=True,
+              help="l1 or mse on pixels, or perceptual: VGG16 features plus --pixel-weight x L1.")
 @click.option("--pixel-weight", type=FiniteFloat(min=0), default=0.1, show_default=True, help="Pixel L1 weight in the perceptual loss.")
 @click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="torchvision VGG16 weights for --loss perceptual (default: the torch hub cache; never downloaded).")
@@ -46,9 +47,11 @@ def train_group() -> None:
 @click.option("--freeze-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --init: train only the new upsampler for this many steps first.")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on a GPU or a CPU with native bf16).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed (initialisation, sampling, augmentation): the same seed trains the same model.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0 = torch's default).")
-@click.option("--val-every", type=click.IntRange(min=1), default=250, show_default=True)
+@click.option("--val-every", type=click.IntRange(min=1), default=250, show_default=True,
+              help="Validate (PSNR on held-out images) every this many steps.")
 @click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Write OUT.state (for --resume) this often.")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state if it exists.")
@@ -141,7 +144,7 @@ def _sizes(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--size", "sizes", default="512", show_default=True, callback=_sizes,
               help="Crop size in px; several (256,512) = progressive resizing over equal parts of the steps. "
                    "Images smaller than a crop are mirror-padded to it.")
-@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Optimisation steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Crops per step at the first size (later sizes keep the pixels per step).")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=2e-3, show_default=True, help="Peak learning rate (one-cycle).")
@@ -150,8 +153,10 @@ def _sizes(ctx, param, value: str) -> tuple[int, ...]:
                    "models, is kept).")
 @click.option("--val-images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Validate on this folder instead of a held-out fraction (masks from --val-masks).")
-@click.option("--val-masks", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
-@click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--val-masks", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Masks of --val-images (default: --masks).")
+@click.option("--val-every", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Validate every this many steps; the best checkpoint so far is kept.")
 @click.option("--encoder-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="resnet34_unet: torchvision ResNet34 ImageNet weights from a local file (never downloaded).")
 @click.option("--tune-threshold", is_flag=True,
@@ -164,7 +169,8 @@ def _sizes(ctx, param, value: str) -> tuple[int, ...]:
               help="Names of the classes in index order, stored in the checkpoint (eval and segment show them).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Checkpoint to write (.safetensors).")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on a GPU or a CPU with native bf16).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed (initialisation, sampling, augmentation): the same seed trains the same model.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0 = torch's default).")
 @click.option("--save-every", type=click.IntRange(min=1), default=500, show_default=True,
               help="Write OUT.state (for --resume) this often.")
@@ -216,22 +222,26 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Checkpoint to write (.safetensors); previews go to OUT_preview.png.")
 @click.option("--arch", type=click.Choice(["johnson_style", "mobilenet_style"]), default="johnson_style",
-              show_default=True)
+              show_default=True, help="johnson_style (Johnson et al. 2016) or mobilenet_style (lighter, faster).")
 @click.option("--model-kwargs", default="{}", metavar="JSON", help='Architecture arguments, e.g. \'{"width": 16}\'.')
-@click.option("--steps", type=click.IntRange(min=1), default=20000, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=20000, show_default=True, help="Optimisation steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Content crops per step.")
 @click.option("--size", type=click.IntRange(min=32), default=256, show_default=True, help="Content crop size in px.")
 @click.option("--style-size", type=click.IntRange(min=32), default=None,
               help="Resize the style image's longer side to this first (its brush strokes' scale).")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate (one-cycle).")
-@click.option("--content-weight", type=FiniteFloat(min=0), default=1e5, show_default=True)
-@click.option("--style-weight", type=FiniteFloat(min=0), default=1e10, show_default=True)
+@click.option("--content-weight", type=FiniteFloat(min=0), default=1e5, show_default=True,
+              help="Weight of the content loss (VGG16 features of the photo).")
+@click.option("--style-weight", type=FiniteFloat(min=0), default=1e10, show_default=True,
+              help="Weight of the style loss (Gram matrices of VGG16 features of the style image).")
 @click.option("--tv-weight", type=FiniteFloat(min=0), default=1e2, show_default=True, help="Total variation (smoothness).")
 @click.option("--preview", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Content photo for the previews (default: the first content image).")
-@click.option("--preview-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--preview-every", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Write OUT_preview.png every this many steps.")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on a GPU or a CPU with native bf16).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed (initialisation, sampling, augmentation): the same seed trains the same model.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0 = torch's default).")
 @click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Write OUT.state (for --resume) this often.")

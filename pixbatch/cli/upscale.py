@@ -17,24 +17,26 @@ from pixbatch.cli._options import (
     window_options,
 )
 
-BUILTIN_SCALES = (2, 3, 4)  # pixbatch.models.DEFAULT_SR_MODELS, without importing torch for --help
+DEFAULT_MODELS = {2: "edsr_tiny_x2", 3: "edsr_tiny_x3", 4: "rlfn_x4"}  # pixbatch.models.DEFAULT_SR_MODELS, for
+# --help without importing torch (a test holds the two equal)
 
 
 @click.command(short_help="Upscale images and folders of images.")
+@click.option("-s", "--scale", type=click.IntRange(min=1), default=None,
+              help="Upscaling factor (default: the model's, or 4 with the built-in models).")
+@click.option("-m", "--model", "model_name", default=None, metavar="NAME|PATH",
+              help="A built-in model (see `pixbatch models`) or a checkpoint file (.safetensors/.pth). Default "
+                   "for --scale: " + ", ".join(f"{name} (x{s})" for s, name in DEFAULT_MODELS.items()) + ".")
 @io_options
 @format_options
 @window_options(0, None, "the model's receptive field")
 @precision_options
 @ray_options
 @kernels_option
-@click.option("-s", "--scale", type=click.IntRange(min=1), default=None,
-              help="Upscaling factor (default: the model's, or 4 with the built-in models).")
 @click.option("--outscale", type=FiniteFloat(min=0, min_open=True), default=None, metavar="FACTOR",
               help="Output size / input size when it should differ from the model's scale (e.g. 2 or 3 with an "
                    "x4 model): the model's output is resized with antialiased bicubic before rounding, on the "
                    "device, streamed row by row. Sizes are int(input x FACTOR), as in Real-ESRGAN.")
-@click.option("-m", "--model", "model_name", default=None, metavar="NAME|PATH",
-              help="A built-in model (see `pixbatch models`) or a checkpoint file (.safetensors/.pth).")
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
             workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
@@ -54,8 +56,8 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
       pixbatch upscale in/ out/ --scale 4 --outscale 2
     """
 
-    if model_name is None and scale is not None and scale not in BUILTIN_SCALES:
-        raise click.BadParameter(f"the built-in models upscale by {', '.join(map(str, BUILTIN_SCALES))}; "
+    if model_name is None and scale is not None and scale not in DEFAULT_MODELS:
+        raise click.BadParameter(f"the built-in models upscale by {', '.join(map(str, DEFAULT_MODELS))}; "
                                  f"x{scale} needs --model PATH of such a model", param_hint="'-s' / '--scale'")
     plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
     from pixbatch.io.encode import EncodeOptions

@@ -13,6 +13,9 @@ from torch import nn
 RELU = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+WHERE_TO_GET = ("torchvision's ImageNet VGG16 file is vgg16-397923af.pth (VGG16_Weights.IMAGENET1K_V1); on a "
+                "machine with internet, `python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"` "
+                "downloads it into the torch hub cache (~/.cache/torch/hub/checkpoints/), where pixbatch finds it")
 
 
 def find_cached_vgg16() -> Path | None:
@@ -32,8 +35,8 @@ class VGGFeatures(nn.Module):
         path = weights_path or find_cached_vgg16()
         if path is None:
             raise FileNotFoundError(
-                f"{purpose} needs VGG16 ImageNet weights: pass --vgg-weights PATH (a torchvision "
-                "vgg16-*.pth file) or put it in the torch hub cache; pixbatch never downloads them")
+                f"{purpose} needs VGG16 ImageNet weights: pass --vgg-weights PATH or put the file in the torch "
+                f"hub cache; pixbatch never downloads them; {WHERE_TO_GET}")
         self.taps = {RELU[name]: name for name in layers}
         last = max(self.taps)
         self.features = vgg16(weights=None).features[: last + 1].eval()

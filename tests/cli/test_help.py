@@ -32,3 +32,42 @@ def test_a_group_without_its_command_prints_its_help(command):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith(f"Usage: {' '.join(['pixbatch', *command])} [OPTIONS] COMMAND")
     assert "\\n" not in proc.stderr and "Commands:" in proc.stderr and "error:" not in proc.stderr
+
+
+def test_every_option_of_every_command_says_what_it_is_for():
+    import click
+
+    bare = []
+
+    def walk(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+        bare.extend(f"{path} {p.opts[0]}" for p in command.params
+                    if isinstance(p, click.Option) and not p.hidden and not p.help)
+
+    walk(cli, "pixbatch")
+    assert not bare, bare
+
+
+def test_upscale_help_starts_with_scale_and_model_and_names_the_default_models():
+    from pixbatch.cli.upscale import DEFAULT_MODELS
+    from pixbatch.models import DEFAULT_SR_MODELS
+
+    assert DEFAULT_MODELS == DEFAULT_SR_MODELS  # --help names them without importing torch
+    text = CliRunner().invoke(cli, ["upscale", "--help"]).stdout
+    options = text.split("Options:")[1].split()
+    assert options[:2] == ["-s,", "--scale"] and options.index("-m,") < options.index("--glob")
+    assert "Default for --scale: edsr_tiny_x2 (x2), edsr_tiny_x3 (x3), rlfn_x4 (x4)." in " ".join(text.split())
+
+
+def test_models_table_columns_line_up():
+    import re
+
+    lines = CliRunner().invoke(cli, ["models"]).stdout.split("\n\n")[0].splitlines()
+    header, rows = lines[0], lines[1:]
+    arch_at, params_end = header.index("arch"), header.index("params") + len("params")
+    assert len(rows) > 20
+    for row in rows:  # however long a name or an architecture's name
+        name = row.split()[0]
+        assert row.index(row.split()[1], len(name)) == arch_at, row
+        assert re.search(r" ([\d,]{3,})  ", row).end(1) == params_end, row

@@ -85,7 +85,9 @@ def test_max_side_and_options_in_the_summary(tmp_path, style_checkpoint):
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
-    ([], 2, "Missing option '--style'"),
+    ([], 2, "Missing option '--style' (a style net; none ships with pixbatch): ready-made ones are the pretrained "
+            "models of PyTorch's fast_neural_style example (candy.pth, mosaic.pth, rain_princess.pth, udnie.pth: run "
+            "download_saved_models.py in pytorch/examples/fast_neural_style)"),
     (["--style", "edsr_tiny_x4"], 1, "is a super-resolution model; use `pixbatch upscale`"),
     (["--style", "johnson_style"], 1, "has no trained weights"),
     (["--style", "nope.pth"], 1, "checkpoint not found"),

@@ -35,7 +35,7 @@ def test_imdn_reproduces_published_set5(scale):
 def test_cli_with_given_lr_images_and_json(tmp_path):
     out = tmp_path / "r.json"
     args = ["--json", "eval", "sr", "--model", str(DATA / "weights" / "imdn_x4.pth"), "--hr", str(SET5),
-            "--lr", str(SET5 / "LR_bicubic" / "X4"), "--out", str(out)]
+            "--lr-images", str(SET5 / "LR_bicubic" / "X4"), "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -64,6 +64,7 @@ def test_eval_reports_a_missing_lr_image(tmp_path, tiny_checkpoint):
                                       "--lr", str(tmp_path / "lr")])
     assert result.exit_code == 1
     assert "no LR image for a in" in result.stderr
+    assert "note: --lr is deprecated here; it is now --lr-images" in result.stderr  # the old name still works
 
 
 def test_a_checkpoint_file_heads_the_table_with_its_own_name(tmp_path, tiny_checkpoint):

@@ -91,7 +91,8 @@ def test_progressive_init_copies_all_but_the_new_upsampler(photos, tmp_path):
 
 def test_perceptual_loss_needs_local_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
-    with pytest.raises(FileNotFoundError, match="never downloads them"):
+    with pytest.raises(FileNotFoundError, match="never downloads them; torchvision's ImageNet VGG16 file is "
+                                                "vgg16-397923af.pth"):
         PerceptualLoss(None)
     from torchvision.models import vgg16
 
