@@ -33,7 +33,7 @@ DEFAULT_MODELS = {2: "edsr_tiny_x2", 3: "edsr_tiny_x3", 4: "rlfn_x4"}  # pixbatc
 @precision_options
 @ray_options
 @kernels_option
-@click.option("--outscale", type=FiniteFloat(min=0, min_open=True), default=None, metavar="FACTOR",
+@click.option("--outscale", type=FiniteFloat(min=0, min_open=True, max=64), default=None, metavar="FACTOR",
               help="Output size / input size when it should differ from the model's scale (e.g. 2 or 3 with an "
                    "x4 model): the model's output is resized with antialiased bicubic before rounding, on the "
                    "device, streamed row by row. Sizes are int(input x FACTOR), as in Real-ESRGAN.")

@@ -751,8 +751,13 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
 
     def start(job: Job, meta: ImageMeta, source: RowSource, is_streamed: bool, *, pool_commits: bool = True):
         """Queue one image; when it is done, the writer pool encodes or commits its outputs (unless
-        ``pool_commits`` is False: a huge TIFF read by region is committed by ``run_streamed``)."""
-        outputs = _Outputs(task, job, meta, source, is_streamed, opts.encode)
+        ``pool_commits`` is False: a huge TIFF read by region is committed by ``run_streamed``). None when
+        the task cannot size its output (that image failed)."""
+        try:
+            outputs = _Outputs(task, job, meta, source, is_streamed, opts.encode)
+        except ValueError as exc:  # e.g. an --outscale that leaves less than a pixel
+            book.fail(job.src, str(exc))
+            return None
 
         def failed(reason: str) -> None:
             outputs.discard()
@@ -782,7 +787,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
                       file=sys.stderr, dynamic_ncols=True) as bar:
                 outputs = start(job, meta, _Counted(reader, bar), True, pool_commits=False)
                 engine.flush()  # a small image's only window may be waiting for a batch to fill
-            if outputs.rows_done == reader.height * runner.info.scale:  # else it failed and was booked
+            if outputs is not None and outputs.rows_done == reader.height * runner.info.scale:  # else failed, booked
                 try:
                     book.done(*outputs.commit_streamed())
                 except OutputExistsError:
@@ -808,7 +813,11 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
                 except (MemoryError, torch.OutOfMemoryError):
                     book.fail(job.src, "out of memory while preparing the image")
                     continue
-                oh, ow = task.output_size(source.height, source.width)
+                try:
+                    oh, ow = task.output_size(source.height, source.width)
+                except ValueError as exc:
+                    book.fail(job.src, str(exc))
+                    continue
                 big = job.dst.suffix.lower() in STREAM_SUFFIXES and opts.max_pixels and oh * ow > opts.max_pixels
                 if big:  # planning sent it to a TIFF: written band by band, never whole in memory
                     report.big_outputs += 1

@@ -64,7 +64,10 @@ class UpscaleTask(Task):
         if self.outscale is None:
             return super().output_size(height, width)
         # int(size x factor), as Real-ESRGAN sizes its --outscale outputs (the epsilon absorbs 2.9999...)
-        return max(1, int(height * self.outscale + 1e-9)), max(1, int(width * self.outscale + 1e-9))
+        h, w = int(height * self.outscale + 1e-9), int(width * self.outscale + 1e-9)
+        if h < 1 or w < 1:
+            raise ValueError(f"--outscale {self.outscale:g} makes its {width}x{height} px less than one pixel")
+        return h, w
 
     def settings(self) -> dict:
         return {"outscale": self.outscale} if self.outscale is not None else {}

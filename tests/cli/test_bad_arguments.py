@@ -25,7 +25,7 @@ CASES = (
     [("upscale", o, v, m) for o, v, m in ENGINE + FORMATS]
     + [("upscale", "--scale", v, m) for v, m in (("0", "is not in the range"), ("5", "x5 needs --model"),
                                                    ("8", "x8 needs --model"))]
-    + [("upscale", "--outscale", "0", "is not in the range")]
+    + [("upscale", "--outscale", v, "is not in the range") for v in ("0", "65", "1e300")]
     + [("segment", o, v, m) for o, v, m in ENGINE + [("--threshold", "2", "is not in the range"),
                                                         ("--prob-format", "half", "is not one of")]]
     + [("stylize", o, v, m) for o, v, m in ENGINE + FORMATS + [("--strength", "2", "is not in the range"),

@@ -289,6 +289,20 @@ def test_outscale_gives_the_exact_size_in_memory_and_streamed(tmp_path, tiny_che
     assert np.abs(png - expected).max() <= 1
 
 
+def test_an_outscale_that_leaves_less_than_a_pixel_fails_those_images(tmp_path, tiny_checkpoint):
+    """In memory and streamed alike: one error line per image, nothing written (it wrote 1x1 images)."""
+    (tmp_path / "a").mkdir()
+    Image.fromarray(gradient_rgb(12, 10)).save(tmp_path / "a" / "p.png")
+    tifffile.imwrite(tmp_path / "a" / "t.tif", gradient_rgb(40, 40), tile=(16, 16), photometric="rgb")
+    code, stdout, stderr = run("--json", "--device", "cpu", "upscale", tmp_path / "a", tmp_path / "out", "--model",
+                               tiny_checkpoint, "--outscale", "1e-300", "--format", "same")
+    assert code == 123 and json.loads(stdout)["failed"] == 2
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert sorted(lines) == [f"error: {tmp_path / 'a' / 'p.png'}: --outscale 1e-300 makes its 10x12 px less than one pixel",
+                             f"error: {tmp_path / 'a' / 't.tif'}: --outscale 1e-300 makes its 40x40 px less than one pixel"]
+    assert not list((tmp_path / "out").rglob("*"))
+
+
 def test_earlier_outputs_are_never_inputs_whatever_their_suffix(tmp_path, tiny_checkpoint):
     """Outputs carry pixbatch's mark: a second run with another --suffix into the same folder does not
     take the first run's outputs for inputs; a marked file named directly is processed."""
