@@ -153,7 +153,7 @@ class App:
             settings = RaySettings(**self.ray)
             try:
                 run_on_ray(make_task, task, self.runner_args, plan, opts, settings, progress=self.progress,
-                           log=self.log, info=self.info, report=self.report)
+                           log=self.log, info=self.info, report=self.report, verbose=self.verbosity >= 1)
             except StartupError as exc:
                 self.fail_start(str(exc))
         else:

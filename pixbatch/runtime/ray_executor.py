@@ -14,11 +14,16 @@ kept), and a killed driver leaves only claims and temporary files that the next 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import re
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +74,42 @@ def require_ray():
     return ray
 
 
+# Ray's own lines on the driver's stderr: its C++ core log ("[2026-12-06 04:45:43,671 I 11537 11537]
+# logging.cc:303: ...", printed even to say that nothing below fatal level will be), and what it forwards
+# from its processes, prefixed with their name ("(raylet) Task ... failed", often coloured).
+RAY_NATIVE_LOG = re.compile(rb"^(\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\] \S+:\d+: "
+                            rb"|(\x1b\[[\d;]*m)?\((raylet|gcs_server|autoscaler|monitor|dashboard)\b"
+                            rb"|(\x1b\[[\d;]*m)?\([^\n]*? pid=\d+[,)])")
+
+
+@contextlib.contextmanager
+def native_logs_shown(show: bool) -> Iterator[None]:
+    """While Ray runs in this process, its own lines on stderr are shown only when ``show`` (-v); every
+    other line (pixbatch's own) passes through in order. Processes Ray starts inherit the pipe, so the
+    pump may outlive the block: it then goes on filtering into the real stderr until they end."""
+    sys.stderr.flush()
+    saved, (read, write) = os.dup(2), os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump() -> None:
+        with os.fdopen(read, "rb") as pipe:
+            for line in pipe:
+                if show or not RAY_NATIVE_LOG.match(line):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=pump, name="pixbatch-ray-stderr", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # this process no longer writes into the pipe
+        thread.join(timeout=2)
+        if not thread.is_alive():  # else the pump still writes to ``saved`` for Ray's processes
+            os.close(saved)
+
+
 def connect(settings: RaySettings) -> dict:
     """Join (or start) the cluster; its resources. Not installed, or not reachable: StartupError."""
     ray = require_ray()
@@ -79,6 +120,7 @@ def connect(settings: RaySettings) -> dict:
         kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if settings.address not in ("auto", "local"):
             reachable(settings.address)
+        on_term = signal.getsignal(signal.SIGTERM)
         try:
             if settings.address == "local":
                 ray.init(**kwargs)
@@ -88,6 +130,11 @@ def connect(settings: RaySettings) -> dict:
             where = "RAY_ADDRESS or a running cluster" if settings.address == "auto" else settings.address
             raise StartupError(f"cannot connect to Ray ({where}): {one_line(exc)}; start one with "
                                "`ray start --head`, or use --ray local") from None
+        finally:
+            if on_term is not None and threading.current_thread() is threading.main_thread():
+                # Ray's core installs a native SIGTERM handler that dumps a stack and aborts (exit 134):
+                # SIGTERM unwinds like Ctrl-C again (writers finish, a summary, exit 130)
+                signal.signal(signal.SIGTERM, on_term)
     from ray.data import DataContext
 
     context = DataContext.get_current()  # pixbatch draws its own progress bar and summary
@@ -137,16 +184,29 @@ class EngineActor:
 
 def run_on_ray(make_task: Callable, task: Task, runner_args: dict, plan: Plan, opts: JobOptions,
                settings: RaySettings, *, progress: bool, log: Callable[[str], None],
-               info: Callable[[str], None], report: Report) -> Report:
-    """Run a planned job on Ray; ``task`` (built on the driver) decides which inputs stream."""
-    import sys
+               info: Callable[[str], None], report: Report, verbose: bool = False) -> Report:
+    """Run a planned job on Ray; ``task`` (built on the driver) decides which inputs stream. Ray's own
+    log lines show only when ``verbose``; a connection this call made (and a local cluster it started)
+    is closed before it returns, also when interrupted."""
+    ray = require_ray()
+    started = not ray.is_initialized()
+    with native_logs_shown(verbose):
+        try:
+            resources = connect(settings)
+            return _run(make_task, task, runner_args, plan, opts, settings, resources, progress=progress, log=log,
+                        info=info, report=report)
+        finally:
+            if started and ray.is_initialized():
+                ray.shutdown()  # a local cluster's processes go with it
 
+
+def _run(make_task: Callable, task: Task, runner_args: dict, plan: Plan, opts: JobOptions, settings: RaySettings,
+         resources: dict, *, progress: bool, log: Callable[[str], None], info: Callable[[str], None],
+         report: Report) -> Report:
+    import ray
     from tqdm import tqdm
 
     from pixbatch.io import claims
-
-    resources = connect(settings)
-    import ray
 
     start = time.perf_counter()
     begin_run(plan, report, log, info)

@@ -164,3 +164,41 @@ def test_no_cluster_at_the_address_is_one_clear_error(tmp_path, tiny_checkpoint)
                           env=env, timeout=120)
     assert proc.returncode == 1 and "cannot connect to Ray" in proc.stderr, proc.stderr
     assert not (tmp_path / "o" / "a.png").exists()
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_the_local_cluster_goes_with_the_run(tmp_path, tiny_checkpoint):
+    """SIGTERM mid-run under --ray local: writers finish, `interrupted:` and the summary, exit 130 (Ray's
+    native handler made it a stack dump and exit 134); Ray's own log lines stay off stderr; the cluster
+    the run started is shut down with it (its processes lingered for minutes)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(40):
+        Image.fromarray(gradient_rgb(96, 96, seed=i)).save(src / f"{i:02d}.png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "--json", "upscale", str(src), str(out), "--model",
+                             str(tiny_checkpoint), "--ray", "local"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*.png")) and proc.poll() is None:
+        time.sleep(0.05)
+    started = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == proc.pid]
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: finished outputs are complete" in stderr and json.loads(stdout)["interrupted"] is True
+    assert "SIGTERM received" not in stderr and "logging.cc" not in stderr and "(raylet)" not in stderr, stderr
+    assert started, "the run started no Ray process"
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in started):
+        time.sleep(0.2)
+    assert not [pid for pid in started if Path(f"/proc/{pid}").exists()], "Ray processes outlived the run"
+    for p in out.glob("*.png"):  # whatever was written is complete
+        with Image.open(p) as im:
+            im.load()
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
