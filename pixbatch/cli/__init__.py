@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
+from pathlib import Path
 
 import click
 
@@ -96,6 +98,20 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one line each: pixbatch's own as ``warning: ...``; a library's (torch's
+    deprecations while OpenVINO traces a model, ...) only with -v, saying where it came from."""
+    from pixbatch.runtime.jobs import one_line
+
+    if Path(filename).resolve().is_relative_to(PACKAGE):
+        click.echo(f"warning: {one_line(message)}", err=True)
+    elif App.current is not None and App.current.verbosity >= 1:
+        click.echo(f"note: {category.__name__} from {filename}:{lineno}: {one_line(message)}", err=True)
+
+
 def main() -> None:
     from pixbatch.runtime.host_memory import reuse_freed_memory
 
@@ -104,6 +120,7 @@ def main() -> None:
     reuse_freed_memory()
     # SIGTERM unwinds like Ctrl-C, so writers finish or delete their temporary files.
     signal.signal(signal.SIGTERM, _terminate)
+    warnings.showwarning = show_warning
     try:
         code = cli.main(prog_name="pixbatch", standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):

@@ -75,3 +75,20 @@ def test_start_up_imports_only_what_the_command_needs(tmp_path):
     assert _modules_after("upscale", "--tile", "-5", tmp_path, tmp_path / "out") == "[]"  # a usage error
     # spandrel (~4 s) only for foreign checkpoints; torch._dynamo and torchvision (~1.5 s each) not at all
     assert _modules_after("models") == "['torch']"
+
+
+def test_library_warnings_show_only_with_verbose_and_pixbatchs_own_always(capsys, monkeypatch):
+    """`pixbatch bench` printed torch's jit.trace FutureWarnings (OpenVINO traces the model): a library's
+    warning is one `note:` line with -v and nothing without; pixbatch's own is one `warning:` line."""
+    import warnings
+
+    import pixbatch.runtime.openvino_backend as own
+    from pixbatch.cli import show_warning
+    from pixbatch.cli.report import App
+
+    monkeypatch.setattr(warnings, "showwarning", show_warning)
+    for verbosity, expected in ((0, ""), (1, "note: FutureWarning from /site/torch/jit/_trace.py:9: traced\n")):
+        monkeypatch.setattr(App, "current", App(verbosity=verbosity))
+        warnings.warn_explicit("traced", FutureWarning, "/site/torch/jit/_trace.py", 9)
+        warnings.warn_explicit("OpenVINO cannot convert this model\n(details)", UserWarning, own.__file__, 117)
+        assert capsys.readouterr().err == expected + "warning: OpenVINO cannot convert this model\\n(details)\n"
