@@ -95,6 +95,22 @@ def test_upscale_over_the_corpus(corpus, tmp_path, tiny_checkpoint):
     assert summary["done"] >= 40 and summary["failed"] >= 200  # the seeds and the damaged ones
 
 
+def test_upscale_into_huge_outputs_over_the_corpus(corpus, tmp_path, tiny_checkpoint):
+    """A low --max-pixels: every output above it goes the huge-output way (a tiled BigTIFF written band by
+    band, committed by a hard link), where a temporary name once stayed linked to each finished file."""
+    from pixbatch.io.discover import header_pixels, output_suffix
+
+    limit = 1024  # px: most of the corpus is below it, and above it at x2
+
+    def suffix_of(p: Path) -> str:
+        pixels = header_pixels(p)
+        return ".tif" if pixels is not None and pixels * 4 > limit else output_suffix(p, "same")
+
+    summary = check_engine_run("upscale", corpus, tmp_path, ["--model", tiny_checkpoint, "--max-pixels", limit], 2,
+                               suffix_of=suffix_of)
+    assert summary["big_outputs"] >= 10 and summary["done"] >= summary["big_outputs"]
+
+
 def test_segment_over_the_corpus(corpus, tmp_path, seg_checkpoint):
     from pixbatch.io.regions import is_tiled_tiff
 
