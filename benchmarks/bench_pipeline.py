@@ -3,7 +3,7 @@
     python benchmarks/bench_pipeline.py [--model edsr_tiny_x4] [--images 24] [--size 256] [--device auto]
 
 The input folder is cut from real photos (../shared/data/sr/train/sun_hays80, or the repo's examples/),
---size px crops saved half as JPEG, half as PNG. Measured (pixbatch.runtime.bench, also `pixbatch bench`):
+--size px crops saved half as JPEG, half as PNG. Measured (pixbatch.bench.pipeline, also `pixbatch bench`):
   * each stage alone: decode (worker processes), host->device and device->host copies (GPU), compute (the
     prepared model with the pipeline's batching), encode (writer threads) -> the bottleneck stage;
   * the pipeline as `pixbatch upscale` runs it -> efficiency = its rate / the bottleneck's capacity;
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
-    from pixbatch.runtime.bench import bench_upscale, format_report
+    from pixbatch.bench.pipeline import bench_upscale, format_report
 
     photos = next([d] for d in PHOTOS if d.is_dir())
     result = bench_upscale(args.model, photos, images=args.images, size=args.size, device=args.device,

@@ -26,7 +26,7 @@ def device_name(device: torch.device) -> str:
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from pixbatch.runtime.bench import cpu_name
+    from pixbatch.bench.pipeline import cpu_name
 
     return cpu_name()
 

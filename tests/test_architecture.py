@@ -1,5 +1,5 @@
 """The package's shape: no import circles (lazy imports inside functions included), no private names
-imported across modules, and the runtime never imports the CLI."""
+imported across modules, and imports that run one way only, down the layers."""
 
 import ast
 from pathlib import Path
@@ -66,3 +66,32 @@ def test_the_check_sees_lazy_imports():
     assert "from pixbatch.runtime.engine import run_planes" in src  # inside a function
     assert ("pixbatch.runtime.engine", "run_planes") in _imports()["pixbatch.tasks.upscale"]
     assert Path(__file__).name == "test_architecture.py"
+
+
+# cli -> train -> eval / bench -> tasks -> runtime (the engine) -> models -> io / ops -> kernels. A module may
+# import its own package and any lower layer, never a higher one (train sits above eval: its validation
+# uses evaluation's metrics). weights/ and examples/ hold data only.
+LAYERS = {"__main__": 7, "cli": 6, "train": 5, "eval": 4, "bench": 4, "tasks": 3, "runtime": 2, "models": 1,
+          "io": 0.5, "ops": 0.5, "kernels": 0, "weights": 0, "examples": 0}
+
+
+def upward_imports() -> list[str]:
+    bad = []
+    for m, edges in _imports().items():
+        parts = m.split(".")
+        if len(parts) < 2:
+            continue  # pixbatch/__init__.py: the version only
+        here = parts[1]
+        for module, _ in edges:
+            there = module.split(".")[1] if module.count(".") else None
+            if there is None or there == here:
+                continue
+            if LAYERS[there] >= LAYERS[here]:
+                bad.append(f"{m} ({here}) imports {module} ({there})")
+    return bad
+
+
+def test_imports_run_down_the_layers_only():
+    packages = {p.name for p in (REPO / "pixbatch").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert packages <= set(LAYERS), packages - set(LAYERS)  # every package has its place
+    assert not upward_imports(), "\n".join(upward_imports())

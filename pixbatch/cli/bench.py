@@ -48,7 +48,7 @@ def bench(app, model_name, photos, images, size, backend, out_json) -> None:
       pixbatch bench                                  # the example photos installed with pixbatch
       pixbatch --device cpu bench --photos my_photos/ --images 48 --size 512 --out bench.json
     """
-    from pixbatch.runtime.bench import bench_upscale
+    from pixbatch.bench.pipeline import bench_upscale
 
     examples = shipped_examples()
     sources = list(photos) or ([examples] if examples is not None else [])

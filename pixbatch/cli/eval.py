@@ -64,11 +64,11 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backe
       pixbatch eval sr --model imdn_x4.pth --hr Set5/ --lr-images Set5/LR_bicubic/X4 --out imdn_x4.json
     """
     lr_dir = lr_dir or lr_dir_old
+    from pixbatch.cli.session import load_runner
     from pixbatch.eval.sr import evaluate_sr, mean_metrics
     from pixbatch.runtime.device import StartupError
     from pixbatch.runtime.jobs import one_line
     from pixbatch.runtime.prepare import ModelFailedError
-    from pixbatch.runtime.session import load_runner
 
     try:
         runner = load_runner(app.device, model_name, scale, precision, False, True, n_jobs=0, kernels="auto",
@@ -152,13 +152,13 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, class
       pixbatch eval seg --images DRIVE/test/images --masks DRIVE/test/masks --roi DRIVE/test/fov
       pixbatch eval seg --model m.safetensors --images test/images --masks test/masks --out scores.json
     """
+    from pixbatch.cli.session import load_runner
     from pixbatch.eval.seg import evaluate_seg
     from pixbatch.eval.sr import mean_metrics
     from pixbatch.io.pairs import PairingError
     from pixbatch.runtime.device import StartupError
     from pixbatch.runtime.jobs import one_line
     from pixbatch.runtime.prepare import ModelFailedError
-    from pixbatch.runtime.session import load_runner
 
     try:
         runner = load_runner(app.device, model_name, None, precision, False, True, n_jobs=0, kernels="torch", task="seg",

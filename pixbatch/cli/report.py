@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import click
@@ -25,7 +26,7 @@ class App:
     as_json: bool = False
     report: Any = None  # the run's report while it runs, for a partial summary when interrupted
     ray: dict = field(default_factory=dict)  # --ray options, when given
-    runner_args: dict = field(default_factory=dict)  # how start_runner built the runner (for Ray workers)
+    make_runner: Any = None  # builds the runner as start_runner did (on Ray workers)
     runner: Any = None
     file_errors: list = field(default_factory=list)  # (path, reason) of inputs eval/train had to leave out
 
@@ -113,24 +114,25 @@ class App:
                      compile_: bool | None, channels_last: bool, *, kernels: str = "auto", backend: str = "torch",
                      task: str = "sr"):
         """The prepared model for a planned job, after checking DST is writable; else exit 1."""
+        from pixbatch.cli.session import load_runner
         from pixbatch.io.discover import header_pixels
         from pixbatch.runtime.device import StartupError
         from pixbatch.runtime.engine import check_destination
-        from pixbatch.runtime.session import load_runner
 
         if self.ray and "address" not in self.ray:
             raise click.UsageError("--ray-workers and --ray-gpus-per-worker need --ray")
-        self.runner_args = {"device_spec": self.device, "model_name": model_name, "scale": scale,
-                            "precision": precision, "compile_": compile_, "channels_last": channels_last,
-                            "n_jobs": len(plan.todo), "kernels": kernels, "backend": backend, "task": task,
-                            # input pixels, from headers planning has read already
-                            "job_pixels": sum(header_pixels(j.src) or 0 for j in plan.todo)}
+        runner_args = {"device_spec": self.device, "model_name": model_name, "scale": scale,
+                       "precision": precision, "compile_": compile_, "channels_last": channels_last,
+                       "n_jobs": len(plan.todo), "kernels": kernels, "backend": backend, "task": task,
+                       # input pixels, from headers planning has read already
+                       "job_pixels": sum(header_pixels(j.src) or 0 for j in plan.todo)}
+        self.make_runner = partial(load_runner, **runner_args)
         try:
             if self.ray:  # before the model loads: a missing extra is an instant error
                 from pixbatch.runtime.ray_executor import require_ray
 
                 require_ray()
-            runner = load_runner(**self.runner_args, info=self.info)
+            runner = load_runner(**runner_args, info=self.info)
             check_destination(dst)
         except StartupError as exc:
             self.fail_start(str(exc))
@@ -152,7 +154,7 @@ class App:
 
             settings = RaySettings(**self.ray)
             try:
-                run_on_ray(make_task, task, self.runner_args, plan, opts, settings, progress=self.progress,
+                run_on_ray(make_task, task, self.make_runner, plan, opts, settings, progress=self.progress,
                            log=self.log, info=self.info, report=self.report, verbose=self.verbosity >= 1)
             except StartupError as exc:
                 self.fail_start(str(exc))

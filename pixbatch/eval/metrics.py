@@ -13,21 +13,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from pixbatch.ops.psnr import psnr, shave_border  # psnr is shared with the engine's accuracy probe
+
 
 def rgb_to_y(img: np.ndarray) -> np.ndarray:
     """Y of BT.601 YCbCr in [16, 235] from RGB in [0, 255] (HWC), float64."""
     x = img.astype(np.float64)
     return 16.0 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
-
-
-def _shave(img: np.ndarray, shave: int) -> np.ndarray:
-    return img[shave:-shave, shave:-shave] if shave else img
-
-
-def psnr(a: np.ndarray, b: np.ndarray, shave: int = 0, max_val: float = 255.0) -> float:
-    a, b = _shave(a, shave).astype(np.float64), _shave(b, shave).astype(np.float64)
-    mse = np.mean((a - b) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(max_val**2 / mse))
 
 
 @functools.cache
@@ -39,8 +31,8 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 def ssim(a: np.ndarray, b: np.ndarray, shave: int = 0, max_val: float = 255.0) -> float:
     """Mean SSIM of two single-channel images (Wang et al. 2004), valid-region filtering."""
-    x = torch.from_numpy(_shave(a, shave).astype(np.float64))[None, None]
-    y = torch.from_numpy(_shave(b, shave).astype(np.float64))[None, None]
+    x = torch.from_numpy(shave_border(a, shave).astype(np.float64))[None, None]
+    y = torch.from_numpy(shave_border(b, shave).astype(np.float64))[None, None]
     w = _gaussian_window()
     c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
     mu_x, mu_y = F.conv2d(x, w), F.conv2d(y, w)

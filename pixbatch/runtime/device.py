@@ -9,6 +9,14 @@ from pixbatch.models import ModelInfo
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+COMPILE_MIN_JOBS = 32  # torch.compile pays for its start-up (tens of seconds) on GPU jobs this large
+
+
+def compile_by_default(device: torch.device, n_jobs: int) -> bool:
+    """Whether a job of ``n_jobs`` images is compiled when the user did not say."""
+    return device.type == "cuda" and n_jobs >= COMPILE_MIN_JOBS
+
+
 class StartupError(RuntimeError):
     """The job cannot start (bad device, model or destination); one clear message, exit code 1."""
 

@@ -180,7 +180,7 @@ def agreement_db(a: torch.Tensor, b: torch.Tensor, task: str) -> float:
     """PSNR in dB of output ``a`` against ``b`` as images in [0, 1]: clamped, or for segmentation
     logits, through a sigmoid (one channel) or a softmax (several)."""
 
-    from pixbatch.eval.metrics import psnr
+    from pixbatch.ops.psnr import psnr
 
     def unit(t: torch.Tensor) -> np.ndarray:
         t = t.float()

@@ -153,16 +153,15 @@ def decode_row(row: dict, max_pixels: int, owner: str, overwrite: bool) -> dict:
 
 
 class EngineActor:
-    """One model replica: builds the runner and the task once, then runs batches through ``run_job``."""
+    """One model replica: builds the runner (``make_runner()``, as the driver built its own) and the task
+    once, then runs batches through ``run_job``."""
 
-    def __init__(self, runner_args: dict, make_task: Callable, opts: JobOptions, owner: str, threads: int) -> None:
+    def __init__(self, make_runner: Callable, make_task: Callable, opts: JobOptions, owner: str, threads: int) -> None:
         import torch
-
-        from pixbatch.runtime.session import load_runner
 
         if threads:  # Ray pins OMP to the actor's CPU reservation; compute uses this node's share of cores
             torch.set_num_threads(threads)
-        self.task = make_task(load_runner(**runner_args))
+        self.task = make_task(make_runner())
         self.opts, self.owner = opts, owner
 
     def __call__(self, batch: dict) -> dict:
@@ -182,7 +181,7 @@ class EngineActor:
         return {"report": [json.dumps(report.as_dict())], "jobs": [len(jobs)]}
 
 
-def run_on_ray(make_task: Callable, task: Task, runner_args: dict, plan: Plan, opts: JobOptions,
+def run_on_ray(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, opts: JobOptions,
                settings: RaySettings, *, progress: bool, log: Callable[[str], None],
                info: Callable[[str], None], report: Report, verbose: bool = False) -> Report:
     """Run a planned job on Ray; ``task`` (built on the driver) decides which inputs stream. Ray's own
@@ -193,14 +192,14 @@ def run_on_ray(make_task: Callable, task: Task, runner_args: dict, plan: Plan, o
     with native_logs_shown(verbose):
         try:
             resources = connect(settings)
-            return _run(make_task, task, runner_args, plan, opts, settings, resources, progress=progress, log=log,
+            return _run(make_task, task, make_runner, plan, opts, settings, resources, progress=progress, log=log,
                         info=info, report=report)
         finally:
             if started and ray.is_initialized():
                 ray.shutdown()  # a local cluster's processes go with it
 
 
-def _run(make_task: Callable, task: Task, runner_args: dict, plan: Plan, opts: JobOptions, settings: RaySettings,
+def _run(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, opts: JobOptions, settings: RaySettings,
          resources: dict, *, progress: bool, log: Callable[[str], None], info: Callable[[str], None],
          report: Report) -> Report:
     import ray
@@ -237,7 +236,7 @@ def _run(make_task: Callable, task: Task, runner_args: dict, plan: Plan, opts: J
             ds = ds.map_batches(
                 EngineActor, batch_size=settings.batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
                 num_gpus=gpus or None, num_cpus=actor_cpus,
-                fn_constructor_kwargs={"runner_args": runner_args, "make_task": make_task, "opts": opts,
+                fn_constructor_kwargs={"make_runner": make_runner, "make_task": make_task, "opts": opts,
                                        "owner": owner, "threads": threads})
             for out in ds.iter_rows():
                 part = json.loads(out["report"])

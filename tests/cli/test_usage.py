@@ -51,7 +51,7 @@ def test_short_options(tmp_path, tiny_checkpoint):
 def test_no_images_found_says_where_before_loading_a_model(tmp_path, monkeypatch):
     """An empty folder, or a --glob that matches nothing: one line naming the folder (and the glob), exit 0,
     no model loaded, DST not created."""
-    import pixbatch.runtime.session as session
+    import pixbatch.cli.session as session
 
     def never(*a, **kw):
         raise AssertionError("a model was loaded")

@@ -89,11 +89,11 @@ def test_segment_and_stylize_and_a_streamed_tiff_on_ray(cluster, tmp_path, seg_c
 def test_a_killed_worker_loses_nothing(cluster, tmp_path, tiny_checkpoint):
     """A model worker dies in the middle of an image: Ray starts another and retries its batch; every
     output ends complete and equal to a one-process run's, none twice, no partial file."""
+    from pixbatch.cli.session import load_runner
     from pixbatch.io.discover import plan_jobs
     from pixbatch.runtime.engine import JobOptions
     from pixbatch.runtime.jobs import Report
     from pixbatch.runtime.ray_executor import RaySettings, run_on_ray
-    from pixbatch.runtime.session import load_runner
     from pixbatch.tasks.upscale import UpscaleTask, upscale_windowing
 
     src = folder(tmp_path)
@@ -111,7 +111,7 @@ def test_a_killed_worker_loses_nothing(cluster, tmp_path, tiny_checkpoint):
     make = partial(DiesOnce)
     plan = plan_jobs([src], tmp_path / "ray")
     lines: list[str] = []
-    report = run_on_ray(make, make(load_runner(**args)), args, plan, JobOptions(windowing=upscale_windowing()),
+    report = run_on_ray(make, make(load_runner(**args)), partial(load_runner, **args), plan, JobOptions(windowing=upscale_windowing()),
                         RaySettings(address="auto"), progress=False, log=lines.append, info=lambda m: None,
                         report=Report())
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker process died

@@ -1,6 +1,6 @@
 """`pixbatch bench`: its lines arrive as each measurement finishes, and an efficiency over 100 % is explained."""
 
-from pixbatch.runtime.bench import bench_upscale, format_report
+from pixbatch.bench.pipeline import bench_upscale, format_report
 from tests.conftest import REPO
 
 

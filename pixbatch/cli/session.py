@@ -1,4 +1,5 @@
-"""Turn command-line choices into a prepared Runner, or one clear StartupError."""
+"""Turn command-line choices into a prepared Runner, or one clear StartupError (the messages name the
+command to use instead)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from pixbatch.runtime.device import StartupError, resolve_device, resolve_precision
+from pixbatch.runtime.device import StartupError, compile_by_default, resolve_device, resolve_precision
 from pixbatch.runtime.prepare import Runner, prepare_model
-
-COMPILE_MIN_JOBS = 32  # torch.compile pays for its start-up (tens of seconds) on GPU jobs this large
-
 
 TASK_COMMAND = {"sr": "pixbatch upscale", "seg": "pixbatch segment", "style": "pixbatch stylize"}
 
@@ -49,7 +47,7 @@ def load_runner(device_spec: str, model_name: str | None, scale: int | None, pre
     loaded = load_model_for_scale(model_name, scale, task)
     dtype = resolve_precision(precision, device, loaded.info)
     if compile_ is None:
-        compile_ = device.type == "cuda" and n_jobs >= COMPILE_MIN_JOBS
+        compile_ = compile_by_default(device, n_jobs)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     what = {"sr": f"x{loaded.info.scale}", "style": "style"}.get(loaded.info.task,

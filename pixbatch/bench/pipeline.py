@@ -197,10 +197,9 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
 
     from pixbatch.io.discover import plan_jobs
     from pixbatch.models import create_model
-    from pixbatch.runtime.device import resolve_device, resolve_precision
+    from pixbatch.runtime.device import compile_by_default, resolve_device, resolve_precision
     from pixbatch.runtime.engine import JobOptions, run_job
     from pixbatch.runtime.prepare import TORCH_THREADS, prepare_model
-    from pixbatch.runtime.session import COMPILE_MIN_JOBS
     from pixbatch.tasks.upscale import UpscaleTask
 
     dev = resolve_device(device)
@@ -219,7 +218,7 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
         out_mp = images * (size * s) ** 2 / 1e6
         opts = JobOptions()
         runner = prepare_model(copy.deepcopy(loaded), dev, resolve_precision("auto", dev, loaded.info),
-                               compile=dev.type == "cuda" and images >= COMPILE_MIN_JOBS, backend=backend,
+                               compile=compile_by_default(dev, images), backend=backend,
                                job_pixels=images * size * size)
         if runner.backend != "torch":
             say(f"backend: {runner.backend}")
