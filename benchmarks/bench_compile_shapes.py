@@ -29,11 +29,11 @@ def child(model: str, images: int, bucket: int, device: str) -> dict:
     from torch._dynamo.utils import counters
 
     from pixbatch.models import create_model
-    from pixbatch.runtime import prepare
+    from pixbatch.runtime import backends, prepare
     from pixbatch.runtime.device import resolve_device, resolve_precision
     from pixbatch.tasks.upscale import upscale_tensor
 
-    prepare.COMPILE_BUCKET = bucket
+    backends.TorchCompiled.size_bucket = bucket
     dev = resolve_device(device)
     loaded = create_model(model)
     runner = prepare.prepare_model(loaded, dev, resolve_precision("auto", dev, loaded.info), compile=True)
@@ -66,7 +66,7 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(child(args.model, args.images, args.child, args.device)))
         return
-    from pixbatch.runtime.prepare import COMPILE_BUCKET
+    from pixbatch.runtime.backends import COMPILE_BUCKET
 
     rows = []
     for bucket in (1, COMPILE_BUCKET):

@@ -68,8 +68,9 @@ def load(name: str):
 
 def variants(name: str, x: torch.Tensor, compile_models: bool):
     """(label, dtype, callable(x) -> output tensor, setup seconds) for each way of running the model."""
+    from pixbatch.runtime.backends import OPENVINO_MIN_PIXELS
     from pixbatch.runtime.device import resolve_precision
-    from pixbatch.runtime.prepare import OPENVINO_MIN_PIXELS, prepare_model
+    from pixbatch.runtime.prepare import prepare_model
 
     cpu = torch.device("cpu")
     eager = load(name)
@@ -79,7 +80,7 @@ def variants(name: str, x: torch.Tensor, compile_models: bool):
     t0 = time.perf_counter()
     default = prepare_model(load(name), cpu, dtype, backend="auto", job_pixels=OPENVINO_MIN_PIXELS)
     yield (f"pixbatch default ({default.backend}; {default.kernels})", label, default, time.perf_counter() - t0)
-    if default.backend != "torch":
+    if default.backend_note:  # not the PyTorch path: that one too
         yield f"pixbatch PyTorch backend ({default.kernels})", label, prepare_model(load(name), cpu, dtype), 0.0
     yield "pixbatch PyTorch backend without its CPU rewrites", label, prepare_model(load(name), cpu, dtype,
                                                                                    kernels="torch"), 0.0
@@ -231,10 +232,11 @@ def main() -> None:
             print(line)
         return
 
+    from pixbatch.runtime.backends import TORCH_THREADS
     from pixbatch.runtime.engine import CPU_BATCH_PIXELS
     from pixbatch.runtime.host_memory import reuse_freed_memory
     from pixbatch.runtime.openvino_backend import agreement_db
-    from pixbatch.runtime.prepare import TORCH_THREADS
+    from pixbatch.runtime.prepare import Runner
 
     malloc_reuse = reuse_freed_memory()  # as the command line does, for every row of this process
     cpu = torch.device("cpu")
@@ -262,7 +264,8 @@ def main() -> None:
                         print(f"{name:<14} {size:>4} b{batch:<2} {label}", flush=True)
                         continue
                     # a job on OpenVINO runs with one PyTorch thread (prepare_model sets it); every other row with all
-                    torch.set_num_threads(1 if getattr(fn, "backend", "torch") != "torch" else TORCH_THREADS)
+                    on_openvino = isinstance(fn, Runner) and fn.backend_note
+                    torch.set_num_threads(1 if on_openvino else TORCH_THREADS)
                     with torch.no_grad():
                         y = fn(x)
                     if reference is None:

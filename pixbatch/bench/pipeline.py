@@ -197,9 +197,10 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
 
     from pixbatch.io.discover import plan_jobs
     from pixbatch.models import create_model
+    from pixbatch.runtime.backends import TORCH_THREADS
     from pixbatch.runtime.device import compile_by_default, resolve_device, resolve_precision
     from pixbatch.runtime.engine import JobOptions, run_job
-    from pixbatch.runtime.prepare import TORCH_THREADS, prepare_model
+    from pixbatch.runtime.prepare import prepare_model
     from pixbatch.tasks.upscale import UpscaleTask
 
     dev = resolve_device(device)
@@ -220,8 +221,8 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
         runner = prepare_model(copy.deepcopy(loaded), dev, resolve_precision("auto", dev, loaded.info),
                                compile=compile_by_default(dev, images), backend=backend,
                                job_pixels=images * size * size)
-        if runner.backend != "torch":
-            say(f"backend: {runner.backend}")
+        if runner.backend_note:
+            say(runner.backend_note)
         log("measuring each stage alone ...")
         stages = stage_capacities(files, runner, opts, on_stage=lambda name, st: say(_row(name, st)))
         threads = torch.get_num_threads()  # one when the job went to OpenVINO; the plain loops get PyTorch's own

@@ -59,6 +59,6 @@ def load_runner(device_spec: str, model_name: str | None, scale: int | None, pre
                                backend=backend, job_pixels=job_pixels)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    if runner.backend != "torch":
-        (info or (lambda message: None))(f"backend: {runner.backend}")
+    if runner.backend_note:
+        (info or (lambda message: None))(runner.backend_note)
     return runner

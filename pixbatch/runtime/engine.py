@@ -743,7 +743,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
     report.settings = {
         "task": task.name, "model": runner.info.name, "arch": runner.info.arch, "scale": runner.info.scale,
         "device": str(runner.device), "precision": str(runner.dtype).removeprefix("torch."),
-        "channels_last": runner.channels_last, "compile": runner.compiled is not None and runner.backend == "torch", "kernels": runner.kernels,
+        "channels_last": runner.channels_last, "compile": runner.compiled is not None and runner.compiled.graph_compiled, "kernels": runner.kernels,
         "backend": runner.backend,
         "tile": engine.tile, "overlap": engine.context, "blend": engine.blend, **task.settings(),
         "streamed": len(streamed), "workers": workers, "writers": book.writers,

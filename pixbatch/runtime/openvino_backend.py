@@ -96,9 +96,12 @@ class OpenVINOModel(nn.Module):
     padding computed from the input size), the model is converted again at that shape (about 1 s), and
     if that still disagrees or fails, the shape stays with PyTorch."""
 
+    size_bucket, nchw, graph_compiled = 1, True, False  # a Backend (runtime/backends.py): exact sizes, NCHW
+
     def __init__(self, module: nn.Module, fallback: nn.Module, precision: str, *, task: str, in_channels: int,
-                 max_shapes: int = MAX_SHAPES) -> None:
+                 max_shapes: int = MAX_SHAPES, label: str | None = None) -> None:
         super().__init__()
+        self.label = label or f"openvino ({precision})"  # what the report says (the factory adds its speed)
         import openvino as ov
 
         self._ov, self._core = ov, ov.Core()
@@ -107,6 +110,10 @@ class OpenVINOModel(nn.Module):
         self._model = None  # the converted model; False when conversion failed
         self._shapes: OrderedDict[tuple[int, ...], _Compiled | None] = OrderedDict()
         self.splits = 0  # concat convs rewritten in the conversion
+
+    @property
+    def note(self) -> str:
+        return f"backend: {self.label}"
 
     def converted(self) -> bool:
         """Convert now (once) if not yet done; whether OpenVINO can run this model."""

@@ -99,8 +99,13 @@ def test_windows_with_fixed_statistics_never_run_the_compiled_graph():
     x = photo(262, 240)
     expected = stylize_tensor(runner, x, tile=100)
 
-    class Refuses(torch.nn.Module):
-        def forward(self, x):
+    from pixbatch.runtime.backends import TorchCompiled
+
+    class Refuses(TorchCompiled):
+        def __init__(self) -> None:  # a compiled backend that must never run
+            pass
+
+        def __call__(self, x):
             raise AssertionError("the compiled graph ran")
 
     runner.compiled = Refuses()

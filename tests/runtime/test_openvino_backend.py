@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from pixbatch.models import create_model
-from pixbatch.runtime.prepare import OPENVINO_MIN_PIXELS, prepare_model
+from pixbatch.runtime.backends import OPENVINO_MIN_PIXELS
+from pixbatch.runtime.prepare import prepare_model
 
 ov = pytest.importorskip("openvino")
 

@@ -1,0 +1,126 @@
+"""Backends: what runs one batch of model planes. A Runner calls its backend without asking which one it
+is; ``attach_backend`` is the one factory that chooses it, from the user's choice and the job, and the
+only code that reads a choice's name.
+
+- ``TorchEager``: the prepared module as it is. Every runner has one: fp32 reruns, and windows that carry
+  whole-image state, run here whatever the fast path is.
+- ``TorchCompiled``: torch.compile of the module; input sizes are padded up to multiples of
+  ``COMPILE_BUCKET``, so a few graphs serve every image size instead of one per size.
+- ``OpenVINOModel`` (runtime/openvino_backend.py): converted once, compiled per exact NCHW input shape.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Protocol
+
+import torch
+from torch import nn
+
+COMPILE_BUCKET = 64  # compiled runs pad (mirror, bottom/right) to multiples of this many px
+# backend "auto" tries OpenVINO for CPU jobs of at least this many input pixels: its conversion (about
+# 1 s per input shape) and the measurement that decides (a few more) are then a small share of the job
+OPENVINO_MIN_PIXELS = 64 * 2**20
+OPENVINO_PRECISION = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+TORCH_THREADS = torch.get_num_threads()  # PyTorch's own count, before a job on OpenVINO sets it to one
+CHOICES = ("auto", "torch", "openvino")  # what --backend takes
+
+
+class Backend(Protocol):
+    """Runs a batch: NCHW in (padded as ``size_bucket`` asks, in the layout ``nchw`` asks), NCHW out."""
+
+    label: str  # what the report's settings say: "torch", "openvino (bf16; 1.29x PyTorch's speed ...)"
+    note: str | None  # the line -v prints about it; None for the default PyTorch path
+    size_bucket: int  # input sizes are padded up to multiples of this (1: exact sizes)
+    nchw: bool  # wants contiguous NCHW (else the runner's memory format)
+    graph_compiled: bool  # a torch.compile graph (the report's "compile")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchEager:
+    label, note, size_bucket, nchw, graph_compiled = "torch", None, 1, False, False
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+class TorchCompiled(TorchEager):
+    size_bucket, graph_compiled = COMPILE_BUCKET, True
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(torch.compile(module, dynamic=False))
+
+
+def openvino_source(module: nn.Module, device: torch.device, dtype: torch.dtype, compile: bool, choice: str,
+                    job_pixels: int | None) -> nn.Module | None:
+    """A copy of the model as loaded (before the CPU rewrites) for OpenVINO to convert, when ``choice``
+    may make the backend OpenVINO; None when it cannot."""
+    from pixbatch.runtime.fuse import fuse_upsamplers
+    from pixbatch.runtime.openvino_backend import openvino_available
+
+    if choice not in CHOICES:
+        raise ValueError(f"backend must be one of {', '.join(CHOICES)}, not {choice!r}")
+    if choice == "openvino":
+        if device.type != "cpu" or compile or dtype not in OPENVINO_PRECISION:
+            raise ValueError("--backend openvino runs on the CPU, without --compile")
+        if not openvino_available():
+            raise ValueError("--backend openvino needs OpenVINO: pip install 'pixbatch[openvino]'")
+    elif (choice == "torch" or device.type != "cpu" or compile or dtype == torch.float16
+          or (job_pixels or 0) < OPENVINO_MIN_PIXELS or not openvino_available()):
+        return None
+    source = copy.deepcopy(module).to(memory_format=torch.contiguous_format)
+    # fused upsamplers trace as the blocks-first shuffle (ops/conv_pixel_shuffle.py); run eagerly (the
+    # conversion does once) they take the CPU path, never Triton's interpreter
+    return fuse_upsamplers(source, cpu_path=True)[0]
+
+
+def attach_backend(runner, choice: str, compile: bool, source: nn.Module | None) -> None:
+    """Give ``runner`` its fast path: torch.compile when asked; OpenVINO when ``source`` was made for it
+    (``openvino_source``), always when asked for by name, else only if it measures faster than the
+    PyTorch path on a probe image and agrees with it. When OpenVINO is chosen PyTorch's CPU threads are
+    set to one (runtime/openvino_backend.py says why)."""
+    if compile:
+        runner.compiled = TorchCompiled(runner.module)
+    if source is None:
+        return
+    from pixbatch.runtime.openvino_backend import AGREEMENT_DB, OpenVINOModel, agreement_db
+
+    precision = OPENVINO_PRECISION[runner.dtype]
+    backend = OpenVINOModel(source, runner.module, precision, task=runner.info.task,
+                            in_channels=runner.info.in_channels, label=f"openvino ({precision})")
+    if choice == "openvino":
+        runner.compiled = backend
+        torch.set_num_threads(1)
+        return
+    if not backend.converted():
+        return
+    m = runner.info.size_multiple
+    size = -(-max(256, runner.info.min_size) // m) * m
+    probe = torch.rand(1, runner.info.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    torch.set_num_threads(TORCH_THREADS)  # as PyTorch would run the job (another runner may have set one)
+    torch_ms, _ = median_ms(runner, probe)
+    runner.compiled = backend
+    torch.set_num_threads(1)
+    ov_ms, ov_out = median_ms(runner, probe)
+    if ov_ms < torch_ms and agreement_db(ov_out, runner.run_fp32(probe), runner.info.task) >= AGREEMENT_DB:
+        backend.label = f"openvino ({precision}; {torch_ms / ov_ms:.2f}x PyTorch's speed at {size} px)"
+    else:
+        runner.compiled = None
+        torch.set_num_threads(TORCH_THREADS)
+
+
+def median_ms(runner, x: torch.Tensor, repeats: int = 7) -> tuple[float, torch.Tensor]:
+    """Median wall time of ``runner(x)`` after two warm-up calls, and its output."""
+    y = runner(x)
+    runner(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        runner(x)
+        times.append(time.perf_counter() - t)
+    return 1000 * sorted(times)[repeats // 2], y
