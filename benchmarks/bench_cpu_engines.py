@@ -233,7 +233,7 @@ def main() -> None:
         return
 
     from pixbatch.runtime.backends import TORCH_THREADS
-    from pixbatch.runtime.engine import CPU_BATCH_PIXELS
+    from pixbatch.runtime.batcher import CPU_BATCH_PIXELS
     from pixbatch.runtime.host_memory import reuse_freed_memory
     from pixbatch.runtime.openvino_backend import agreement_db
     from pixbatch.runtime.prepare import Runner

@@ -63,8 +63,8 @@ def test_no_private_names_across_modules_and_no_cli_below_it():
 
 def test_the_check_sees_lazy_imports():
     src = (REPO / "pixbatch" / "tasks" / "upscale.py").read_text()
-    assert "from pixbatch.runtime.engine import run_planes" in src  # inside a function
-    assert ("pixbatch.runtime.engine", "run_planes") in _imports()["pixbatch.tasks.upscale"]
+    assert "from pixbatch.runtime.batcher import run_planes" in src  # inside a function
+    assert ("pixbatch.runtime.batcher", "run_planes") in _imports()["pixbatch.tasks.upscale"]
     assert Path(__file__).name == "test_architecture.py"
 
 

@@ -65,8 +65,8 @@ def stage_capacities(files: list[Path], runner, opts, on_stage=None) -> dict[str
     from torch.utils.data import DataLoader
 
     from pixbatch.io.encode import write_image
-    from pixbatch.runtime.engine import DecodeSet, decode_workers, start_loader
     from pixbatch.runtime.jobs import Report
+    from pixbatch.runtime.sources import DecodeSet, decode_workers, start_loader
     from pixbatch.tasks.upscale import pixels_from_planes, planes_from_pixels, upscale_tensor
 
     dev, s, n = runner.device, runner.info.scale, len(files)

@@ -117,7 +117,7 @@ class App:
         from pixbatch.cli.session import load_runner
         from pixbatch.io.discover import header_pixels
         from pixbatch.runtime.device import StartupError
-        from pixbatch.runtime.engine import check_destination
+        from pixbatch.runtime.sinks import check_destination
 
         if self.ray and "address" not in self.ray:
             raise click.UsageError("--ray-workers and --ray-gpus-per-worker need --ray")

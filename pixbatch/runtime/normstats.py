@@ -18,7 +18,8 @@ from contextlib import AbstractContextManager
 import torch
 
 from pixbatch.models.style.norm import StopForward, fixed_stats, norm_layers
-from pixbatch.runtime.engine import Canvas, WindowEngine, read_band
+from pixbatch.runtime.batcher import WindowEngine
+from pixbatch.runtime.canvas import Canvas, read_band
 from pixbatch.runtime.prepare import Runner
 from pixbatch.runtime.windows import Axis
 

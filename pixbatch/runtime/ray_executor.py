@@ -29,8 +29,10 @@ from pathlib import Path
 
 from pixbatch.io.discover import Job, Plan
 from pixbatch.runtime.device import StartupError
-from pixbatch.runtime.engine import JobOptions, Task, decode_job, split_jobs
+from pixbatch.runtime.engine import JobOptions, split_jobs
 from pixbatch.runtime.jobs import Report, begin_run, error_line, one_line
+from pixbatch.runtime.sources import decode_job
+from pixbatch.runtime.task import Task
 
 RAY_MISSING = '--ray needs Ray: pip install "pixbatch[ray]"'
 

@@ -120,3 +120,15 @@ def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     period = 2 * (n - 1)
     idx = np.abs(idx) % period
     return np.where(idx >= n, period - idx, idx)
+
+
+@dataclass
+class Windowing:
+    """How images are cut into windows: ``--tile`` and ``--overlap`` mean the same in every command."""
+
+    tile: int = 0  # core edge in input px (windows add ``overlap`` on each side); 0 = from the memory budget
+    overlap: int | None = None  # context px on each side of a window's core; None = the receptive field
+    blend: bool = False  # blend neighbouring windows with cosine ramps (else keep each core as is)
+    mirror_borders: bool = False  # mirror ``overlap`` px beyond the true borders (overlap-tile strategy)
+    batch_size: int = 0  # model inputs per batch; 0 = from the memory budget
+    whole_pixels: int = 0  # on the CPU, images up to this many px run whole when tile = 0 (0 = the budget)

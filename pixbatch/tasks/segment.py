@@ -15,8 +15,9 @@ import torch
 from pixbatch.io.atomic import write_bytes
 from pixbatch.io.decode import ImageMeta
 from pixbatch.io.encode import TIFF_MARK, EncodeOptions, mark_kwargs, write_image
-from pixbatch.runtime.engine import Task, Windowing
 from pixbatch.runtime.prepare import Runner
+from pixbatch.runtime.task import Task
+from pixbatch.runtime.windows import Windowing
 from pixbatch.tasks.planes import model_planes, rgb8
 
 DEFAULT_TILE = 896  # core px: with the context, 1024 px windows
@@ -145,7 +146,7 @@ class SegmentTask(Task):
 def predict_logits(runner: Runner, pixels: np.ndarray, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                    *, blend: bool = False) -> torch.Tensor:
     """(C, H, W) float32 logits of an HWC image, exactly as ``pixbatch segment`` computes them."""
-    from pixbatch.runtime.engine import run_planes
+    from pixbatch.runtime.batcher import run_planes
 
     x = model_planes(pixels, runner.device, runner.info.in_channels)
     return run_planes(runner, x, segment_windowing(tile, overlap, blend=blend))[0]

@@ -16,9 +16,13 @@ from torch.nn import functional as F
 
 from pixbatch.io.decode import MODES_BY_CHANNELS, ImageMeta
 from pixbatch.io.encode import EncodeOptions, write_image
-from pixbatch.runtime.engine import Canvas, Task, WindowEngine, Windowing, available_memory
+from pixbatch.runtime.batcher import WindowEngine
+from pixbatch.runtime.canvas import Canvas
 from pixbatch.runtime.normstats import whole_image_norm
 from pixbatch.runtime.prepare import Runner
+from pixbatch.runtime.sources import available_memory
+from pixbatch.runtime.task import Task
+from pixbatch.runtime.windows import Windowing
 from pixbatch.tasks.planes import model_planes
 
 WHOLE_PIXELS = 4096 * 4096  # on the CPU, images up to this size run whole (one pass, no statistics pass)
@@ -118,7 +122,7 @@ def stylize_tensor(runner: Runner, x: torch.Tensor, *, tile: int = 0, overlap: i
     """Stylise float images (N, 3, H, W) in [0, 1] through the engine, unclamped float out: what tests
     and benchmarks compare. ``whole_image_stats=False`` gives each window its own statistics (the
     naive tiling, for comparison)."""
-    from pixbatch.runtime.engine import run_planes
+    from pixbatch.runtime.batcher import run_planes
 
     windowing = style_windowing(tile, overlap)
     return run_planes(runner, x, windowing, prepare=whole_image_norm(runner) if whole_image_stats else None)

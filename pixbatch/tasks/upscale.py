@@ -11,8 +11,9 @@ import torch
 
 from pixbatch.io.decode import ImageMeta
 from pixbatch.io.encode import EncodeOptions, write_image
-from pixbatch.runtime.engine import Task, Windowing
 from pixbatch.runtime.prepare import Runner
+from pixbatch.runtime.task import Task
+from pixbatch.runtime.windows import Windowing
 
 
 def planes_from_pixels(pixels: torch.Tensor, bits: int) -> torch.Tensor:
@@ -91,6 +92,6 @@ def upscale_tensor(runner: Runner, x: torch.Tensor, *, tile: int = 0, overlap: i
                    batch_size: int = 0, report=None) -> torch.Tensor:
     """Upscale float images (N, 3, H, W) in [0, 1] through the engine; float (N, 3, H*s, W*s) out.
     What tests, evaluation and benchmarks compare: a job's windows and batching, without rounding."""
-    from pixbatch.runtime.engine import run_planes
+    from pixbatch.runtime.batcher import run_planes
 
     return run_planes(runner, x, upscale_windowing(tile, overlap, batch_size), report=report)

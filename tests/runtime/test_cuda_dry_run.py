@@ -9,7 +9,7 @@ alpha, thresholds, argmax, probability maps, overlays). A CPU tensor meeting a C
 constant created without a device, or a result copied to the host too early, fails here.
 
 What cannot be faked, and is replaced or left out:
-- the precision guard's read-back of "is every sample finite" (``engine.host_flags``: data-dependent;
+- the precision guard's read-back of "is every sample finite" (``batcher.host_flags``: data-dependent;
   every sample is taken as finite) and the GPU memory probe that sizes batches (``device_pixel_budget``:
   CUDA memory statistics; a fixed budget stands in);
 - ``--kernels auto``'s timing of fused against unfused models (CUDA events), and the Triton kernel
@@ -26,10 +26,11 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import pixbatch.runtime.engine as engine
+import pixbatch.runtime.batcher as batcher
 from pixbatch.io.decode import ImageMeta
 from pixbatch.models import build_registered, create_model
 from pixbatch.runtime.prepare import prepare_model
+from pixbatch.runtime.windows import Windowing
 from pixbatch.tasks.segment import SegmentTask
 from pixbatch.tasks.upscale import UpscaleTask, upscale_tensor
 
@@ -39,8 +40,8 @@ CUDA = torch.device("cuda")
 @pytest.fixture
 def fake_cuda(monkeypatch):
     """The mode to enter once the model is loaded (checkpoints are real files, read outside it)."""
-    monkeypatch.setattr(engine, "device_pixel_budget", lambda runner: 96 * 96)
-    monkeypatch.setattr(engine, "host_flags", lambda flags: [True] * flags.shape[0])
+    monkeypatch.setattr(batcher, "device_pixel_budget", lambda runner: 96 * 96)
+    monkeypatch.setattr(batcher, "host_flags", lambda flags: [True] * flags.shape[0])
     return FakeTensorMode(allow_non_fake_inputs=True)
 
 
@@ -89,7 +90,7 @@ def run_segment(loaded, classes):
     runner = prepare_model(loaded, CUDA, torch.bfloat16)
     task = SegmentTask(runner, probabilities="8bit", overlay=True)
     x = torch.rand(1, 3, 64, 80, device=CUDA)
-    y = engine.run_planes(runner, x, engine.Windowing(tile=32, overlap=8, blend=True, mirror_borders=True))
+    y = batcher.run_planes(runner, x, Windowing(tile=32, overlap=8, blend=True, mirror_borders=True))
     check_output(y, (1, classes, 64, 80))
     out = task.post(y, ImageMeta("RGB", 8, "PNG"), lambda: np.zeros((64, 80, 3), np.uint8))
     check_output(out["mask"], (64, 80, 1), torch.uint8)

@@ -13,20 +13,14 @@ from pixbatch.io.decode import ImageMeta, decode_image
 from pixbatch.io.discover import plan_jobs
 from pixbatch.io.encode import EncodeOptions, write_image
 from pixbatch.models import create_model
-from pixbatch.runtime.engine import (
-    Canvas,
-    JobOptions,
-    Task,
-    TensorSource,
-    WindowEngine,
-    Windowing,
-    decode_workers,
-    finite_rows,
-    run_job,
-    run_planes,
-)
+from pixbatch.runtime.batcher import WindowEngine, finite_rows, run_planes
+from pixbatch.runtime.canvas import Canvas
+from pixbatch.runtime.engine import JobOptions, run_job
 from pixbatch.runtime.jobs import Report
 from pixbatch.runtime.prepare import prepare_model
+from pixbatch.runtime.sources import TensorSource, decode_workers
+from pixbatch.runtime.task import Task
+from pixbatch.runtime.windows import Windowing
 from pixbatch.tasks.upscale import upscale_tensor
 from tests.conftest import COMPACT, REPO, gradient_rgb, requires_data
 
@@ -348,7 +342,7 @@ def test_decode_workers_never_finalise_what_they_inherit(tmp_path, start):
 
     from torch.utils.data import DataLoader
 
-    from pixbatch.runtime.engine import start_loader
+    from pixbatch.runtime.sources import start_loader
 
     log = tmp_path / "finalised"
     gc.disable()  # keep the garbage uncollected until the workers fork

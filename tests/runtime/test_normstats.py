@@ -7,11 +7,13 @@ import torch
 
 from pixbatch.models import LoadedModel, build_registered, create_model
 from pixbatch.models.checkpoint import describe_native
-from pixbatch.runtime.engine import Canvas, TensorSource, WindowEngine, Windowing
+from pixbatch.runtime.batcher import WindowEngine
+from pixbatch.runtime.canvas import Canvas
 from pixbatch.runtime.jobs import Report
 from pixbatch.runtime.normstats import core_span, measure_norm_stats
 from pixbatch.runtime.prepare import prepare_model
-from pixbatch.runtime.windows import plan_axis
+from pixbatch.runtime.sources import TensorSource
+from pixbatch.runtime.windows import Windowing, plan_axis
 from pixbatch.tasks.stylize import stylize_tensor
 from tests.conftest import DATA, gradient_rgb, requires_data
 
