@@ -45,7 +45,10 @@ def test_an_interrupted_run_prints_its_partial_summary(tmp_path, tiny_checkpoint
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "--device", "cpu", "--json", "upscale", str(src),
                              str(out), "--model", str(tiny_checkpoint), "--png-compression", "9", "--workers", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # as a terminal's foreground job gets it: a suite run as a background job (`cmd &`
+                            # without job control) hands its children SIGINT ignored, and Ctrl-C never arrives
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out.exists() and any(p.suffix == ".png" for p in out.iterdir())):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
