@@ -32,6 +32,9 @@ STYLE_NETS_HINT = ("ready-made ones are the pretrained models of PyTorch's fast_
                    "mosaic.pth, rain_princess.pth, udnie.pth: run download_saved_models.py in "
                    "pytorch/examples/fast_neural_style), or train one with `pixbatch train style`")
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision, in every command
+BACKENDS = ("auto", "torch", "openvino")  # --backend, in every command (runtime/backends.py's CHOICES)
+
 MIN_TILE, MAX_TILE = 16, 32768
 
 
@@ -122,14 +125,14 @@ io_options = _apply([
 ])
 
 precision_options = _apply([
-    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+    click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
                  show_default=True, help="auto: bf16/fp16 on a GPU (bf16 on CPUs with native bf16) when the model "
                                          "supports it, else fp32."),
     click.option("--compile/--no-compile", "compile_", default=None,
                  help="torch.compile the model (default: on a GPU for jobs of 32+ images)."),
     click.option("--channels-last/--no-channels-last", default=True, show_default=True,
                  help="Run convolutions in NHWC memory layout."),
-    click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+    click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
                  help="What computes on the CPU. auto: OpenVINO when it is installed (pip install "
                       "'pixbatch[openvino]'), the job has 64 MP of input or more, and it measures faster than "
                       "PyTorch for this model with the same outputs; else PyTorch."),

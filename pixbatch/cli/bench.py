@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from pixbatch.cli._options import BACKENDS
+
 
 def shipped_examples() -> Path | None:
     """The example photos: installed with the package (``pixbatch/examples/`` in a wheel), or beside it
@@ -29,7 +31,7 @@ def shipped_examples() -> Path | None:
 @click.option("--images", type=click.IntRange(min=2), default=24, show_default=True,
               help="How many test images of --size px to cut from the photos.")
 @click.option("--size", type=click.IntRange(min=16), default=256, show_default=True, help="Input size in px.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="What computes on the CPU, as in `pixbatch upscale` (auto chooses for a job of IMAGES x SIZE^2 "
                    "input pixels).")
 @click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pixbatch.cli._options import TILE, FiniteFloat
+from pixbatch.cli._options import BACKENDS, PRECISIONS, TILE, FiniteFloat
 
 
 @click.group(name="eval", short_help="Evaluate models (PSNR/SSIM for super-resolution, IoU/Dice/AUC for segmentation).")
@@ -22,9 +22,13 @@ def eval_group() -> None:
 
 
 # both evaluators: the scores of a backend `pixbatch upscale/segment` can choose
-backend_option = click.option("--backend", type=click.Choice(["torch", "openvino"]), default="torch",
-                              show_default=True, help="What computes on the CPU: the scores of a backend "
-                                                      "`pixbatch upscale/segment` can choose.")
+# The vocabularies of the other commands, with the defaults that reproduce published numbers
+backend_option = click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
+                              help="What computes on the CPU, as in `pixbatch upscale/segment` (the scores of a "
+                                   "backend they can choose); torch by default, as published numbers are computed.")
+precision_option = click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+                                help="Compute precision, as in `pixbatch upscale/segment` (auto: bf16/fp16 where "
+                                     "they would use it); fp32 by default: published numbers are reproduced in fp32.")
 
 
 def _renamed(old: str, new: str):
@@ -48,8 +52,7 @@ def _renamed(old: str, new: str):
               help="Use these LR images (NAMExS.png or NAME.png) instead of MATLAB-bicubic downscaling.")
 @click.option("--lr", "lr_dir_old", default=None, hidden=True, callback=_renamed("--lr", "--lr-images"),
               type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="Compute precision; published numbers are reproduced in fp32.")
+@precision_option
 @backend_option
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
@@ -66,13 +69,14 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backe
     lr_dir = lr_dir or lr_dir_old
     from pixbatch.cli.session import load_runner
     from pixbatch.eval.sr import evaluate_sr, mean_metrics
-    from pixbatch.runtime.device import StartupError
+    from pixbatch.runtime.device import StartupError, precision_name
     from pixbatch.runtime.jobs import one_line
     from pixbatch.runtime.prepare import ModelFailedError
 
     try:
         runner = load_runner(app.device, model_name, scale, precision, False, True, n_jobs=0, kernels="auto",
                              backend=backend, info=app.info)
+        precision = precision_name(runner.dtype) if precision == "auto" else precision  # what it computed in
         results = evaluate_sr(runner, hr_dir, lr_dir, on_error=app.file_error)
     except (StartupError, FileNotFoundError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
@@ -133,8 +137,7 @@ MULTICLASS_COLUMNS = ("miou", "mean_accuracy", "accuracy")
               help="Tile edge in input px, as in `pixbatch segment`.")
 @click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True,
               help="Context px on each side of a tile, as in `pixbatch segment`.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="Compute precision; published numbers are reproduced in fp32.")
+@precision_option
 @backend_option
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
@@ -156,13 +159,14 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, class
     from pixbatch.eval.seg import evaluate_seg
     from pixbatch.eval.sr import mean_metrics
     from pixbatch.io.pairs import PairingError
-    from pixbatch.runtime.device import StartupError
+    from pixbatch.runtime.device import StartupError, precision_name
     from pixbatch.runtime.jobs import one_line
     from pixbatch.runtime.prepare import ModelFailedError
 
     try:
         runner = load_runner(app.device, model_name, None, precision, False, True, n_jobs=0, kernels="torch", task="seg",
                              backend=backend, info=app.info)
+        precision = precision_name(runner.dtype) if precision == "auto" else precision  # what it computed in
         training = runner.info.training or {}
         if threshold is None:
             threshold = float(training.get("threshold", 0.5))

@@ -9,6 +9,11 @@ from pixbatch.models import ModelInfo
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def precision_name(dtype: torch.dtype) -> str:
+    """The --precision word for a compute dtype ("bf16" for torch.bfloat16)."""
+    return {v: k for k, v in PRECISIONS.items()}[dtype]
+
+
 COMPILE_MIN_JOBS = 32  # torch.compile pays for its start-up (tens of seconds) on GPU jobs this large
 
 

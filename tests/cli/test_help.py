@@ -71,3 +71,30 @@ def test_models_table_columns_line_up():
         name = row.split()[0]
         assert row.index(row.split()[1], len(name)) == arch_at, row
         assert re.search(r" ([\d,]{3,})  ", row).end(1) == params_end, row
+
+
+def test_every_command_speaks_one_precision_and_backend_vocabulary():
+    """--precision and --backend take the same words everywhere (eval keeps fp32 and torch as defaults),
+    and --backend's are the ones the engine's backend factory knows."""
+    import click
+
+    from pixbatch.cli._options import BACKENDS, PRECISIONS
+    from pixbatch.runtime.backends import CHOICES
+
+    assert BACKENDS == CHOICES
+    seen = {}
+
+    def walk(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+        for p in command.params:
+            if isinstance(p, click.Option) and p.name in ("precision", "backend"):
+                seen[(path, p.name)] = (tuple(p.type.choices), p.default)
+
+    walk(cli, "pixbatch")
+    assert {path for path, _ in seen} >= {"pixbatch upscale", "pixbatch segment", "pixbatch stylize",
+                                          "pixbatch eval sr", "pixbatch eval seg", "pixbatch bench"}
+    for (path, name), (choices, default) in seen.items():
+        assert choices == (PRECISIONS if name == "precision" else BACKENDS), (path, name)
+        if path.startswith("pixbatch eval"):
+            assert default == {"precision": "fp32", "backend": "torch"}[name]

@@ -77,6 +77,24 @@ def test_a_checkpoint_file_heads_the_table_with_its_own_name(tmp_path, tiny_chec
                                       str(tmp_path / "hr")])
     summary = json.loads(result.stdout)
     assert summary["model"] == "tiny_x2.safetensors (edsr_tiny_x2)" and summary["arch"] == "edsr_tiny_x2"
+    assert (summary["precision"], summary["backend"]) == ("fp32", "torch")  # eval's defaults
+
+
+def test_precision_and_backend_auto_report_what_they_chose(tmp_path, tiny_checkpoint):
+    """`eval --precision auto --backend auto` decides as upscale would, and says what it computed in."""
+    import torch
+
+    from pixbatch.models import create_model
+    from pixbatch.runtime.device import precision_name, resolve_precision
+
+    (tmp_path / "hr").mkdir()
+    Image.fromarray(gradient_rgb(24, 32)).save(tmp_path / "hr" / "a.png")
+    result = CliRunner().invoke(cli, ["--device", "cpu", "--json", "eval", "sr", "--model", str(tiny_checkpoint),
+                                      "--hr", str(tmp_path / "hr"), "--precision", "auto", "--backend", "auto"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    chosen = resolve_precision("auto", torch.device("cpu"), create_model(tiny_checkpoint).info)
+    assert summary["precision"] == precision_name(chosen) and summary["backend"] == "torch"  # a small job
 
 
 @requires_data
