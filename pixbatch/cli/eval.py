@@ -21,8 +21,7 @@ def eval_group() -> None:
     """
 
 
-# both evaluators: the scores of a backend `pixbatch upscale/segment` can choose
-# The vocabularies of the other commands, with the defaults that reproduce published numbers
+# Both evaluators: the vocabularies of the other commands, with the defaults that reproduce published numbers
 backend_option = click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
                               help="What computes on the CPU, as in `pixbatch upscale/segment` (the scores of a "
                                    "backend they can choose); torch by default, as published numbers are computed.")

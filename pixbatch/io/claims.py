@@ -65,15 +65,20 @@ def _owner_alive(token: str, age: float) -> bool:
     return start == "-" or _start_time(pid) in ("", start)
 
 
+def _write_new(path: Path, owner: str) -> None:
+    """Create ``path`` (FileExistsError if it exists) holding ``owner``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        os.write(fd, owner.encode())
+    finally:
+        os.close(fd)
+
+
 def _create(path: Path, owner: str) -> bool:
     """Create the claim file holding ``owner``, atomically; False if it exists."""
     tmp = temp_path(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            os.write(fd, owner.encode())
-        finally:
-            os.close(fd)
+        _write_new(tmp, owner)
         try:
             os.link(tmp, path)  # appears whole or not at all; exactly one of two racing runs wins
             return True
@@ -84,13 +89,9 @@ def _create(path: Path, owner: str) -> bool:
     finally:
         tmp.unlink(missing_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        _write_new(path, owner)
     except FileExistsError:
         return False
-    try:
-        os.write(fd, owner.encode())
-    finally:
-        os.close(fd)
     return True
 
 
