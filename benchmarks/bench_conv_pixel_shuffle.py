@@ -41,11 +41,12 @@ class Layer:
 
 def model_layers() -> list[Layer]:
     """Every fusable conv -> PixelShuffle of the shipped models (and the foreign compact one)."""
-    from pixbatch.models import DEFAULT_SR_MODELS, create_model
+    from pixbatch.models import create_model
     from pixbatch.ops.conv_pixel_shuffle import ConvPixelShuffle
     from pixbatch.runtime.fuse import fuse_upsamplers
+    from pixbatch.tasks.defaults import UPSCALE
 
-    names = list(DEFAULT_SR_MODELS.values()) + ([str(COMPACT)] if COMPACT.is_file() else [])
+    names = list(UPSCALE.models.values()) + ([str(COMPACT)] if COMPACT.is_file() else [])
     layers = []
     for name in names:
         fused, _ = fuse_upsamplers(create_model(name).module)

@@ -33,9 +33,11 @@ def main() -> None:
     args = p.parse_args()
 
     from pixbatch.bench.pipeline import bench_upscale, format_report
+    from pixbatch.runtime.spec import ComputeSpec
 
     photos = next([d] for d in PHOTOS if d.is_dir())
-    result = bench_upscale(args.model, photos, images=args.images, size=args.size, device=args.device,
+    result = bench_upscale(args.model, photos, images=args.images, size=args.size,
+                           compute=ComputeSpec(device=args.device),
                            log=lambda m: print(m, file=sys.stderr))
     result["photos"] = str(photos[0])
     print("\n".join(format_report(result)))

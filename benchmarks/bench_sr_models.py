@@ -20,16 +20,17 @@ def main() -> None:
     import argparse
 
     from pixbatch.eval.sr import evaluate_sr, mean_metrics
-    from pixbatch.models import DEFAULT_SR_MODELS, create_model
+    from pixbatch.models import create_model
     from pixbatch.runtime.device import resolve_device, resolve_precision
     from pixbatch.runtime.prepare import prepare_model
+    from pixbatch.tasks.defaults import UPSCALE
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="*", help="models or checkpoints (default: shipped + published ones)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     device = resolve_device("auto")
-    names = args.models or list(DEFAULT_SR_MODELS.values()) + [
+    names = args.models or list(UPSCALE.models.values()) + [
         str(q) for q in (SHARED_DATA / "weights" / "imdn_x4.pth", SHARED_DATA / "weights" / "realesr-animevideov3.pth") if q.is_file()]
     rows = []
     for name in names:

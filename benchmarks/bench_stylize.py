@@ -64,11 +64,12 @@ def main() -> None:
     from pixbatch.io.discover import plan_jobs
     from pixbatch.io.encode import EncodeOptions
     from pixbatch.models import LoadedModel, build_registered, create_model
-    from pixbatch.models.checkpoint import describe_native
+    from pixbatch.models.info import describe_native
     from pixbatch.runtime.device import resolve_device
-    from pixbatch.runtime.engine import JobOptions, run_job
+    from pixbatch.runtime.engine import run_job
     from pixbatch.runtime.prepare import prepare_model
-    from pixbatch.tasks.stylize import StylizeTask, style_windowing
+    from pixbatch.runtime.spec import JobSpec
+    from pixbatch.tasks.stylize import StylizeTask
 
     device = resolve_device(args.device)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -131,7 +132,7 @@ def main() -> None:
                 set_subpixel(runner.module, sub)
                 out = Path(tmp) / f"out-{len(e2e)}"
                 plan = plan_jobs([src], out, overwrite=True)
-                opts = JobOptions(windowing=style_windowing(), encode=EncodeOptions(overwrite=True))
+                opts = JobSpec(windowing=StylizeTask.windowing(), encode=EncodeOptions(overwrite=True))
                 t0 = time.perf_counter()
                 report = run_job(StylizeTask(runner), plan, opts, log=lambda m: None)
                 secs = time.perf_counter() - t0

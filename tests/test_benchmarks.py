@@ -69,12 +69,12 @@ def test_sr_frontier_pareto_front_and_committed_result(tmp_path):
             [("slow_good", 90, 32.3), ("fast_bad", 3, 28.4), ("dominated", 40, 31.0), ("mid", 20, 32.1), ("tie_slower", 25, 32.1)]]
     assert pareto(rows, "ms", "db") == ["fast_bad", "mid", "slow_good"]
 
-    from pixbatch.models import DEFAULT_SR_MODELS
+    from pixbatch.tasks.defaults import UPSCALE
 
     result = json.loads((REPO / "benchmarks" / "results" / "sr_frontier_cpu.json").read_text())
     by_name = {r["model"]: r for r in result["rows"]}
     assert result["pareto_front"] == pareto(result["rows"], "default_ms", "set5_psnr_y_default")
-    default = by_name[DEFAULT_SR_MODELS[4]]
+    default = by_name[UPSCALE.models[4]]
     assert default["model"] in result["pareto_front"] and default["set5_psnr_y"] >= 32.0
     assert default["default_ms"] <= 1.5 * by_name["edsr_tiny_x4"]["default_ms"]
 

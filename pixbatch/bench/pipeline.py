@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pixbatch.runtime.spec import ComputeSpec, JobSpec
+
 
 def cpu_name() -> str:
     try:
@@ -189,9 +191,10 @@ def openvino_loop(module: torch.nn.Module, size: int):
     return loop, setup
 
 
-def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int = 256, device: str = "auto",
-                  backend: str = "auto", log=print, on_line=None) -> dict:
+def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int = 256,
+                  compute: ComputeSpec | None = None, log=print, on_line=None) -> dict:
     """Stage capacities, the pipeline and the plain loop on one generated folder; returns the figures.
+    ``compute``: the pipeline's device, precision and backend (default: the commands' defaults).
     ``on_line`` receives the report's lines as each measurement finishes (a run takes minutes)."""
     import copy
 
@@ -199,11 +202,12 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
     from pixbatch.models import create_model
     from pixbatch.runtime.backends import TORCH_THREADS
     from pixbatch.runtime.device import compile_by_default, resolve_device, resolve_precision
-    from pixbatch.runtime.engine import JobOptions, run_job
+    from pixbatch.runtime.engine import run_job
     from pixbatch.runtime.prepare import prepare_model
     from pixbatch.tasks.upscale import UpscaleTask
 
-    dev = resolve_device(device)
+    compute = compute or ComputeSpec()
+    dev = resolve_device(compute.device)
     loaded = create_model(model)
     s = loaded.info.scale
     env = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
@@ -217,9 +221,11 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
         tmp = Path(tmp)
         files = make_photo_folder(tmp / "in", photos, images, size)
         out_mp = images * (size * s) ** 2 / 1e6
-        opts = JobOptions()
-        runner = prepare_model(copy.deepcopy(loaded), dev, resolve_precision("auto", dev, loaded.info),
-                               compile=compile_by_default(dev, images), backend=backend,
+        opts = JobSpec(compute=compute)
+        compile_ = compute.compile if compute.compile is not None else compile_by_default(dev, images)
+        runner = prepare_model(copy.deepcopy(loaded), dev, resolve_precision(compute.precision, dev, loaded.info),
+                               channels_last=compute.channels_last, compile=compile_, kernels=compute.kernels,
+                               backend=compute.backend,
                                job_pixels=images * size * size)
         if runner.backend_note:
             say(runner.backend_note)

@@ -9,6 +9,15 @@ from pathlib import Path
 import click
 
 from pixbatch.io.decode import DEFAULT_MAX_PIXELS
+from pixbatch.runtime.spec import (
+    MAX_TILE,
+    MIN_TILE,
+    BackendChoice,
+    ComputeSpec,
+    KernelChoice,
+    Precision,
+    TaskDefaults,
+)
 
 
 def _check_suffix(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -32,10 +41,8 @@ STYLE_NETS_HINT = ("ready-made ones are the pretrained models of PyTorch's fast_
                    "mosaic.pth, rain_princess.pth, udnie.pth: run download_saved_models.py in "
                    "pytorch/examples/fast_neural_style), or train one with `pixbatch train style`")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision, in every command
-BACKENDS = ("auto", "torch", "openvino")  # --backend, in every command (runtime/backends.py's CHOICES)
-
-MIN_TILE, MAX_TILE = 16, 32768
+PRECISIONS = Precision.words()  # --precision, in every command
+BACKENDS = BackendChoice.words()  # --backend, in every command
 
 
 class TileSize(click.ParamType):
@@ -140,15 +147,16 @@ precision_options = _apply([
 
 
 
-def window_options(tile: int, overlap: int | None, overlap_default: str):
-    """``--tile``, ``--overlap`` and ``--batch-size``: the same meaning in every command, defaults per task."""
+def window_options(defaults: TaskDefaults):
+    """``--tile``, ``--overlap`` and ``--batch-size``: the same meaning in every command, the task's defaults
+    (pixbatch/tasks/defaults.py)."""
     return _apply([
-        click.option("-t", "--tile", type=TILE, default=tile, show_default=True,
+        click.option("-t", "--tile", type=TILE, default=defaults.tile, show_default=True,
                      help="Tile edge in input px: images are cut into tiles of at most this size, each run in a "
                           "window with --overlap px of context on every side (0 = from the memory budget: whole "
                           "images when they fit)."),
-        click.option("--overlap", "--tile-overlap", "overlap", type=click.IntRange(min=0), default=overlap,
-                     show_default=overlap_default,
+        click.option("--overlap", "--tile-overlap", "overlap", type=click.IntRange(min=0), default=defaults.overlap,
+                     show_default=defaults.overlap_shown,
                      help="Context px on each side of a tile; neighbouring windows share twice this."),
         click.option("--blend/--crop", default=False, show_default=True,
                      help="Crop: keep each tile's own output (exact when --overlap covers the model's reach). "
@@ -159,8 +167,15 @@ def window_options(tile: int, overlap: int | None, overlap_default: str):
     ])
 
 
+def compute_spec(app, precision: str, compile_: bool | None, channels_last: bool, backend: str,
+                 kernels: str = KernelChoice.AUTO) -> ComputeSpec:
+    """The compute half of a job spec, from ``precision_options`` (and ``--kernels``) and the global --device."""
+    return ComputeSpec(device=app.device, precision=precision, compile=compile_, channels_last=channels_last,
+                       backend=backend, kernels=kernels)
+
+
 kernels_option = click.option(
-    "--kernels", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True,
+    "--kernels", type=click.Choice(KernelChoice.words()), default=KernelChoice.AUTO.value, show_default=True,
     help="Fused Triton conv+PixelShuffle kernels (GPU); auto uses them where they measure faster.")
 
 

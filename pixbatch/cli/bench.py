@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from pixbatch.cli._options import BACKENDS
+from pixbatch.runtime.spec import ComputeSpec
 
 
 def shipped_examples() -> Path | None:
@@ -57,7 +58,8 @@ def bench(app, model_name, photos, images, size, backend, out_json) -> None:
     if not sources:
         app.fail_start("the example photos are missing from this installation: pass --photos FOLDER")
     try:
-        result = bench_upscale(model_name, sources, images=images, size=size, device=app.device, backend=backend,
+        result = bench_upscale(model_name, sources, images=images, size=size,
+                               compute=ComputeSpec(device=app.device, backend=backend),
                                log=app.info,
                                on_line=None if app.as_json else click.echo)  # each line as it is measured
     except (FileNotFoundError, ValueError) as exc:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from pixbatch.cli._options import BACKENDS, PRECISIONS, TILE, FiniteFloat
+from pixbatch.runtime.spec import BackendChoice, ComputeSpec, KernelChoice, ModelSpec, Precision
+from pixbatch.tasks.defaults import SEGMENT
+
+# Both evaluators: the other commands' vocabularies, with defaults that reproduce published numbers (fp32,
+# PyTorch, no compile: a score measures the model, not a backend's rounding)
+EVAL_COMPUTE = ComputeSpec(precision=Precision.FP32, backend=BackendChoice.TORCH, compile=False)
 
 
 @click.group(name="eval", short_help="Evaluate models (PSNR/SSIM for super-resolution, IoU/Dice/AUC for segmentation).")
@@ -21,11 +28,12 @@ def eval_group() -> None:
     """
 
 
-# Both evaluators: the vocabularies of the other commands, with the defaults that reproduce published numbers
-backend_option = click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
+backend_option = click.option("--backend", type=click.Choice(BACKENDS), default=EVAL_COMPUTE.backend.value,
+                              show_default=True,
                               help="What computes on the CPU, as in `pixbatch upscale/segment` (the scores of a "
                                    "backend they can choose); torch by default, as published numbers are computed.")
-precision_option = click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+precision_option = click.option("--precision", type=click.Choice(PRECISIONS), default=EVAL_COMPUTE.precision.value,
+                                show_default=True,
                                 help="Compute precision, as in `pixbatch upscale/segment` (auto: bf16/fp16 where "
                                      "they would use it); fp32 by default: published numbers are reproduced in fp32.")
 
@@ -73,9 +81,9 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backe
     from pixbatch.runtime.prepare import ModelFailedError
 
     try:
-        runner = load_runner(app.device, model_name, scale, precision, False, True, n_jobs=0, kernels="auto",
-                             backend=backend, info=app.info)
-        precision = precision_name(runner.dtype) if precision == "auto" else precision  # what it computed in
+        compute = replace(EVAL_COMPUTE, device=app.device, precision=precision, backend=backend)
+        runner = load_runner(ModelSpec(model_name, scale, task="sr"), compute, n_jobs=0, info=app.info)
+        precision = precision_name(runner.dtype)  # what it computed in (auto resolved)
         results = evaluate_sr(runner, hr_dir, lr_dir, on_error=app.file_error)
     except (StartupError, FileNotFoundError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
@@ -116,7 +124,7 @@ MULTICLASS_COLUMNS = ("miou", "mean_accuracy", "accuracy")
 
 
 @eval_group.command(name="seg", short_help="IoU/Dice/AUC of a segmentation model.")
-@click.option("--model", "model_name", default="unet_drive", show_default=True, metavar="NAME|PATH",
+@click.option("--model", "model_name", default=SEGMENT.model_for(None), show_default=True, metavar="NAME|PATH",
               help="A built-in segmentation model or a checkpoint.")
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of test images.")
@@ -132,9 +140,9 @@ MULTICLASS_COLUMNS = ("miou", "mean_accuracy", "accuracy")
               help="Names of the classes, in index order (default: the ones stored in the checkpoint).")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Multi-class models: also write the confusion matrix as a PNG picture.")
-@click.option("--tile", type=TILE, default=896, show_default=True,
+@click.option("--tile", type=TILE, default=SEGMENT.tile, show_default=True,
               help="Tile edge in input px, as in `pixbatch segment`.")
-@click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True,
+@click.option("--overlap", type=click.IntRange(min=0), default=SEGMENT.overlap, show_default=True,
               help="Context px on each side of a tile, as in `pixbatch segment`.")
 @precision_option
 @backend_option
@@ -163,9 +171,10 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, class
     from pixbatch.runtime.prepare import ModelFailedError
 
     try:
-        runner = load_runner(app.device, model_name, None, precision, False, True, n_jobs=0, kernels="torch", task="seg",
-                             backend=backend, info=app.info)
-        precision = precision_name(runner.dtype) if precision == "auto" else precision  # what it computed in
+        compute = replace(EVAL_COMPUTE, device=app.device, precision=precision, backend=backend,
+                          kernels=KernelChoice.TORCH)
+        runner = load_runner(ModelSpec(model_name, task="seg"), compute, n_jobs=0, info=app.info)
+        precision = precision_name(runner.dtype)  # what it computed in (auto resolved)
         training = runner.info.training or {}
         if threshold is None:
             threshold = float(training.get("threshold", 0.5))

@@ -33,11 +33,8 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
       pixbatch models style_weights/udnie/ --save udnie.safetensors
     """
     from pixbatch.models import (
-        DEFAULT_SEG_MODEL,
-        DEFAULT_SR_MODELS,
         UnknownModelError,
         UnsupportedModelError,
-        count_params,
         create_model,
         list_models,
         model_entry,
@@ -81,18 +78,16 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
         for k, v in rows:
             click.echo(f"{k:>16}: {v}")
         return
-    defaults = {v: k for k, v in DEFAULT_SR_MODELS.items()}
-    entries = []
-    import torch
+    from pixbatch.tasks.defaults import SEGMENT, UPSCALE
 
-    for name in list_models(pattern):
+    defaults = {v: k for k, v in UPSCALE.models.items()}
+    entries = []
+    for name in list_models(pattern):  # as the registry describes each
         entry = model_entry(name)
-        with torch.device("meta"):  # shapes only: no memory, no initialisation work
-            module = entry.build()
-        entries.append({"name": name, "family": entry.family, "arch": type(module).__name__, "task": entry.task,
-                        "scale": int(module.scale),
-                        "classes": int(module.out_channels) if entry.task == "seg" else None,
-                        "params": count_params(module), "weights": entry.weights is not None,
+        info = entry.describe()
+        entries.append({"name": name, "family": entry.family, "arch": info.arch, "task": entry.task,
+                        "scale": info.scale, "classes": info.out_channels if entry.task == "seg" else None,
+                        "params": info.params, "weights": entry.weights is not None,
                         "default_for_scale": defaults.get(name)})
     entries.sort(key=lambda e: not e["weights"])  # shipped weights first, then by name
     if app.as_json:
@@ -105,7 +100,7 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
         note = "shipped" if e["weights"] else "-"
         if e["default_for_scale"]:
             note += f" (default for --scale {e['default_for_scale']})"
-        elif e["name"] == DEFAULT_SEG_MODEL:
+        elif e["name"] == SEGMENT.model_for(None):
             note += " (default for segment)"
         task = {"sr": f"x{e['scale']}", "style": "style"}.get(e["task"], "segment")
         click.echo(f"{e['name']:<{name_w}}  {e['arch']:<{arch_w}}  {task:>7} {e['params']:>12,}  {note}")

@@ -28,6 +28,7 @@ class App:
     ray: dict = field(default_factory=dict)  # --ray options, when given
     make_runner: Any = None  # builds the runner as start_runner did (on Ray workers)
     runner: Any = None
+    loaded: Any = None  # the model, when planning had to load it (``model_scale``); start_runner takes it
     file_errors: list = field(default_factory=list)  # (path, reason) of inputs eval/train had to leave out
 
     current: ClassVar[App | None] = None  # this invocation's App, for main()
@@ -110,10 +111,45 @@ class App:
             self.finish(Report())
         return plan, dst_root
 
-    def start_runner(self, plan, dst, model_name: str | None, scale: int | None, precision: str,
-                     compile_: bool | None, channels_last: bool, *, kernels: str = "auto", backend: str = "torch",
-                     task: str = "sr"):
-        """The prepared model for a planned job, after checking DST is writable; else exit 1."""
+    def huge_outputs(self, fmt: str, max_pixels: int, factor):
+        """For ``plan``: each input's output suffix, ".tif" (written tile by tile) where the output, of
+        ``factor()`` times the input's edges, is above ``max_pixels``; None when there is no limit.
+        ``factor`` is asked once, when the first input is planned."""
+        if not max_pixels:
+            return None
+        from functools import cache
+
+        from pixbatch.io.discover import header_pixels, output_suffix
+
+        area = cache(lambda: factor() ** 2)
+
+        def suffix_of(path) -> str:
+            pixels = header_pixels(path)
+            return ".tif" if pixels is not None and pixels * area() > max_pixels else output_suffix(path, fmt)
+
+        return suffix_of
+
+    def model_scale(self, model) -> int:
+        """The scale of the model a spec names, loading it only when neither the spec nor the task's
+        defaults say (a checkpoint file); the loaded model is kept for ``start_runner``."""
+        if model.scale is not None:
+            return model.scale
+        if model.name is None:
+            from pixbatch.cli.session import TASK_DEFAULTS
+
+            return TASK_DEFAULTS[model.task].scale
+        from pixbatch.cli.session import load_model
+        from pixbatch.runtime.device import StartupError
+
+        try:
+            self.loaded = load_model(model)
+        except StartupError as exc:
+            self.fail_start(str(exc))
+        return self.loaded.info.scale
+
+    def start_runner(self, plan, dst, spec):
+        """The prepared model of a planned job (``spec``: a JobSpec), after checking DST is writable;
+        else exit 1."""
         from pixbatch.cli.session import load_runner
         from pixbatch.io.discover import header_pixels
         from pixbatch.runtime.device import StartupError
@@ -121,25 +157,23 @@ class App:
 
         if self.ray and "address" not in self.ray:
             raise click.UsageError("--ray-workers and --ray-gpus-per-worker need --ray")
-        runner_args = {"device_spec": self.device, "model_name": model_name, "scale": scale,
-                       "precision": precision, "compile_": compile_, "channels_last": channels_last,
-                       "n_jobs": len(plan.todo), "kernels": kernels, "backend": backend, "task": task,
-                       # input pixels, from headers planning has read already
-                       "job_pixels": sum(header_pixels(j.src) or 0 for j in plan.todo)}
-        self.make_runner = partial(load_runner, **runner_args)
+        # input pixels, from headers planning has read already
+        sizing = {"n_jobs": len(plan.todo), "job_pixels": sum(header_pixels(j.src) or 0 for j in plan.todo)}
+        self.make_runner = partial(load_runner, spec.model, spec.compute, **sizing)
         try:
             if self.ray:  # before the model loads: a missing extra is an instant error
                 from pixbatch.runtime.ray_executor import require_ray
 
                 require_ray()
-            runner = load_runner(**runner_args, info=self.info)
+            loaded, self.loaded = self.loaded, None
+            runner = load_runner(spec.model, spec.compute, **sizing, info=self.info, loaded=loaded)
             check_destination(dst)
         except StartupError as exc:
             self.fail_start(str(exc))
         self.runner = runner
         return runner
 
-    def run(self, make_task, plan, opts) -> None:
+    def run(self, make_task, plan, spec) -> None:
         """Run a planned job through the engine (here, or on Ray with --ray), print the summary and exit.
         ``make_task(runner)`` builds the task; Ray workers build it again around their own runner."""
         from pixbatch.runtime.engine import run_job
@@ -154,12 +188,12 @@ class App:
 
             settings = RaySettings(**self.ray)
             try:
-                run_on_ray(make_task, task, self.make_runner, plan, opts, settings, progress=self.progress,
+                run_on_ray(make_task, task, self.make_runner, plan, spec, settings, progress=self.progress,
                            log=self.log, info=self.info, report=self.report, verbose=self.verbosity >= 1)
             except StartupError as exc:
                 self.fail_start(str(exc))
         else:
-            run_job(task, plan, opts, progress=self.progress, log=self.log, info=self.info, report=self.report)
+            run_job(task, plan, spec, progress=self.progress, log=self.log, info=self.info, report=self.report)
         self.info("settings: " + ", ".join(f"{k}={v}" for k, v in self.report.settings.items()))
         self.finish(self.report)
 

@@ -9,21 +9,24 @@ import click
 
 from pixbatch.cli._options import (
     FiniteFloat,
+    compute_spec,
     io_options,
     png_compression_option,
     precision_options,
     ray_options,
     window_options,
 )
+from pixbatch.runtime.spec import ModelSpec
+from pixbatch.tasks.defaults import SEGMENT
 
 
 @click.command(short_help="Segment images and folders of images (masks, probabilities, overlays).")
 @io_options
 @png_compression_option
-@window_options(896, 64, "64")
+@window_options(SEGMENT)
 @precision_options
 @ray_options
-@click.option("-m", "--model", "model_name", default="unet_drive", show_default=True, metavar="NAME|PATH",
+@click.option("-m", "--model", "model_name", default=SEGMENT.model_for(None), show_default=True, metavar="NAME|PATH",
               help="A built-in segmentation model or a checkpoint written by `pixbatch train seg`.")
 @click.option("--threshold", type=FiniteFloat(0, 1), default=None,
               help="Probability above which a pixel is foreground (binary models; default: the model's, else 0.5).")
@@ -61,13 +64,14 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
     plan, dst_root = app.plan(src, dst, one_output=False, suffix=suffix, glob=glob, overwrite=not skip_existing,
                     suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png")
     from pixbatch.io.encode import EncodeOptions
-    from pixbatch.runtime.engine import JobOptions
-    from pixbatch.tasks.segment import SegmentTask, segment_windowing
+    from pixbatch.runtime.spec import JobSpec
+    from pixbatch.tasks.segment import SegmentTask
 
-    app.start_runner(plan, dst_root, model_name, None, precision, compile_, channels_last, backend=backend, task="seg")
-    opts = JobOptions(
-        windowing=segment_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
+    spec = JobSpec(
+        model=ModelSpec(model_name, task="seg"), compute=compute_spec(app, precision, compile_, channels_last, backend),
+        windowing=SegmentTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels, encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),
     )
+    app.start_runner(plan, dst_root, spec)
     app.run(partial(SegmentTask, threshold=threshold, probabilities=prob_format if probabilities else None,
-                    overlay=overlay, overlay_alpha=overlay_alpha, ignore_index=ignore_index), plan, opts)
+                    overlay=overlay, overlay_alpha=overlay_alpha, ignore_index=ignore_index), plan, spec)

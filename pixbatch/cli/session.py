@@ -7,24 +7,26 @@ from collections.abc import Callable
 
 import torch
 
+from pixbatch.models import LoadedModel
 from pixbatch.runtime.device import StartupError, compile_by_default, resolve_device, resolve_precision
 from pixbatch.runtime.prepare import Runner, prepare_model
+from pixbatch.runtime.spec import ComputeSpec, ModelSpec, NoDefaultModelError
+from pixbatch.tasks.defaults import SEGMENT, STYLIZE, UPSCALE
 
 TASK_COMMAND = {"sr": "pixbatch upscale", "seg": "pixbatch segment", "style": "pixbatch stylize"}
+TASK_DEFAULTS = {"sr": UPSCALE, "seg": SEGMENT, "style": STYLIZE}
 
 
-def load_model_for_scale(model_name: str | None, scale: int | None, task: str = "sr"):
-    from pixbatch.models import (
-        UnknownModelError,
-        UnsupportedModelError,
-        create_model,
-        default_model_for_scale,
-    )
+def load_model(spec: ModelSpec):
+    """The model a command asked for (its task's default when it named none), checked against the task
+    and the scale asked for; else StartupError."""
+    from pixbatch.models import UnknownModelError, UnsupportedModelError, create_model
 
+    model_name, scale, task = spec.name, spec.scale, spec.task
     try:
-        name = model_name or default_model_for_scale(scale or 4)
+        name = model_name or TASK_DEFAULTS[task].model_for(scale)
         loaded = create_model(name, scale=scale)  # scale picks a multi-scale file's branch; names ignore it
-    except (UnknownModelError, UnsupportedModelError, FileNotFoundError) as exc:
+    except (UnknownModelError, UnsupportedModelError, NoDefaultModelError, FileNotFoundError) as exc:
         raise StartupError(str(exc)) from None
     info = loaded.info
     if info.task != task:
@@ -39,15 +41,15 @@ def load_model_for_scale(model_name: str | None, scale: int | None, task: str = 
     return loaded
 
 
-def load_runner(device_spec: str, model_name: str | None, scale: int | None, precision: str, compile_: bool | None,
-                channels_last: bool, *, n_jobs: int, kernels: str = "auto", backend: str = "torch",
-                job_pixels: int | None = None, task: str = "sr", info: Callable[[str], None] | None = None) -> Runner:
-    """The prepared model of a command, or StartupError; ``info`` receives one line describing it."""
-    device = resolve_device(device_spec)
-    loaded = load_model_for_scale(model_name, scale, task)
-    dtype = resolve_precision(precision, device, loaded.info)
-    if compile_ is None:
-        compile_ = compile_by_default(device, n_jobs)
+def load_runner(model: ModelSpec, compute: ComputeSpec, *, n_jobs: int, job_pixels: int | None = None,
+                info: Callable[[str], None] | None = None, loaded: LoadedModel | None = None) -> Runner:
+    """The prepared model of a command, or StartupError; ``info`` receives one line describing it.
+    ``n_jobs`` and ``job_pixels`` (input pixels) size the job for the choices that depend on it;
+    ``loaded``: ``model`` as ``load_model`` already loaded it."""
+    device = resolve_device(compute.device)
+    loaded = loaded if loaded is not None else load_model(model)
+    dtype = resolve_precision(compute.precision, device, loaded.info)
+    compile_ = compute.compile if compute.compile is not None else compile_by_default(device, n_jobs)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     what = {"sr": f"x{loaded.info.scale}", "style": "style"}.get(loaded.info.task,
@@ -55,8 +57,8 @@ def load_runner(device_spec: str, model_name: str | None, scale: int | None, pre
     (info or (lambda message: None))(f"model {loaded.info.name} ({loaded.info.arch}, {what}, {loaded.info.params:,} "
              f"parameters) on {device}, {str(dtype).removeprefix('torch.')}, compile={compile_}")
     try:
-        runner = prepare_model(loaded, device, dtype, channels_last=channels_last, compile=compile_, kernels=kernels,
-                               backend=backend, job_pixels=job_pixels)
+        runner = prepare_model(loaded, device, dtype, channels_last=compute.channels_last, compile=compile_,
+                               kernels=compute.kernels, backend=compute.backend, job_pixels=job_pixels)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     if runner.backend_note:

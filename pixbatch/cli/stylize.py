@@ -10,18 +10,21 @@ import click
 from pixbatch.cli._options import (
     STYLE_NETS_HINT,
     FiniteFloat,
+    compute_spec,
     format_options,
     io_options,
     precision_options,
     ray_options,
     window_options,
 )
+from pixbatch.runtime.spec import ModelSpec, Precision
+from pixbatch.tasks.defaults import STYLIZE
 
 
 @click.command(short_help="Stylise images and folders of images with a feed-forward style net.")
 @io_options
 @format_options
-@window_options(0, None, "the net's receptive field")
+@window_options(STYLIZE)
 @precision_options
 @ray_options
 @click.option("--style", "-m", "--model", "style", default=None, metavar="PATH",
@@ -58,25 +61,20 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     if style is None:
         raise click.UsageError(f"Missing option '--style' (a style net; none ships with pixbatch): {STYLE_NETS_HINT}")
 
-    plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
-    if max_pixels and max_side is None:  # outputs too large for memory go to tiled BigTIFFs
-        from pixbatch.io.discover import header_pixels, output_suffix
-
-        def suffix_of(p: Path) -> str:
-            pixels = header_pixels(p)
-            return ".tif" if pixels is not None and pixels > max_pixels else output_suffix(p, fmt)
-
-        plan, _ = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
-                           suffix_of=suffix_of)
+    # outputs too large for memory (as large as their inputs, unless --max-side) go to tiled BigTIFFs
+    huge = app.huge_outputs(fmt, max_pixels, lambda: 1) if max_side is None else None
+    plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
+                              suffix_of=huge)
     from pixbatch.io.encode import EncodeOptions
-    from pixbatch.runtime.engine import JobOptions
-    from pixbatch.tasks.stylize import StylizeTask, style_windowing
+    from pixbatch.runtime.spec import JobSpec
+    from pixbatch.tasks.stylize import StylizeTask
 
-    app.start_runner(plan, dst_root, style, None, precision, compile_, channels_last, backend=backend, task="style")
-    opts = JobOptions(
-        windowing=style_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
+    spec = JobSpec(
+        model=ModelSpec(style, task="style"), compute=compute_spec(app, precision, compile_, channels_last, backend),
+        windowing=StylizeTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),
     )
+    app.start_runner(plan, dst_root, spec)
     app.run(partial(StylizeTask, strength=strength, preserve_color=preserve_color, max_side=max_side,
-                    fp32_for_16bit=precision == "auto"), plan, opts)
+                    fp32_for_16bit=spec.compute.precision is Precision.AUTO), plan, spec)

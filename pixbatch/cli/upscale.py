@@ -9,6 +9,7 @@ import click
 
 from pixbatch.cli._options import (
     FiniteFloat,
+    compute_spec,
     format_options,
     io_options,
     kernels_option,
@@ -16,20 +17,19 @@ from pixbatch.cli._options import (
     ray_options,
     window_options,
 )
-
-DEFAULT_MODELS = {2: "edsr_tiny_x2", 3: "edsr_tiny_x3", 4: "rlfn_x4"}  # pixbatch.models.DEFAULT_SR_MODELS, for
-# --help without importing torch (a test holds the two equal)
+from pixbatch.runtime.spec import ModelSpec, Precision
+from pixbatch.tasks.defaults import UPSCALE
 
 
 @click.command(short_help="Upscale images and folders of images.")
 @click.option("-s", "--scale", type=click.IntRange(min=1), default=None,
-              help="Upscaling factor (default: the model's, or 4 with the built-in models).")
+              help=f"Upscaling factor (default: the model's, or {UPSCALE.scale} with the built-in models).")
 @click.option("-m", "--model", "model_name", default=None, metavar="NAME|PATH",
               help="A built-in model (see `pixbatch models`) or a checkpoint file (.safetensors/.pth). Default "
-                   "for --scale: " + ", ".join(f"{name} (x{s})" for s, name in DEFAULT_MODELS.items()) + ".")
+                   "for --scale: " + ", ".join(f"{name} (x{s})" for s, name in UPSCALE.models.items()) + ".")
 @io_options
 @format_options
-@window_options(0, None, "the model's receptive field")
+@window_options(UPSCALE)
 @precision_options
 @ray_options
 @kernels_option
@@ -56,29 +56,26 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
       pixbatch upscale in/ out/ --scale 4 --outscale 2
     """
 
-    if model_name is None and scale is not None and scale not in DEFAULT_MODELS:
-        raise click.BadParameter(f"the built-in models upscale by {', '.join(map(str, DEFAULT_MODELS))}; "
+    if model_name is None and scale is not None and scale not in UPSCALE.models:
+        raise click.BadParameter(f"the built-in models upscale by {', '.join(map(str, UPSCALE.models))}; "
                                  f"x{scale} needs --model PATH of such a model", param_hint="'-s' / '--scale'")
-    plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing)
+    model = ModelSpec(model_name, scale, task="sr")
+    # outputs too large for memory go to tiled BigTIFFs: the output size needs the model's scale, read
+    # (once, and only if there are inputs to plan) from the spec, the registry or the checkpoint
+    huge = app.huge_outputs(fmt, max_pixels, lambda: outscale or app.model_scale(model))
+    plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
+                              suffix_of=huge)
     from pixbatch.io.encode import EncodeOptions
-    from pixbatch.runtime.engine import JobOptions
-    from pixbatch.tasks.upscale import UpscaleTask, upscale_windowing
+    from pixbatch.runtime.spec import JobSpec
+    from pixbatch.tasks.upscale import UpscaleTask
 
-    runner = app.start_runner(plan, dst_root, model_name, scale, precision, compile_, channels_last, backend=backend, kernels=kernels)
-    if max_pixels:  # now that the scale is known: outputs too large for memory go to tiled BigTIFFs
-        from pixbatch.io.discover import header_pixels, output_suffix
-
-        factor = (outscale or runner.info.scale) ** 2
-
-        def suffix_of(p: Path) -> str:
-            pixels = header_pixels(p)
-            return ".tif" if pixels is not None and pixels * factor > max_pixels else output_suffix(p, fmt)
-
-        plan, _ = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
-                           suffix_of=suffix_of)
-    opts = JobOptions(
-        windowing=upscale_windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
+    spec = JobSpec(
+        model=model,
+        compute=compute_spec(app, precision, compile_, channels_last, backend, kernels),
+        windowing=UpscaleTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),
     )
-    app.run(partial(UpscaleTask, fp32_for_16bit=precision == "auto", outscale=outscale), plan, opts)
+    app.start_runner(plan, dst_root, spec)
+    app.run(partial(UpscaleTask, fp32_for_16bit=spec.compute.precision is Precision.AUTO, outscale=outscale), plan,
+            spec)

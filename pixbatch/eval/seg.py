@@ -14,7 +14,7 @@ import torch
 from pixbatch.eval.metrics import auc_roc, class_scores, confusion, confusion_matrix, scores_from_confusion
 from pixbatch.io.pairs import load_mask, pair_folders
 from pixbatch.runtime.prepare import Runner
-from pixbatch.tasks.segment import DEFAULT_OVERLAP, DEFAULT_TILE, predict_logits, without_void
+from pixbatch.tasks.segment import predict_logits, without_void
 
 
 @dataclass
@@ -23,16 +23,16 @@ class SegResult:
     scores: dict[str, float]
 
 
-def predict_probabilities(runner: Runner, pixels: np.ndarray, tile: int = DEFAULT_TILE,
-                          overlap: int = DEFAULT_OVERLAP) -> torch.Tensor:
+def predict_probabilities(runner: Runner, pixels: np.ndarray, tile: int | None = None,
+                          overlap: int | None = None) -> torch.Tensor:
     """(C, H, W) float32 probabilities (sigmoid for one channel, softmax otherwise) of an HWC image."""
     out = predict_logits(runner, pixels, tile, overlap).float().cpu()
     return torch.sigmoid(out) if out.shape[0] == 1 else torch.softmax(out, dim=0)
 
 
 def evaluate_seg(runner: Runner, images: Path, masks: Path, roi: Path | None = None, *, threshold: float = 0.5,
-                 ignore_index: int | None = None, tile: int = DEFAULT_TILE,
-                 overlap: int = DEFAULT_OVERLAP,
+                 ignore_index: int | None = None, tile: int | None = None,
+                 overlap: int | None = None,
                  on_error: Callable[[Path, str], None] | None = None) -> tuple[list[SegResult], dict]:
     """Per-image scores and the scores over all pixels of all images (``pooled``; AUC included). With
     ``on_error``, a pair that cannot be read or run is reported there (path, reason) and left out."""

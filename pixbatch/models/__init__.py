@@ -17,9 +17,8 @@ from pixbatch.models._registry import (
     list_models,
     model_entry,
     register_model,
-    register_recogniser,
 )
-from pixbatch.models.info import LoadedModel, ModelInfo, count_params
+from pixbatch.models.info import LoadedModel, ModelInfo, count_params, describe_native
 
 # Importing a family module registers its variants; families import only the registry.
 from pixbatch.models.seg import resnet_unet, segnet, unet  # noqa: F401, E402, I001
@@ -27,8 +26,6 @@ from pixbatch.models.sr import bsrn, carn, edsr, imdn, rlfn, safmn, smfan, span 
 from pixbatch.models.style import engstrom, johnson, mobilenet  # noqa: F401, E402
 
 __all__ = [
-    "DEFAULT_SEG_MODEL",
-    "DEFAULT_SR_MODELS",
     "LoadedModel",
     "ModelEntry",
     "ModelInfo",
@@ -38,26 +35,12 @@ __all__ = [
     "builtin_weights",
     "count_params",
     "create_model",
-    "default_model_for_scale",
     "list_models",
     "model_entry",
     "register_model",
-    "register_recogniser",
 ]
 
-# The model `pixbatch upscale` uses when no --model is given, per scale.
-DEFAULT_SR_MODELS = {2: "edsr_tiny_x2", 3: "edsr_tiny_x3", 4: "rlfn_x4"}
-DEFAULT_SEG_MODEL = "unet_drive"  # `pixbatch segment` without --model
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
-
-
-def default_model_for_scale(scale: int) -> str:
-    if scale not in DEFAULT_SR_MODELS:
-        raise UnknownModelError(
-            f"no built-in model for scale {scale}; built-in scales are "
-            f"{', '.join(map(str, sorted(DEFAULT_SR_MODELS)))} (or pass --model)"
-        )
-    return DEFAULT_SR_MODELS[scale]
 
 
 def looks_like_path(name_or_path: str) -> bool:
@@ -78,4 +61,4 @@ def create_model(name_or_path: str | Path, *, pretrained: bool = True, scale: in
     if weights is not None:
         loaded = checkpoint.load_checkpoint(weights)
         return LoadedModel(loaded.module, ModelInfo(**{**loaded.info.as_dict(), "source": "builtin"}))
-    return LoadedModel(module.eval(), checkpoint.describe_native(name, module, source="untrained"))
+    return LoadedModel(module.eval(), describe_native(name, module, source="untrained"))

@@ -1,18 +1,23 @@
-"""Registry of built-in architectures and of recognisers for checkpoints that others trained.
+"""Registry of built-in architectures: every variant with what its architecture declares.
 
-A leaf: family modules import it to register their variants (``@register_model``) and the
-published layouts they implement (``@register_recogniser``); ``pixbatch.models`` imports the families.
-Adding an architecture touches its family module only."""
+A leaf: family modules import it to register their variants (``@register_model``); ``pixbatch.models``
+imports the families. The published checkpoint layouts they implement are recognised in the order
+``models/recognisers.py`` lists them."""
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
+
+from pixbatch.models.info import ImageModel, ModelInfo, describe_native
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -27,18 +32,34 @@ class UnsupportedModelError(ValueError):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered variant and what is known about it without building it."""
+    """A registered variant: its builder, its architecture and what that declares (``ImageModel``)."""
 
     name: str
     build: Callable[..., nn.Module]
-    task: str  # "sr" (image -> image x scale), "seg" (image -> logits per pixel) or "style" (image -> image)
+    arch: type[ImageModel]
     family: str  # the module that defines it: "edsr", "imdn", "unet", ...
-    value_range: tuple[float, float] = (0.0, 1.0)  # input and output normalisation: RGB in [0, 1]
+
+    @property
+    def task(self) -> str:
+        return self.arch.task
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return self.arch.value_range
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return self.arch.precisions
 
     @property
     def weights(self) -> Path | None:
         """The shipped checkpoint, if the package has one."""
         return builtin_weights(self.name)
+
+    def describe(self) -> ModelInfo:
+        """Everything the variant declares (scale, classes, receptive field, size multiple, ...), read
+        from a copy built on the meta device: shapes only, no memory, no initialisation work."""
+        return _describe(self.name)
 
 
 # (state dict, requested scale) -> (registered name, builder kwargs[, the tensors renamed to the builder's
@@ -46,33 +67,27 @@ class ModelEntry:
 Recogniser = Callable[[dict, "int | None"], "tuple[str, dict] | tuple[str, dict, dict] | None"]
 
 _MODELS: dict[str, ModelEntry] = {}
-_RECOGNISERS: list[tuple[str, Recogniser]] = []
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a variant function under its own name (``family_variant``); the task is the family's
-    package (``models/sr`` or ``models/seg``)."""
+    """Register a variant function under its own name (``family_variant``). Its return annotation names
+    its architecture, an ``ImageModel`` whose declarations (task, precisions, normalisation) the entry
+    carries."""
     name = fn.__name__
     if name in _MODELS:
         raise ValueError(f"model {name!r} registered twice")
-    package, _, family = fn.__module__.rpartition(".")
-    task = package.rpartition(".")[2]
-    _MODELS[name] = ModelEntry(name, fn, task if task in ("seg", "style") else "sr", family)
+    arch = typing.get_type_hints(fn).get("return")
+    if not (isinstance(arch, type) and issubclass(arch, ImageModel)):
+        raise TypeError(f"{name} must be annotated with the ImageModel it builds (-> ArchName)")
+    _MODELS[name] = ModelEntry(name, fn, arch, fn.__module__.rpartition(".")[2])
     return fn
 
 
-def register_recogniser(arch: str) -> Callable[[Recogniser], Recogniser]:
-    """Register a function that recognises a published checkpoint layout from its keys and shapes.
-    Recognisers are tried in registration order, before spandrel."""
-    def add(fn: Recogniser) -> Recogniser:
-        _RECOGNISERS.append((arch, fn))
-        return fn
-
-    return add
-
-
-def recognisers() -> list[tuple[str, Recogniser]]:
-    return list(_RECOGNISERS)
+@functools.cache
+def _describe(name: str) -> ModelInfo:
+    with torch.device("meta"):
+        module = _MODELS[name].build()
+    return describe_native(name, module, source="builtin" if builtin_weights(name) else "untrained")
 
 
 def list_models(pattern: str = "*") -> list[str]:

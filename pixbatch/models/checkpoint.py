@@ -13,35 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pixbatch.models._registry import UnsupportedModelError, build_registered, recognisers
-from pixbatch.models.info import LoadedModel, ModelInfo, count_params
+from pixbatch.models._registry import UnsupportedModelError, build_registered
+from pixbatch.models.info import LoadedModel, describe_native
+from pixbatch.models.recognisers import RECOGNISERS
 
 METADATA_KEY = "pixbatch.config"
-
-
-def describe_native(name: str, module: nn.Module, *, source: str, path: str | None = None,
-                    training: dict | None = None, recognised_by: str | None = None,
-                    builder: dict | None = None) -> ModelInfo:
-    rf = module.receptive_field
-    return ModelInfo(
-        name=name,
-        arch=type(module).__name__,
-        source=source,
-        scale=int(module.scale),
-        in_channels=int(getattr(module, "in_channels", 3)),
-        out_channels=int(getattr(module, "out_channels", 3)),
-        params=count_params(module),
-        supports_fp16=True,
-        supports_bf16=True,
-        size_multiple=int(getattr(module, "size_multiple", 1)),
-        receptive_field=None if rf is None else int(rf),
-        path=path,
-        training=training,
-        recognised_by=recognised_by,
-        task=getattr(module, "task", "sr"),
-        builder=builder,
-        min_size=int(getattr(module, "min_size", 1)),
-    )
 
 
 def save_checkpoint(module: nn.Module, path: Path, *, name: str, kwargs: dict | None = None,
@@ -226,7 +202,7 @@ WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")  # first one pres
 
 
 def _recognise_native(tensors: dict, scale: int | None = None) -> tuple[str, dict, dict] | None:
-    """Published architectures implemented here (each family registers its recogniser), from their
+    """Published architectures implemented here (tried in models/recognisers.py's order), from their
     keys and shapes; DataParallel's ``module.`` prefix is allowed, and so are the wrappers training
     frameworks save (BasicSR's ``params_ema``, preferred as its test scripts do, or ``params``)."""
     for wrapper in WRAPPER_KEYS:
@@ -238,7 +214,7 @@ def _recognise_native(tensors: dict, scale: int | None = None) -> tuple[str, dic
         stripped = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
         if len(stripped) != len(tensors):
             continue
-        for _, recognise in recognisers():
+        for _, recognise in RECOGNISERS:
             found = recognise(stripped, scale)
             if found is not None:  # a recogniser may hand back the tensors renamed to our layout
                 return found[0], found[1], found[2] if len(found) > 2 else stripped

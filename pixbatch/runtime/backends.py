@@ -18,13 +18,14 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from pixbatch.runtime.spec import BackendChoice
+
 COMPILE_BUCKET = 64  # compiled runs pad (mirror, bottom/right) to multiples of this many px
 # backend "auto" tries OpenVINO for CPU jobs of at least this many input pixels: its conversion (about
 # 1 s per input shape) and the measurement that decides (a few more) are then a small share of the job
 OPENVINO_MIN_PIXELS = 64 * 2**20
 OPENVINO_PRECISION = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 TORCH_THREADS = torch.get_num_threads()  # PyTorch's own count, before a job on OpenVINO sets it to one
-CHOICES = ("auto", "torch", "openvino")  # what --backend takes
 
 
 class Backend(Protocol):
@@ -63,14 +64,14 @@ def openvino_source(module: nn.Module, device: torch.device, dtype: torch.dtype,
     from pixbatch.runtime.fuse import fuse_upsamplers
     from pixbatch.runtime.openvino_backend import openvino_available
 
-    if choice not in CHOICES:
-        raise ValueError(f"backend must be one of {', '.join(CHOICES)}, not {choice!r}")
-    if choice == "openvino":
+    if choice not in BackendChoice.words():
+        raise ValueError(f"backend must be one of {', '.join(BackendChoice.words())}, not {choice!r}")
+    if choice == BackendChoice.OPENVINO:
         if device.type != "cpu" or compile or dtype not in OPENVINO_PRECISION:
             raise ValueError("--backend openvino runs on the CPU, without --compile")
         if not openvino_available():
             raise ValueError("--backend openvino needs OpenVINO: pip install 'pixbatch[openvino]'")
-    elif (choice == "torch" or device.type != "cpu" or compile or dtype == torch.float16
+    elif (choice == BackendChoice.TORCH or device.type != "cpu" or compile or dtype == torch.float16
           or (job_pixels or 0) < OPENVINO_MIN_PIXELS or not openvino_available()):
         return None
     source = copy.deepcopy(module).to(memory_format=torch.contiguous_format)
@@ -93,7 +94,7 @@ def attach_backend(runner, choice: str, compile: bool, source: nn.Module | None)
     precision = OPENVINO_PRECISION[runner.dtype]
     backend = OpenVINOModel(source, runner.module, precision, task=runner.info.task,
                             in_channels=runner.info.in_channels, label=f"openvino ({precision})")
-    if choice == "openvino":
+    if choice == BackendChoice.OPENVINO:
         runner.compiled = backend
         torch.set_num_threads(1)
         return

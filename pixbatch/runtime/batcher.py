@@ -16,10 +16,8 @@ from pixbatch.runtime.canvas import BandReadError, Canvas, failure_reason, read_
 from pixbatch.runtime.jobs import Report
 from pixbatch.runtime.prepare import NON_FINITE, ModelFailedError, Runner
 from pixbatch.runtime.sources import TensorSource
+from pixbatch.runtime.spec import MIN_TILE
 from pixbatch.runtime.windows import Windowing, WindowPlan, plan_windows
-
-MIN_TILE = 16
-
 
 CPU_PIXEL_BUDGET = 512 * 512  # input pixels per window on the CPU: bounds RAM, costs no speed
 

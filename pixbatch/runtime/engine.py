@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,9 +18,8 @@ from torch.utils.data import DataLoader
 
 from pixbatch.io import claims
 from pixbatch.io.atomic import OutputExistsError
-from pixbatch.io.decode import DEFAULT_MAX_PIXELS, MODES_BY_CHANNELS, ImageMeta
+from pixbatch.io.decode import MODES_BY_CHANNELS, ImageMeta
 from pixbatch.io.discover import Job, Plan
-from pixbatch.io.encode import EncodeOptions
 from pixbatch.io.regions import RegionSource, TiffRegionReader
 from pixbatch.runtime.batcher import WindowEngine
 from pixbatch.runtime.canvas import Canvas
@@ -36,17 +34,8 @@ from pixbatch.runtime.sources import (
     start_loader,
     streams,
 )
+from pixbatch.runtime.spec import JobSpec
 from pixbatch.runtime.task import Task
-from pixbatch.runtime.windows import Windowing
-
-
-@dataclass
-class JobOptions:
-    windowing: Windowing = field(default_factory=Windowing)
-    workers: int | None = None  # decode processes; None = automatic
-    writers: int | None = None  # encode threads; None = automatic
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    encode: EncodeOptions = field(default_factory=EncodeOptions)
 
 
 def split_jobs(task: Task, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
@@ -57,7 +46,7 @@ def split_jobs(task: Task, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
     return [j for j in jobs if j not in chosen], streamed
 
 
-def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
+def run_job(task: Task, plan: Plan, spec: JobSpec, *, progress: bool = False,
             log: Callable[[str], None] = print, info: Callable[[str], None] | None = None,
             report: Report | None = None, decoded: Iterable[DecodeRecord] | None = None,
             owner: str | None = None) -> Report:
@@ -70,11 +59,11 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
 
     runner = task.runner
     report = report if report is not None else Report()
-    book = JobBook(plan, report, writers=opts.writers, progress=progress, log=log, info=info, owner=owner)
+    book = JobBook(plan, report, writers=spec.writers, progress=progress, log=log, info=info, owner=owner)
     in_memory, streamed = split_jobs(task, plan.todo)
-    workers = 0 if decoded is not None else decode_workers(opts.workers, len(in_memory),
+    workers = 0 if decoded is not None else decode_workers(spec.workers, len(in_memory),
                                                                   runner.device.type == "cpu")
-    engine = WindowEngine(runner, opts.windowing, report)
+    engine = WindowEngine(runner, spec.windowing, report)
     report.settings = {
         "task": task.name, "model": runner.info.name, "arch": runner.info.arch, "scale": runner.info.scale,
         "device": str(runner.device), "precision": str(runner.dtype).removeprefix("torch."),
@@ -89,7 +78,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
         ``pool_commits`` is False: a huge TIFF read by region is committed by ``run_streamed``). None when
         the task cannot size its output (that image failed)."""
         try:
-            outputs = Outputs(task, job, meta, source, is_streamed, opts.encode)
+            outputs = Outputs(task, job, meta, source, is_streamed, spec.encode)
         except ValueError as exc:  # e.g. an --outscale that leaves less than a pixel
             book.fail(job.src, str(exc))
             return None
@@ -136,7 +125,7 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
             claims.release(job.dst, book.owner)
 
     loader = decoded if decoded is not None else DataLoader(
-        DecodeSet(in_memory, opts.max_pixels, book.owner, opts.encode.overwrite), batch_size=None, shuffle=False, num_workers=workers,
+        DecodeSet(in_memory, spec.max_pixels, book.owner, spec.encode.overwrite), batch_size=None, shuffle=False, num_workers=workers,
         pin_memory=runner.device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False)
     try:
         for i, pixels, meta, error in start_loader(loader):
@@ -153,15 +142,15 @@ def run_job(task: Task, plan: Plan, opts: JobOptions, *, progress: bool = False,
                 except ValueError as exc:
                     book.fail(job.src, str(exc))
                     continue
-                big = job.dst.suffix.lower() in STREAM_SUFFIXES and opts.max_pixels and oh * ow > opts.max_pixels
+                big = job.dst.suffix.lower() in STREAM_SUFFIXES and spec.max_pixels and oh * ow > spec.max_pixels
                 if big:  # planning sent it to a TIFF: written band by band, never whole in memory
                     report.big_outputs += 1
                     book.info(f"note: {one_line(job.src)}: its {ow}x{oh} output is above --max-pixels "
-                              f"({opts.max_pixels / 1e6:.3g} MP): written tile by tile as a tiled BigTIFF")
+                              f"({spec.max_pixels / 1e6:.3g} MP): written tile by tile as a tiled BigTIFF")
                 start(job, meta, source, bool(big))
         engine.flush()
         for job in streamed:
-            if book.claim(job, opts.encode.overwrite):
+            if book.claim(job, spec.encode.overwrite):
                 run_streamed(job)
         book.wait()
     finally:

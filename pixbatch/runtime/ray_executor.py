@@ -29,9 +29,10 @@ from pathlib import Path
 
 from pixbatch.io.discover import Job, Plan
 from pixbatch.runtime.device import StartupError
-from pixbatch.runtime.engine import JobOptions, split_jobs
+from pixbatch.runtime.engine import split_jobs
 from pixbatch.runtime.jobs import Report, begin_run, error_line, one_line
 from pixbatch.runtime.sources import decode_job
+from pixbatch.runtime.spec import JobSpec
 from pixbatch.runtime.task import Task
 
 RAY_MISSING = '--ray needs Ray: pip install "pixbatch[ray]"'
@@ -158,13 +159,13 @@ class EngineActor:
     """One model replica: builds the runner (``make_runner()``, as the driver built its own) and the task
     once, then runs batches through ``run_job``."""
 
-    def __init__(self, make_runner: Callable, make_task: Callable, opts: JobOptions, owner: str, threads: int) -> None:
+    def __init__(self, make_runner: Callable, make_task: Callable, spec: JobSpec, owner: str, threads: int) -> None:
         import torch
 
         if threads:  # Ray pins OMP to the actor's CPU reservation; compute uses this node's share of cores
             torch.set_num_threads(threads)
         self.task = make_task(make_runner())
-        self.opts, self.owner = opts, owner
+        self.spec, self.owner = spec, owner
 
     def __call__(self, batch: dict) -> dict:
         from pixbatch.runtime.engine import run_job
@@ -178,12 +179,12 @@ class EngineActor:
             payload, error = by_job[job]
             arr, meta = pickle.loads(payload) if payload else (None, None)
             records.append((i, arr, meta, str(error)))
-        report = run_job(self.task, Plan(todo=jobs, skipped=[], problems=[]), self.opts, log=lambda line: None,
+        report = run_job(self.task, Plan(todo=jobs, skipped=[], problems=[]), self.spec, log=lambda line: None,
                          decoded=records, owner=self.owner)
         return {"report": [json.dumps(report.as_dict())], "jobs": [len(jobs)]}
 
 
-def run_on_ray(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, opts: JobOptions,
+def run_on_ray(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, spec: JobSpec,
                settings: RaySettings, *, progress: bool, log: Callable[[str], None],
                info: Callable[[str], None], report: Report, verbose: bool = False) -> Report:
     """Run a planned job on Ray; ``task`` (built on the driver) decides which inputs stream. Ray's own
@@ -194,14 +195,14 @@ def run_on_ray(make_task: Callable, task: Task, make_runner: Callable, plan: Pla
     with native_logs_shown(verbose):
         try:
             resources = connect(settings)
-            return _run(make_task, task, make_runner, plan, opts, settings, resources, progress=progress, log=log,
+            return _run(make_task, task, make_runner, plan, spec, settings, resources, progress=progress, log=log,
                         info=info, report=report)
         finally:
             if started and ray.is_initialized():
                 ray.shutdown()  # a local cluster's processes go with it
 
 
-def _run(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, opts: JobOptions, settings: RaySettings,
+def _run(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, spec: JobSpec, settings: RaySettings,
          resources: dict, *, progress: bool, log: Callable[[str], None], info: Callable[[str], None],
          report: Report) -> Report:
     import ray
@@ -233,12 +234,12 @@ def _run(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, opt
     try:
         if rows:
             ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 200))
-            ds = ds.map(decode_row, fn_kwargs={"max_pixels": opts.max_pixels, "owner": owner,
-                                                "overwrite": opts.encode.overwrite}, num_cpus=0.25)
+            ds = ds.map(decode_row, fn_kwargs={"max_pixels": spec.max_pixels, "owner": owner,
+                                                "overwrite": spec.encode.overwrite}, num_cpus=0.25)
             ds = ds.map_batches(
                 EngineActor, batch_size=settings.batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
                 num_gpus=gpus or None, num_cpus=actor_cpus,
-                fn_constructor_kwargs={"make_runner": make_runner, "make_task": make_task, "opts": opts,
+                fn_constructor_kwargs={"make_runner": make_runner, "make_task": make_task, "spec": spec,
                                        "owner": owner, "threads": threads})
             for out in ds.iter_rows():
                 part = json.loads(out["report"])

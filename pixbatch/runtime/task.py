@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -14,14 +15,25 @@ from pixbatch.io.encode import EncodeOptions
 from pixbatch.runtime.batcher import WindowEngine
 from pixbatch.runtime.canvas import Canvas
 from pixbatch.runtime.prepare import Runner
+from pixbatch.runtime.spec import TaskDefaults
+from pixbatch.runtime.windows import Windowing
 
 
 class Task:
     """What a command says about its job; the engine does the rest. Subclasses set ``name``,
-    ``windowing`` defaults and ``main`` (the output whose file marks the job done, written last)."""
+    ``defaults`` (pixbatch/tasks/defaults.py) and ``main`` (the output whose file marks the job done,
+    written last)."""
 
     name = "task"
     main = "image"
+    defaults: ClassVar[TaskDefaults] = TaskDefaults(tile=0, overlap=None, overlap_shown="the receptive field",
+                                                    mirror_borders=False)
+
+    @classmethod
+    def windowing(cls, tile: int | None = None, overlap: int | None = None, batch_size: int = 0, *,
+                  blend: bool = False) -> Windowing:
+        """This task's windows: ``--tile`` and ``--overlap`` as given, the task's defaults where None."""
+        return cls.defaults.windowing(tile, overlap, batch_size, blend=blend)
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner

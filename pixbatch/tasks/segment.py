@@ -17,11 +17,9 @@ from pixbatch.io.decode import ImageMeta
 from pixbatch.io.encode import TIFF_MARK, EncodeOptions, mark_kwargs, write_image
 from pixbatch.runtime.prepare import Runner
 from pixbatch.runtime.task import Task
-from pixbatch.runtime.windows import Windowing
+from pixbatch.tasks.defaults import SEGMENT
 from pixbatch.tasks.planes import model_planes, rgb8
 
-DEFAULT_TILE = 896  # core px: with the context, 1024 px windows
-DEFAULT_OVERLAP = 64  # context px on each side: neighbouring windows share 128 px
 BINARY_COLOR = (255, 0, 0)
 
 
@@ -39,14 +37,6 @@ def palette(n: int = 256) -> np.ndarray:
     return pal
 
 
-def segment_windowing(tile: int = DEFAULT_TILE, overlap: int | None = DEFAULT_OVERLAP, batch_size: int = 0, *,
-                      blend: bool = False) -> Windowing:
-    """Defaults: 896 px cores in 1024 px windows (64 px of context on each side), cores cropped (the
-    shipped U-Net's output is then within 1e-4 of the whole image's), and ``overlap`` px mirrored
-    beyond the true borders (the overlap-tile strategy U-Nets are trained for)."""
-    return Windowing(tile=tile, overlap=overlap, blend=blend, mirror_borders=True, batch_size=batch_size)
-
-
 def without_void(scores: torch.Tensor, ignore: int | None) -> torch.Tensor:
     """(C, H, W) logits or probabilities with the void class (the ignore label, when it is one of the
     C classes) made impossible: what it is trained to mean is "no class", so it is never predicted."""
@@ -60,6 +50,7 @@ def without_void(scores: torch.Tensor, ignore: int | None) -> torch.Tensor:
 class SegmentTask(Task):
     name = "segment"
     main = "mask"
+    defaults = SEGMENT
 
     def __init__(self, runner: Runner, *, threshold: float | None = None, probabilities: str | None = None,
                  overlay: bool = False, overlay_alpha: float = 0.5, ignore_index: int | None = None) -> None:
@@ -143,10 +134,10 @@ class SegmentTask(Task):
                 "class_names": self.class_names, "ignore_index": self.ignore}
 
 
-def predict_logits(runner: Runner, pixels: np.ndarray, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
+def predict_logits(runner: Runner, pixels: np.ndarray, tile: int | None = None, overlap: int | None = None,
                    *, blend: bool = False) -> torch.Tensor:
     """(C, H, W) float32 logits of an HWC image, exactly as ``pixbatch segment`` computes them."""
     from pixbatch.runtime.batcher import run_planes
 
     x = model_planes(pixels, runner.device, runner.info.in_channels)
-    return run_planes(runner, x, segment_windowing(tile, overlap, blend=blend))[0]
+    return run_planes(runner, x, SegmentTask.windowing(tile, overlap, blend=blend))[0]

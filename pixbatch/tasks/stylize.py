@@ -23,22 +23,13 @@ from pixbatch.runtime.prepare import Runner
 from pixbatch.runtime.sources import available_memory
 from pixbatch.runtime.task import Task
 from pixbatch.runtime.windows import Windowing
+from pixbatch.tasks.defaults import STYLIZE
 from pixbatch.tasks.planes import model_planes
 
 WHOLE_PIXELS = 4096 * 4096  # on the CPU, images up to this size run whole (one pass, no statistics pass)
 BYTES_PER_PIXEL = 600  # peak memory of a whole-image run per input pixel (fp32; bf16 needs about half)
 # BT.601 full-range RGB <-> YCbCr (JPEG's): the luminance-chroma split --preserve-color uses
 LUMA = (0.299, 0.587, 0.114)
-
-
-def style_windowing(tile: int = 0, overlap: int | None = None, batch_size: int = 0, *,
-                    blend: bool = False) -> Windowing:
-    """Whole images whenever memory allows (instance norm then sees the image as the net was trained
-    to); else windows with the receptive field as context and whole-image statistics."""
-    memory = available_memory()
-    whole = WHOLE_PIXELS if memory is None else max(512 * 512, min(WHOLE_PIXELS, memory // (2 * BYTES_PER_PIXEL)))
-    return Windowing(tile=tile, overlap=overlap, blend=blend, mirror_borders=False, batch_size=batch_size,
-                     whole_pixels=whole)
 
 
 def resize_pixels(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -64,6 +55,16 @@ def keep_colors(styled: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
 class StylizeTask(Task):
     name = "stylize"
     main = "image"
+    defaults = STYLIZE
+
+    @classmethod
+    def windowing(cls, tile: int | None = None, overlap: int | None = None, batch_size: int = 0, *,
+                  blend: bool = False) -> Windowing:
+        """Whole images whenever memory allows (instance norm then sees the image as the net was trained
+        to); else windows with the receptive field as context and whole-image statistics."""
+        memory = available_memory()
+        whole = WHOLE_PIXELS if memory is None else max(512 * 512, min(WHOLE_PIXELS, memory // (2 * BYTES_PER_PIXEL)))
+        return cls.defaults.windowing(tile, overlap, batch_size, blend=blend, whole_pixels=whole)
 
     def __init__(self, runner: Runner, *, strength: float = 1.0, preserve_color: bool = False,
                  max_side: int | None = None, fp32_for_16bit: bool = True) -> None:
@@ -117,12 +118,12 @@ class StylizeTask(Task):
         return {"strength": self.strength, "preserve_color": self.preserve_color, "max_side": self.max_side}
 
 
-def stylize_tensor(runner: Runner, x: torch.Tensor, *, tile: int = 0, overlap: int | None = None,
+def stylize_tensor(runner: Runner, x: torch.Tensor, *, tile: int | None = None, overlap: int | None = None,
                    whole_image_stats: bool = True) -> torch.Tensor:
     """Stylise float images (N, 3, H, W) in [0, 1] through the engine, unclamped float out: what tests
     and benchmarks compare. ``whole_image_stats=False`` gives each window its own statistics (the
     naive tiling, for comparison)."""
     from pixbatch.runtime.batcher import run_planes
 
-    windowing = style_windowing(tile, overlap)
+    windowing = StylizeTask.windowing(tile, overlap)
     return run_planes(runner, x, windowing, prepare=whole_image_norm(runner) if whole_image_stats else None)

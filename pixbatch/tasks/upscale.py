@@ -13,7 +13,7 @@ from pixbatch.io.decode import ImageMeta
 from pixbatch.io.encode import EncodeOptions, write_image
 from pixbatch.runtime.prepare import Runner
 from pixbatch.runtime.task import Task
-from pixbatch.runtime.windows import Windowing
+from pixbatch.tasks.defaults import UPSCALE
 
 
 def planes_from_pixels(pixels: torch.Tensor, bits: int) -> torch.Tensor:
@@ -44,17 +44,10 @@ def pixels_from_planes(y: torch.Tensor, mode: str, bits: int) -> torch.Tensor:
     return q.permute(1, 2, 0).to(torch.uint8 if bits == 8 else torch.int32)
 
 
-def upscale_windowing(tile: int = 0, overlap: int | None = None, batch_size: int = 0, *,
-                      blend: bool = False) -> Windowing:
-    """Defaults: automatic tiles (whole images when they fit the memory budget), context = the model's
-    receptive field, cores cropped (exact), no mirroring at the borders (the model sees what it sees
-    on the whole image)."""
-    return Windowing(tile=tile, overlap=overlap, blend=blend, mirror_borders=False, batch_size=batch_size)
-
-
 class UpscaleTask(Task):
     name = "upscale"
     main = "image"
+    defaults = UPSCALE
 
     def __init__(self, runner: Runner, *, fp32_for_16bit: bool = True, outscale: float | None = None) -> None:
         super().__init__(runner)
@@ -88,10 +81,10 @@ class UpscaleTask(Task):
         write_image(arr, meta, path, opts)
 
 
-def upscale_tensor(runner: Runner, x: torch.Tensor, *, tile: int = 0, overlap: int | None = None,
+def upscale_tensor(runner: Runner, x: torch.Tensor, *, tile: int | None = None, overlap: int | None = None,
                    batch_size: int = 0, report=None) -> torch.Tensor:
     """Upscale float images (N, 3, H, W) in [0, 1] through the engine; float (N, 3, H*s, W*s) out.
     What tests, evaluation and benchmarks compare: a job's windows and batching, without rounding."""
     from pixbatch.runtime.batcher import run_planes
 
-    return run_planes(runner, x, upscale_windowing(tile, overlap, batch_size), report=report)
+    return run_planes(runner, x, UpscaleTask.windowing(tile, overlap, batch_size), report=report)

@@ -470,8 +470,9 @@ def test_an_input_that_disappears_mid_run_is_one_error_line(tmp_path, tiny_check
 
     from pixbatch.io.discover import plan_jobs
     from pixbatch.models import create_model
-    from pixbatch.runtime.engine import JobOptions, run_job
+    from pixbatch.runtime.engine import run_job
     from pixbatch.runtime.prepare import prepare_model
+    from pixbatch.runtime.spec import JobSpec
     from pixbatch.tasks.upscale import UpscaleTask
 
     src = photo_folder(tmp_path / "in", 4, 16)
@@ -479,7 +480,7 @@ def test_an_input_that_disappears_mid_run_is_one_error_line(tmp_path, tiny_check
     (src / "2.png").unlink()
     lines = []
     runner = prepare_model(create_model(tiny_checkpoint), torch.device("cpu"), torch.float32)
-    report = run_job(UpscaleTask(runner), plan, JobOptions(workers=0), log=lines.append)
+    report = run_job(UpscaleTask(runner), plan, JobSpec(workers=0), log=lines.append)
     assert report.done == 3 and [p for p, _ in report.failed] == [str(src / "2.png")]
     assert len(lines) == 1 and lines[0].startswith(f"error: {src / '2.png'}: ")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.png", "3.png"]

@@ -50,10 +50,6 @@ def test_every_option_of_every_command_says_what_it_is_for():
 
 
 def test_upscale_help_starts_with_scale_and_model_and_names_the_default_models():
-    from pixbatch.cli.upscale import DEFAULT_MODELS
-    from pixbatch.models import DEFAULT_SR_MODELS
-
-    assert DEFAULT_MODELS == DEFAULT_SR_MODELS  # --help names them without importing torch
     text = CliRunner().invoke(cli, ["upscale", "--help"]).stdout
     options = text.split("Options:")[1].split()
     assert options[:2] == ["-s,", "--scale"] and options.index("-m,") < options.index("--glob")
@@ -79,9 +75,9 @@ def test_every_command_speaks_one_precision_and_backend_vocabulary():
     import click
 
     from pixbatch.cli._options import BACKENDS, PRECISIONS
-    from pixbatch.runtime.backends import CHOICES
+    from pixbatch.runtime.spec import BackendChoice, Precision
 
-    assert BACKENDS == CHOICES
+    assert BACKENDS == BackendChoice.words() and PRECISIONS == Precision.words()
     seen = {}
 
     def walk(command, path):

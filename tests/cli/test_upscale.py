@@ -339,3 +339,28 @@ def test_outputs_above_max_pixels_stream_into_a_tiled_bigtiff(tmp_path, tiny_che
     assert code == 0 and "1 output(s) above --max-pixels were written tile by tile as tiled BigTIFFs" in stdout
     for folder in ("big", "big2"):  # the finished file only: no temporary name linked to it is left
         assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["a.tif"]
+
+
+def test_a_job_is_planned_once_and_its_checkpoint_loaded_once(tmp_path, tiny_checkpoint, monkeypatch):
+    """With --max-pixels the output suffix needs the model's scale: planning reads it from the checkpoint,
+    which is then the model the job runs (not loaded again), and the folder is walked once."""
+    import pixbatch.io.discover as discover
+    import pixbatch.models as models
+
+    Image.fromarray(gradient_rgb(60, 50)).save(tmp_path / "a.png")  # its x2 output is above 5000 px
+    Image.fromarray(gradient_rgb(20, 20)).save(tmp_path / "b.png")  # its is not
+    calls = {"plan": 0, "load": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(discover, "plan_jobs", counted("plan", discover.plan_jobs))
+    monkeypatch.setattr(models, "create_model", counted("load", models.create_model))
+    code, stdout, _ = run("--json", "--device", "cpu", "upscale", tmp_path, tmp_path / "out", "--model",
+                          tiny_checkpoint, "--max-pixels", 5000, "--workers", 0)
+    assert code == 0 and json.loads(stdout)["big_outputs"] == 1, stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "b.png"]
+    assert calls == {"plan": 1, "load": 1}

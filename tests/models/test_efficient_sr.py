@@ -67,7 +67,7 @@ def test_span_receptive_field_is_what_it_declares():
 def test_pooling_attention_runs_below_its_minimum_size_through_the_runner(name):
     """An image smaller than the pooling window (6x5 px) is padded up to ``min_size`` and cropped back."""
     from pixbatch.models import LoadedModel
-    from pixbatch.models.checkpoint import describe_native
+    from pixbatch.models.info import describe_native
     from pixbatch.runtime.prepare import prepare_model
 
     module = build_registered(name).eval()

@@ -136,16 +136,49 @@ def test_imdn_keys_with_module_prefix_are_recognised(tmp_path):
 
 def test_registry_records_task_family_and_weights_without_building():
     from pixbatch.models import model_entry
-    from pixbatch.models._registry import recognisers
+    from pixbatch.models.recognisers import RECOGNISERS
 
     sr, seg = model_entry("edsr_tiny_x4"), model_entry("unet_drive")
     assert (sr.task, sr.family, seg.task, seg.family) == ("sr", "edsr", "seg", "unet")
     assert sr.weights is not None and model_entry("edsr_x4").weights is None
     assert sr.value_range == (0.0, 1.0)
-    assert {arch for arch, _ in recognisers()} == {  # each family registers its own
+    assert {arch for arch, _ in RECOGNISERS} == {  # one ordered list of every family's recogniser
         "IMDN", "CARN-M", "BSRN", "RLFN", "SAFMN", "SMFAN", "SPAN", "TransformerNet (PyTorch fast_neural_style)",
         "fast-style-transfer (Engstrom, TensorFlow variables)",
         "TransformerMobileNet (pytorch-fast-neural-style-mobilenetV2)"}
     assert model_entry("johnson_style").task == "style"
     with pytest.raises(UnknownModelError, match="edsr_tiny_x4"):
         model_entry("edsr_tiny_x5")
+
+
+def test_the_registry_describes_every_variant_as_building_it_does():
+    """What `pixbatch models` prints (the registry's description, built on the meta device) is what a
+    real build of the variant declares."""
+    from pixbatch.models import list_models, model_entry
+    from pixbatch.models.info import ImageModel, describe_native
+
+    for name in list_models():
+        entry = model_entry(name)
+        assert issubclass(entry.arch, ImageModel) and entry.task == entry.arch.task, name
+        described = entry.describe()
+        assert (described.name, described.arch, described.task) == (name, entry.arch.__name__, entry.task)
+    for name in ("edsr_tiny_x3", "rlfn_x4", "unet_drive", "johnson_style", "carn_m_x2"):
+        module = model_entry(name).build()
+        built = describe_native(name, module, source=model_entry(name).describe().source)
+        assert built == model_entry(name).describe(), name
+
+
+def test_a_variant_must_name_the_architecture_it_builds():
+    from torch import nn
+
+    from pixbatch.models import register_model
+
+    def not_annotated(**kw):
+        return nn.Identity()
+
+    def not_an_image_model(**kw) -> nn.Identity:
+        return nn.Identity()
+
+    for fn in (not_annotated, not_an_image_model):
+        with pytest.raises(TypeError, match="ImageModel"):
+            register_model(fn)

@@ -5,8 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pixbatch.models import DEFAULT_SR_MODELS, create_model
+from pixbatch.models import create_model
+from pixbatch.tasks.defaults import UPSCALE
 from tests.conftest import DATA, requires_data
+
+DEFAULT_SR_MODELS = UPSCALE.models
 
 
 def y_psnr(a: np.ndarray, b: np.ndarray, shave: int) -> float:
@@ -44,9 +47,9 @@ def test_default_model_beats_bicubic_on_set5(scale):
 
 
 def test_shipped_segmentation_model_has_weights():
-    from pixbatch.models import DEFAULT_SEG_MODEL
+    from pixbatch.tasks.defaults import SEGMENT
 
-    info = create_model(DEFAULT_SEG_MODEL).info
+    info = create_model(SEGMENT.model_for(None)).info
     assert info.source == "builtin" and info.task == "seg" and info.out_channels == 1
     assert info.training["steps"] > 0 and info.training["command"].startswith("pixbatch train seg")
 
@@ -55,8 +58,8 @@ def test_shipped_segmentation_model_has_weights():
 def test_shipped_segmentation_model_finds_retinal_vessels(tmp_path):
     """Four DRIVE test images inside the field of view (all 20 are in the README: F1 / AUC)."""
     from pixbatch.eval.seg import evaluate_seg
-    from pixbatch.models import DEFAULT_SEG_MODEL
     from pixbatch.runtime.prepare import prepare_model
+    from pixbatch.tasks.defaults import SEGMENT
 
     drive = DATA / "seg" / "drive" / "test"
     subset = {k: tmp_path / k for k in ("images", "masks", "fov")}
@@ -64,6 +67,6 @@ def test_shipped_segmentation_model_finds_retinal_vessels(tmp_path):
         folder.mkdir()
         for p in sorted((drive / k).iterdir())[:4]:
             (folder / p.name).symlink_to(p)
-    runner = prepare_model(create_model(DEFAULT_SEG_MODEL), torch.device("cpu"), torch.float32)
+    runner = prepare_model(create_model(SEGMENT.model_for(None)), torch.device("cpu"), torch.float32)
     _, pooled = evaluate_seg(runner, subset["images"], subset["masks"], subset["fov"])
     assert pooled["dice"] > 0.78 and pooled["auc"] > 0.96, pooled

@@ -100,7 +100,7 @@ def run_segment(loaded, classes):
 
 def test_stylize_cuda_path(fake_cuda):
     from pixbatch.models import LoadedModel
-    from pixbatch.models.checkpoint import describe_native
+    from pixbatch.models.info import describe_native
     from pixbatch.tasks.stylize import StylizeTask
 
     module = build_registered("johnson_style", width=4)
@@ -116,15 +116,15 @@ def test_stylize_cuda_path(fake_cuda):
 def test_the_dry_run_catches_a_cpu_tensor_in_a_cuda_forward(fake_cuda):
     """What the dry run is for: a constant made without a device fails loudly."""
 
-    class Leaky(torch.nn.Module):
-        scale = 1
+    from pixbatch.models.info import ImageModel, describe_native
+
+    class Leaky(ImageModel):
         receptive_field = 0
 
         def forward(self, x):
             return x - torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1) * torch.ones(1, device="cpu")
 
     from pixbatch.models import LoadedModel
-    from pixbatch.models.checkpoint import describe_native
 
     module = Leaky()
     loaded = LoadedModel(module, describe_native("leaky", module, source="untrained"))

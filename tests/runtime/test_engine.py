@@ -15,10 +15,11 @@ from pixbatch.io.encode import EncodeOptions, write_image
 from pixbatch.models import create_model
 from pixbatch.runtime.batcher import WindowEngine, finite_rows, run_planes
 from pixbatch.runtime.canvas import Canvas
-from pixbatch.runtime.engine import JobOptions, run_job
+from pixbatch.runtime.engine import run_job
 from pixbatch.runtime.jobs import Report
 from pixbatch.runtime.prepare import prepare_model
 from pixbatch.runtime.sources import TensorSource, decode_workers
+from pixbatch.runtime.spec import JobSpec
 from pixbatch.runtime.task import Task
 from pixbatch.runtime.windows import Windowing
 from pixbatch.tasks.upscale import upscale_tensor
@@ -227,7 +228,7 @@ class Brightness(Task):
 
 def _toy_job(src, dst, runner, tile=0):
     plan = plan_jobs([src], dst, fmt="png")
-    opts = JobOptions(windowing=Windowing(tile=tile, overlap=8), workers=0, encode=EncodeOptions())
+    opts = JobSpec(windowing=Windowing(tile=tile, overlap=8), workers=0, encode=EncodeOptions())
     return run_job(Brightness(runner), plan, opts, log=lambda m: None)
 
 
@@ -258,7 +259,7 @@ def test_a_streamed_tiled_tiff_equals_the_same_pixels_in_memory(tmp_path):
     tifffile.imwrite(tmp_path / "a" / "big.tif", img, tile=(32, 32), photometric="rgb")
     Image.fromarray(img).save(tmp_path / "b" / "big.png")
     plan = plan_jobs([tmp_path / "a"], tmp_path / "oa")  # same format: a TIFF output, streamed
-    opts = JobOptions(windowing=Windowing(tile=40, overlap=8), workers=0)
+    opts = JobSpec(windowing=Windowing(tile=40, overlap=8), workers=0)
     streamed = run_job(Brightness(runner), plan, opts, log=lambda m: None)
     assert streamed.done == 1 and streamed.settings["streamed"] == 1
     in_memory = _toy_job(tmp_path / "b", tmp_path / "ob", runner, tile=40)
@@ -306,7 +307,7 @@ def test_a_small_tiled_tiff_is_not_left_waiting_for_a_batch(tmp_path):
     tifffile.imwrite(tmp_path / "small.tif", gradient_rgb(40, 30), tile=(16, 16), photometric="rgb")
     runner = prepare_model(create_model("edsr_tiny_x2"), torch.device("cpu"), torch.float32)
     plan = plan_jobs([tmp_path / "small.tif"], tmp_path / "out")
-    report = run_job(UpscaleTask(runner), plan, JobOptions(), log=lambda m: None)
+    report = run_job(UpscaleTask(runner), plan, JobSpec(), log=lambda m: None)
     assert report.done == 1 and report.settings["streamed"] == 1
     assert tifffile.imread(tmp_path / "out" / "small.tif").shape == (80, 60, 3)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pixbatch.models import LoadedModel, build_registered, create_model
-from pixbatch.models.checkpoint import describe_native
+from pixbatch.models.info import describe_native
 from pixbatch.runtime.batcher import WindowEngine
 from pixbatch.runtime.canvas import Canvas
 from pixbatch.runtime.jobs import Report

@@ -91,10 +91,10 @@ def test_a_killed_worker_loses_nothing(cluster, tmp_path, tiny_checkpoint):
     output ends complete and equal to a one-process run's, none twice, no partial file."""
     from pixbatch.cli.session import load_runner
     from pixbatch.io.discover import plan_jobs
-    from pixbatch.runtime.engine import JobOptions
     from pixbatch.runtime.jobs import Report
     from pixbatch.runtime.ray_executor import RaySettings, run_on_ray
-    from pixbatch.tasks.upscale import UpscaleTask, upscale_windowing
+    from pixbatch.runtime.spec import ComputeSpec, JobSpec, ModelSpec
+    from pixbatch.tasks.upscale import UpscaleTask
 
     src = folder(tmp_path)
     marker = tmp_path / "died-once"
@@ -106,12 +106,13 @@ def test_a_killed_worker_loses_nothing(cluster, tmp_path, tiny_checkpoint):
                 os._exit(1)
             return super().post(y, meta, rows)
 
-    args = {"device_spec": "cpu", "model_name": str(tiny_checkpoint), "scale": None, "precision": "auto",
-            "compile_": False, "channels_last": True, "n_jobs": 8, "kernels": "torch", "task": "sr"}
+    spec = JobSpec(model=ModelSpec(str(tiny_checkpoint)), windowing=UpscaleTask.windowing(),
+                   compute=ComputeSpec(device="cpu", compile=False, kernels="torch"))
+    load = partial(load_runner, spec.model, spec.compute, n_jobs=8)
     make = partial(DiesOnce)
     plan = plan_jobs([src], tmp_path / "ray")
     lines: list[str] = []
-    report = run_on_ray(make, make(load_runner(**args)), partial(load_runner, **args), plan, JobOptions(windowing=upscale_windowing()),
+    report = run_on_ray(make, make(load()), load, plan, spec,
                         RaySettings(address="auto"), progress=False, log=lines.append, info=lambda m: None,
                         report=Report())
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker process died

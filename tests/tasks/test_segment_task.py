@@ -46,7 +46,8 @@ def test_multiclass_masks_carry_class_names_and_never_the_void_label(tmp_path):
     from pixbatch.io.discover import plan_jobs
     from pixbatch.models import build_registered
     from pixbatch.models.checkpoint import save_checkpoint
-    from pixbatch.runtime.engine import JobOptions, run_job
+    from pixbatch.runtime.engine import run_job
+    from pixbatch.runtime.spec import JobSpec
     from tests.conftest import gradient_rgb
 
     torch.manual_seed(0)
@@ -59,7 +60,7 @@ def test_multiclass_masks_carry_class_names_and_never_the_void_label(tmp_path):
                     training={"ignore_index": 1, "class_names": ["ground", "void", "door"]})
     Image.fromarray(gradient_rgb(24, 32)).save(tmp_path / "a.png")
     runner = prepare_model(create_model(ckpt), torch.device("cpu"), torch.float32)
-    report = run_job(SegmentTask(runner), plan_jobs([tmp_path / "a.png"], tmp_path / "out"), JobOptions(),
+    report = run_job(SegmentTask(runner), plan_jobs([tmp_path / "a.png"], tmp_path / "out"), JobSpec(),
                      log=lambda m: None)
     assert report.done == 1 and report.settings["ignore_index"] == 1
     with Image.open(tmp_path / "out" / "a.png") as im:
@@ -67,6 +68,6 @@ def test_multiclass_masks_carry_class_names_and_never_the_void_label(tmp_path):
         assert 1 not in set(np.unique(np.asarray(im)))
     # --ignore-index overrides the checkpoint's: class 1 may be predicted again (it wins everywhere)
     report = run_job(SegmentTask(runner, ignore_index=2), plan_jobs([tmp_path / "a.png"], tmp_path / "out2"),
-                     JobOptions(), log=lambda m: None)
+                     JobSpec(), log=lambda m: None)
     with Image.open(tmp_path / "out2" / "a.png") as im:
         assert set(np.unique(np.asarray(im))) == {1}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
+from pixbatch.models.info import ImageModel
 
-class SegModel(nn.Module):
+
+class SegModel(ImageModel):
     """Base of the segmentation models: pads any input (reflect) to ``size_multiple`` and crops back,
     so callers never meet "size must be divisible by 32"; exposes the descriptor attributes."""
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models._registry import register_model
+from pixbatch.models.info import ImageModel
 from pixbatch.models.layers import ContrastChannelAttention, conv_scale, count_keys, icnr_
 
 LAYOUTS = ("paper", "ntire2022")
@@ -116,7 +117,7 @@ class DirectUpsampler(nn.Module):
         return self.upsampleOneStep(x)
 
 
-class BSRN(nn.Module):
+class BSRN(ImageModel):
     receptive_field = None  # unbounded: pooling attention over the whole input
     min_size = 15  # the spatial attention pools a 7x7 window of a stride-2 conv's output
 
@@ -156,7 +157,6 @@ def bsrn_s_x4(**kw) -> BSRN:
     return BSRN(**{"scale": 4, "num_feat": 48, "num_block": 5, "layout": "ntire2022", **kw})
 
 
-@register_recogniser("BSRN")
 def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> tuple[str, dict] | None:
     needed = ("fea_conv.pw.weight", "fea_conv.dw.weight", "B1.c1_d.weight", "B1.esa.conv3_.dw.weight",
               "c2.dw.weight", "upsampler.upsampleOneStep.0.weight")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models._registry import register_model
+from pixbatch.models.info import ImageModel
 from pixbatch.models.layers import MeanShift
 
 
@@ -80,7 +81,7 @@ class MultiScaleUpsample(nn.Module):
         return {2: self.up2, 3: self.up3, 4: self.up4}[scale](x)
 
 
-class CARNM(nn.Module):
+class CARNM(ImageModel):
     def __init__(self, scale: int = 4, channels: int = 64, group: int = 4) -> None:
         super().__init__()
         if scale not in (2, 3, 4):
@@ -127,7 +128,6 @@ def carn_m_x4(**kw) -> CARNM:
     return CARNM(**{"scale": 4, **kw})
 
 
-@register_recogniser("CARN-M")
 def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> tuple[str, dict] | None:
     """(registered name, kwargs) when the keys are CARN-M's; the scale is the caller's choice (default 4)."""
     needed = ("entry.weight", "b1.b1.body.0.weight", "c3.body.0.weight", "upsample.up2.body.0.weight",

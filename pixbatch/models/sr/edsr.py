@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixbatch.models._registry import register_model
+from pixbatch.models.info import ImageModel
 from pixbatch.models.layers import DIV2K_MEAN, Upsampler, make_act
 
 
@@ -27,7 +28,7 @@ class ResBlock(nn.Module):
         return x + self.conv2(self.act(self.conv1(x))) * self.res_scale
 
 
-class EDSR(nn.Module):
+class EDSR(ImageModel):
     """EDSR: head conv, residual body with a long skip, upsampler, tail conv; mean shift around it."""
 
     def __init__(
@@ -62,7 +63,7 @@ class EDSR(nn.Module):
         return self.tail(self.upsampler(x)) + self.mean
 
 
-class SRResNet(nn.Module):
+class SRResNet(ImageModel):
     """SRResNet without batch norm (as in ESRGAN's MSRResNet): residual body, PReLU upsampler,
     HR convs, plus a bilinear upsample of the input so the network learns only the residual."""
 

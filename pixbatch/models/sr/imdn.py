@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models._registry import register_model
+from pixbatch.models.info import ImageModel
 from pixbatch.models.layers import ContrastChannelAttention, icnr_
 
 
@@ -43,7 +44,7 @@ class DistillationBlock(nn.Module):
         return self.c5(self.cca(torch.cat(kept, dim=1))) + x
 
 
-class IMDN(nn.Module):
+class IMDN(ImageModel):
     def __init__(self, scale: int = 4, in_nc: int = 3, nf: int = 64, num_modules: int = 6, out_nc: int = 3) -> None:
         super().__init__()
         self.scale = scale
@@ -82,7 +83,6 @@ def imdn_x4(**kw) -> IMDN:
     return IMDN(**{"scale": 4, **kw})
 
 
-@register_recogniser("IMDN")
 def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> tuple[str, dict] | None:
     """(registered name, kwargs) when the keys and shapes are IMDN's, else None; the scale is the
     file's own (from the upsampler's out-channels)."""

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models._registry import register_model
+from pixbatch.models.info import ImageModel
 from pixbatch.models.layers import conv_scale, count_keys, icnr_
 
 
@@ -60,7 +61,7 @@ class RLFB(nn.Module):
         return self.esa(self.c5(out + x))
 
 
-class RLFN(nn.Module):
+class RLFN(ImageModel):
     receptive_field = None  # unbounded: the attention's pooling grid spans the whole input
     min_size = 15  # the attention pools a 7x7 window of a stride-2 conv's output
 
@@ -96,7 +97,6 @@ _RENAMES = ((re.compile(r"^fea_conv\."), "conv_1."), (re.compile(r"^B(\d+)\."), 
             (re.compile(r"^LR_conv\."), "conv_2."))
 
 
-@register_recogniser("RLFN")
 def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> tuple[str, dict, dict] | None:
     """(registered name, kwargs, the tensors under our names) for either release's layout."""
     if "B1.esa.conv_f.weight" in state_dict and "LR_conv.weight" in state_dict:

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models._registry import register_model
+from pixbatch.models.info import ImageModel
 from pixbatch.models.layers import conv_scale, count_keys, icnr_
 
 
@@ -79,7 +80,7 @@ class SAFMBlock(nn.Module):
         return self.ccm(x) + x
 
 
-class SAFMN(nn.Module):
+class SAFMN(ImageModel):
     """The NTIRE 2023 variant: a GRN after the first conv, no per-block LayerNorm."""
 
     receptive_field = None  # unbounded: whole-image normalisation and pooling
@@ -141,7 +142,7 @@ class SAFMNPPBlock(nn.Module):
         return self.conv2(self.conv1(x)) + x
 
 
-class SAFMNPP(nn.Module):
+class SAFMNPP(ImageModel):
     receptive_field = None  # unbounded: pooling to 1/8 of the whole input
     min_size = 8
 
@@ -170,7 +171,6 @@ def safmnpp_x4(**kw) -> SAFMNPP:
     return SAFMNPP(**{"scale": 4, **kw})
 
 
-@register_recogniser("SAFMN")
 def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> tuple[str, dict] | None:
     if not all(k in state_dict for k in ("to_feat.weight", "to_img.0.weight")) or conv_scale(state_dict, "to_img.0.weight") != 4:
         return None

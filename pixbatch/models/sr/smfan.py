@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models._registry import register_model
+from pixbatch.models.info import ImageModel
 from pixbatch.models.layers import conv_scale, count_keys, icnr_
 
 
@@ -75,7 +76,7 @@ class FMB(nn.Module):
         return self.pcfn(F.normalize(x)) + x
 
 
-class SMFAN(nn.Module):
+class SMFAN(ImageModel):
     receptive_field = None  # unbounded: whole-image variance and 1/8-resolution pooling
     min_size = 8
 
@@ -98,7 +99,6 @@ def smfan_x4(**kw) -> SMFAN:
     return SMFAN(**{"scale": 4, **kw})
 
 
-@register_recogniser("SMFAN")
 def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> tuple[str, dict] | None:
     needed = ("to_feat.weight", "feats.0.smfa.linear_0.weight", "feats.0.pcfn.conv_0.weight", "to_img.0.weight")
     if not all(k in state_dict for k in needed) or conv_scale(state_dict, "to_img.0.weight") != 4:

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models._registry import register_model
+from pixbatch.models.info import ImageModel
 from pixbatch.models.layers import DIV2K_MEAN, conv_scale, count_keys, icnr_
 
 
@@ -46,7 +47,7 @@ class SPAB(nn.Module):
         return (out3 + x) * (torch.sigmoid(out3) - 0.5), out1
 
 
-class SPAN(nn.Module):
+class SPAN(ImageModel):
     receptive_field = 21
 
     def __init__(self, scale: int = 4, in_channels: int = 3, out_channels: int = 3, feature_channels: int = 48,
@@ -85,7 +86,6 @@ def span_x4(**kw) -> SPAN:
     return SPAN(**{"scale": 4, **kw})
 
 
-@register_recogniser("SPAN")
 def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> tuple[str, dict] | None:
     needed = ("conv_1.eval_conv.weight", "block_1.c1_r.eval_conv.weight", "conv_cat.weight",
               "conv_2.eval_conv.weight", "upsampler.0.weight")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
+from pixbatch.models.info import ImageModel
 
-class StyleNet(nn.Module):
+
+class StyleNet(ImageModel):
     """A feed-forward style net: image in [0, 1] -> stylised image (not clamped; the task clamps).
 
     The published nets take and give pixel values 0-255; ``net`` is that body. Two stride-2 stages

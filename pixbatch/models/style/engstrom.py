@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models._registry import register_model
 from pixbatch.models.style.base import StyleNet
 from pixbatch.models.style.norm import InstanceNorm
 
@@ -110,7 +110,6 @@ def variable_name(i: int) -> str:
     return "Variable" if i == 0 else f"Variable_{i}"
 
 
-@register_recogniser("fast-style-transfer (Engstrom, TensorFlow variables)")
 def recognise_engstrom(state: dict, scale: int | None = None) -> tuple[str, dict] | None:
     """Exactly ``Variable`` ... ``Variable_47``, the first a 9x9x3x32 kernel: converted in place from
     TensorFlow layouts (kernels [kh, kw, in, out]; transposed kernels [kh, kw, out, in])."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models._registry import register_model
 from pixbatch.models.style.base import StyleNet, upsample2
 from pixbatch.models.style.norm import InstanceNorm, drop_running_stats
 from pixbatch.ops.upsample_conv import upsample_conv
@@ -82,7 +82,6 @@ def johnson_style(**kwargs) -> TransformerNet:
     return TransformerNet(**kwargs)
 
 
-@register_recogniser("TransformerNet (PyTorch fast_neural_style)")
 def recognise_johnson(state: dict, scale: int | None = None) -> tuple[str, dict] | None:
     """The example's keys (``conv2d`` or ``conv`` for the conv modules); running statistics dropped."""
     w = state.get("conv1.conv2d.weight", state.get("conv1.conv.weight"))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pixbatch.models._registry import register_model, register_recogniser
+from pixbatch.models._registry import register_model
 from pixbatch.models.style.base import StyleNet, upsample2
 from pixbatch.models.style.norm import InstanceNorm, drop_running_stats
 
@@ -74,7 +74,6 @@ def mobilenet_style(**kwargs) -> TransformerMobileNet:
     return TransformerMobileNet(**kwargs)
 
 
-@register_recogniser("TransformerMobileNet (pytorch-fast-neural-style-mobilenetV2)")
 def recognise_mobilenet(state: dict, scale: int | None = None) -> tuple[str, dict] | None:
     w = state.get("conv1.weight")
     if not isinstance(w, torch.Tensor) or tuple(w.shape) != (32, 3, 9, 9):
