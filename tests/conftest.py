@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
 
 import functools  # noqa: E402
 import io  # noqa: E402
+from fractions import Fraction  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -158,3 +159,67 @@ def _torch_threads():
     yield
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def clip_frame(i: int, height: int, width: int, bits: int = 8) -> np.ndarray:
+    """Frame ``i`` of a test clip: smooth ramps that move, so every frame differs and a shift shows."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    rgb = np.stack([(xx + 3 * i) / (width + 3 * i), yy / max(height - 1, 1),
+                    0.5 + 0.4 * np.sin((xx + yy + 5 * i) / 7)], -1)
+    maxv = 255 if bits == 8 else 65535
+    return np.round(np.clip(rgb, 0, 1) * maxv).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def make_clip(path: Path, frames: int = 12, size: tuple[int, int] = (48, 64), *, vfr: bool = False,
+              audio: bool = False, subtitles: bool = False, bits: int = 8, codec: str = "libx264",
+              chapters: bool = False, colorspace: int | None = 1) -> list[int]:
+    """A short clip made with PyAV (tests make their own videos): ``frames`` frames of ``clip_frame``,
+    1 ms time base (VFR: every third frame lasts 50 ms instead of 33), optionally an AAC track, a
+    subtitle track and chapters; returns the frames' pts."""
+    import av
+
+    h, w = size
+    out = av.open(str(path), "w")
+    vs = out.add_stream(codec, rate=30)
+    vs.width, vs.height = w, h
+    vs.pix_fmt = "yuv420p" if bits == 8 else "yuv420p10le"
+    vs.time_base = vs.codec_context.time_base = Fraction(1, 1000)
+    if colorspace is not None:
+        cc = vs.codec_context
+        cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = colorspace, colorspace, colorspace, 1
+    if codec == "libx264":
+        vs.options = {"crf": "12", "preset": "ultrafast", "g": "6"}
+    elif codec == "libx265":
+        vs.options = {"crf": "12", "preset": "ultrafast", "x265-params": "log-level=error"}
+    aus = out.add_stream("aac", rate=48000) if audio else None
+    if aus is not None:
+        aus.layout = "stereo"
+    subs = out.add_mux_stream("subrip") if subtitles else None
+    if chapters:
+        out.set_chapters([{"id": 1, "start": 0, "end": 200, "time_base": Fraction(1, 1000),
+                           "metadata": {"title": "first"}}])
+    out.metadata["title"] = "pixbatch test clip"
+    pts, t = [], 0
+    for i in range(frames):
+        f = av.VideoFrame.from_ndarray(clip_frame(i, h, w, bits), format="rgb24" if bits == 8 else "rgb48le")
+        f = f.reformat(format=vs.pix_fmt, dst_colorspace="itu709", dst_color_range="MPEG")
+        f.pts, f.time_base = t, Fraction(1, 1000)
+        pts.append(t)
+        t += 50 if vfr and i % 3 == 2 else 33
+        out.mux(vs.encode(f))
+    out.mux(vs.encode(None))
+    if aus is not None:
+        size_ = aus.codec_context.frame_size or 1024
+        for s0 in range(0, 48 * t, size_):
+            a = (0.3 * np.sin(np.arange(s0, s0 + size_) / 9.0)).astype(np.float32)
+            af = av.AudioFrame.from_ndarray(np.stack([a, a]), format="fltp", layout="stereo")
+            af.sample_rate, af.pts, af.time_base = 48000, s0, Fraction(1, 48000)
+            out.mux(aus.encode(af))
+        out.mux(aus.encode(None))
+    if subs is not None:
+        for k, start in enumerate((0, t // 2)):
+            p = av.Packet(f"line {k}".encode())
+            p.stream, p.pts, p.dts, p.duration, p.time_base = subs, start, start, 100, Fraction(1, 1000)
+            out.mux(p)
+    out.close()
+    return pts

@@ -65,6 +65,14 @@ def example_style_net(path):
     return path
 
 
+def video_clip(path):
+    """A short clip with an audio track (the README's video line), made with PyAV."""
+    from tests.conftest import make_clip
+
+    make_clip(path, frames=6, audio=True)
+    return path
+
+
 def vgg_features(path):
     """torchvision VGG16's convolutional part with random weights (pretrained ones cannot be fetched)."""
     import torch
@@ -80,6 +88,7 @@ ENTRIES = {
     "pixbatch upscale photos/ out/ --scale 4": (False, [], ["out/astronaut.jpg"]),
     "pixbatch upscale scan.tif out/ --scale 2 --tile 512": (False, [], ["out/scan.tif"]),
     "pixbatch upscale in/ out/ --model path/to/realesr-animevideov3.pth": (True, [], ["out/astronaut.jpg"]),
+    "pixbatch upscale clip.mp4 out/ --scale 2": (False, [], ["out/clip.mp4"]),
     "pixbatch segment fundus/ masks/": (False, [], ["masks/astronaut.png"]),
     "pixbatch segment slide.tif out/ --model my_unet.safetensors --tile 896 --overlap 64 --probabilities --overlay":
         (False, [], ["out/slide.tif", "out/slide_prob.tif", "out/slide_overlay.tif"]),
@@ -115,6 +124,7 @@ def workspace(tmp_path_factory, seg_checkpoint):
         "photos/": images_folder(root / "photos"), "in/": images_folder(root / "in"),
         "fundus/": images_folder(root / "fundus"), "slides/": images_folder(root / "slides"), "examples/": EXAMPLES,
         "scan.tif": tiled_tiff(root / "scan.tif"), "slide.tif": tiled_tiff(root / "slide.tif"),
+        "clip.mp4": video_clip(root / "clip.mp4"),
         "my_unet.safetensors": seg_checkpoint, "path/to/realesr-animevideov3.pth": COMPACT,
         "imdn_x4.pth": IMDN_X4, "Set5/": SET5,
         "path/to/candy.pth": example_style_net(root / "candy.pth"), "starry.jpg": EXAMPLES / "coffee.png",

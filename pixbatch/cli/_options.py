@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from pixbatch.io.decode import DEFAULT_MAX_PIXELS
+from pixbatch.io.video import CODECS, DEFAULT_CRF, VideoEncoding
 from pixbatch.runtime.spec import (
     MAX_TILE,
     MIN_TILE,
@@ -172,6 +173,30 @@ def compute_spec(app, precision: str, compile_: bool | None, channels_last: bool
     """The compute half of a job spec, from ``precision_options`` (and ``--kernels``) and the global --device."""
     return ComputeSpec(device=app.device, precision=precision, compile=compile_, channels_last=channels_last,
                        backend=backend, kernels=kernels)
+
+
+video_options = _apply([
+    click.option("--codec", type=click.Choice(sorted(CODECS)), default=None,
+                 help="Video outputs: the encoder (default: h264, vp9 for WebM inputs; segment's masks: lossless "
+                      "ffv1). The input's container is kept when the codec fits it, else the output is .mkv."),
+    click.option("--crf", type=click.IntRange(0, 63), default=None,
+                 help="Video quality, lower is better (default, visually lossless: "
+                      + ", ".join(f"{c} {q}" for c, q in DEFAULT_CRF.items()) + ")."),
+    click.option("--bitrate", default=None, metavar="RATE", help="Video bit rate instead of --crf, e.g. 8M."),
+    click.option("--preset", default=None,
+                 help="Encoder preset (h264/h265: ultrafast..veryslow, default medium; av1: 0-13, default 8; "
+                      "vp9: good|best|realtime)."),
+    click.option("--pix-fmt", default=None, metavar="FORMAT",
+                 help="Video pixel format (default: yuv420p, yuv420p10le for sources above 8 bits, 4:4:4 "
+                      "where a size is odd)."),
+])
+
+
+def video_encoding(codec: str | None, crf: int | None, bitrate: str | None, preset: str | None,
+                   pix_fmt: str | None) -> VideoEncoding:
+    if crf is not None and bitrate is not None:
+        raise click.UsageError("give --crf or --bitrate, not both")
+    return VideoEncoding(codec=codec, crf=crf, bitrate=bitrate, preset=preset, pix_fmt=pix_fmt)
 
 
 kernels_option = click.option(

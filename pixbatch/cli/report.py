@@ -65,16 +65,22 @@ class App:
             click.echo(json.dumps({"error": message, "exit_code": EXIT_STARTUP}, indent=2))
         sys.exit(EXIT_STARTUP)
 
-    def plan(self, src, dst, *, one_output: bool = True, **kw):
+    def plan(self, src, dst, *, one_output: bool = True, video=None, **kw):
         """(the job plan, the output folder), before torch or a model loads. A missing input is one
         start-up error, and nothing to find ends the command here, saying where it looked (exit 0). A DST
         that names an image file (``out.png``) is the output file of a single input file, for a command
-        that writes one output per image (``one_output``); elsewhere it is a usage error, not a folder."""
+        that writes one output per image (``one_output``); elsewhere it is a usage error, not a folder.
+        ``video`` (masks?, VideoEncoding): a video's output takes its codec's container (io/video.py)."""
         import os
 
         from pixbatch.io.discover import OUTPUT_SUFFIX, output_file_suffix, plan_jobs
         from pixbatch.runtime.jobs import Report, one_line
 
+        if video is not None:
+            from pixbatch.io.video import main_codec, output_suffix
+
+            masks, encoding = video
+            kw["video_suffix"] = lambda p: output_suffix(p.suffix, main_codec(masks, p.suffix, encoding))
         dst_root, suffix_of = dst, kw.get("suffix_of")
         file_suffix = output_file_suffix(dst)
         if file_suffix is not None:

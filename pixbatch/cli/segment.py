@@ -14,6 +14,8 @@ from pixbatch.cli._options import (
     png_compression_option,
     precision_options,
     ray_options,
+    video_encoding,
+    video_options,
     window_options,
 )
 from pixbatch.runtime.spec import ModelSpec
@@ -26,6 +28,7 @@ from pixbatch.tasks.defaults import SEGMENT
 @window_options(SEGMENT)
 @precision_options
 @ray_options
+@video_options
 @click.option("-m", "--model", "model_name", default=SEGMENT.model_for(None), show_default=True, metavar="NAME|PATH",
               help="A built-in segmentation model or a checkpoint written by `pixbatch train seg`.")
 @click.option("--threshold", type=FiniteFloat(0, 1), default=None,
@@ -42,7 +45,7 @@ from pixbatch.tasks.defaults import SEGMENT
 @click.pass_obj
 def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, workers, writers, max_pixels,
             png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend, model_name, threshold,
-            probabilities, prob_format, ignore_index, overlay, overlay_alpha) -> None:
+            probabilities, prob_format, ignore_index, overlay, overlay_alpha, codec, crf, bitrate, preset, pix_fmt) -> None:
     """Segment every image in SRC (files and/or folders, searched recursively) into DST.
 
     Each input gets a mask PNG: 0/255 for binary models, class indices with a palette for multi-class
@@ -61,8 +64,9 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
     """
     from pixbatch.io.regions import is_tiled_tiff
 
+    video = video_encoding(codec, crf, bitrate, preset, pix_fmt)
     plan, dst_root = app.plan(src, dst, one_output=False, suffix=suffix, glob=glob, overwrite=not skip_existing,
-                    suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png")
+                              suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png", video=(True, video))
     from pixbatch.io.encode import EncodeOptions
     from pixbatch.runtime.spec import JobSpec
     from pixbatch.tasks.segment import SegmentTask
@@ -71,6 +75,7 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
         model=ModelSpec(model_name, task="seg"), compute=compute_spec(app, precision, compile_, channels_last, backend),
         windowing=SegmentTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels, encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),
+        video=video,
     )
     app.start_runner(plan, dst_root, spec)
     app.run(partial(SegmentTask, threshold=threshold, probabilities=prob_format if probabilities else None,

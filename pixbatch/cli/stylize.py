@@ -15,6 +15,8 @@ from pixbatch.cli._options import (
     io_options,
     precision_options,
     ray_options,
+    video_encoding,
+    video_options,
     window_options,
 )
 from pixbatch.runtime.spec import ModelSpec, Precision
@@ -27,6 +29,7 @@ from pixbatch.tasks.defaults import STYLIZE
 @window_options(STYLIZE)
 @precision_options
 @ray_options
+@video_options
 @click.option("--style", "-m", "--model", "style", default=None, metavar="PATH",
               help="A style net (required): a pixbatch .safetensors, a PyTorch fast_neural_style or MobileNetV2 "
                    "style .pth, or a folder of TensorFlow variables with manifest.json (Engstrom's nets); "
@@ -42,7 +45,7 @@ from pixbatch.tasks.defaults import STYLIZE
 @click.pass_obj
 def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
             workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
-            style, max_side, strength, preserve_color) -> None:
+            style, max_side, strength, preserve_color, codec, crf, bitrate, preset, pix_fmt) -> None:
     """Stylise every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree, with the same names, bit depth, alpha, ICC profile and EXIF.
@@ -63,8 +66,9 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
 
     # outputs too large for memory (as large as their inputs, unless --max-side) go to tiled BigTIFFs
     huge = app.huge_outputs(fmt, max_pixels, lambda: 1) if max_side is None else None
+    video = video_encoding(codec, crf, bitrate, preset, pix_fmt)
     plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
-                              suffix_of=huge)
+                              suffix_of=huge, video=(False, video))
     from pixbatch.io.encode import EncodeOptions
     from pixbatch.runtime.spec import JobSpec
     from pixbatch.tasks.stylize import StylizeTask
@@ -74,6 +78,7 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
         windowing=StylizeTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),
+        video=video,
     )
     app.start_runner(plan, dst_root, spec)
     app.run(partial(StylizeTask, strength=strength, preserve_color=preserve_color, max_side=max_side,

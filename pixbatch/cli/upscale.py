@@ -15,6 +15,8 @@ from pixbatch.cli._options import (
     kernels_option,
     precision_options,
     ray_options,
+    video_encoding,
+    video_options,
     window_options,
 )
 from pixbatch.runtime.spec import ModelSpec, Precision
@@ -32,6 +34,7 @@ from pixbatch.tasks.defaults import UPSCALE
 @window_options(UPSCALE)
 @precision_options
 @ray_options
+@video_options
 @kernels_option
 @click.option("--outscale", type=FiniteFloat(min=0, min_open=True, max=64), default=None, metavar="FACTOR",
               help="Output size / input size when it should differ from the model's scale (e.g. 2 or 3 with an "
@@ -40,7 +43,7 @@ from pixbatch.tasks.defaults import UPSCALE
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
             workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
-            kernels, scale, outscale, model_name) -> None:
+            kernels, scale, outscale, model_name, codec, crf, bitrate, preset, pix_fmt) -> None:
     """Upscale every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree. Existing outputs are skipped, so an interrupted run resumes
@@ -63,8 +66,9 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     # outputs too large for memory go to tiled BigTIFFs: the output size needs the model's scale, read
     # (once, and only if there are inputs to plan) from the spec, the registry or the checkpoint
     huge = app.huge_outputs(fmt, max_pixels, lambda: outscale or app.model_scale(model))
+    video = video_encoding(codec, crf, bitrate, preset, pix_fmt)
     plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
-                              suffix_of=huge)
+                              suffix_of=huge, video=(False, video))
     from pixbatch.io.encode import EncodeOptions
     from pixbatch.runtime.spec import JobSpec
     from pixbatch.tasks.upscale import UpscaleTask
@@ -75,6 +79,7 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
         windowing=UpscaleTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),
+        video=video,
     )
     app.start_runner(plan, dst_root, spec)
     app.run(partial(UpscaleTask, fp32_for_16bit=spec.compute.precision is Precision.AUTO, outscale=outscale), plan,

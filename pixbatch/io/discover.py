@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixbatch.io.atomic import FOREIGN_TEMP_TTL, HOST_ID, TEMP_MARK
+from pixbatch.io.video import VIDEO_SUFFIXES, sniff_video
+from pixbatch.io.video import output_suffix as video_output_suffix
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm",
                             ".pgm", ".pnm", ".tga"})
@@ -41,7 +43,14 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # what discovery left out on purpose, for -v
 
 
+def is_video_input(path: Path) -> bool:
+    """A video file: by its suffix, or (no image or video suffix) by its first bytes."""
+    suffix = path.suffix.lower()
+    return suffix in VIDEO_SUFFIXES or (suffix not in IMAGE_SUFFIXES and sniff_video(path))
+
+
 def output_suffix(src: Path, fmt: str) -> str:
+    """An image's output suffix for --format (a video's is its codec's container: io/video.py)."""
     if fmt == "same":
         suffix = src.suffix.lower()
         return suffix if suffix in SAME_SUFFIXES else ".png"
@@ -117,7 +126,7 @@ def _read_header(path: str, suffix: str, size: int, mtime_ns: int) -> tuple[int 
 
 
 def _walk(folder: Path, pattern: str | None, exclude: set[str], plan: Plan) -> list[Path]:
-    """Image files under ``folder`` (sorted, hidden names skipped), never descending into a folder in
+    """Image and video files under ``folder`` (sorted, hidden names skipped), never descending into a folder in
     ``exclude`` (real paths: the destination)."""
     found = []
 
@@ -147,7 +156,7 @@ def _walk(folder: Path, pattern: str | None, exclude: set[str], plan: Plan) -> l
             if pattern is not None:
                 if not (fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(name, pattern)):
                     continue
-            elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            elif path.suffix.lower() not in IMAGE_SUFFIXES and not is_video_input(path):
                 continue
             found.append(path)
     return found
@@ -161,7 +170,8 @@ def output_file_suffix(dst: Path) -> str | None:
 
 def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix: str = "",
               glob: str | None = None, overwrite: bool = False,
-              suffix_of: Callable[[Path], str] | None = None, output_name: str | None = None) -> Plan:
+              suffix_of: Callable[[Path], str] | None = None, output_name: str | None = None,
+              video_suffix: Callable[[Path], str] | None = None) -> Plan:
     """Map every input to ``dst_root/<path relative to its source folder>`` and sort out what to do.
 
     A file given directly goes to ``dst_root/<name>``. Never read as inputs: the destination folder
@@ -171,7 +181,8 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
     overwrites or crashes: two inputs with one output, an output that would replace an input or land
     outside ``dst_root``, unreadable files (symbolic link loops, broken links, FIFOs, permissions).
     ``suffix_of`` chooses the output file type per input (default: from ``fmt``); ``output_name``
-    names the output of a single file given directly (``upscale a.jpg out/b.png``)."""
+    names the output of a single file given directly (``upscale a.jpg out/b.png``); ``video_suffix``
+    chooses a video's (default: its container, io/video.py)."""
     check_suffix(suffix)
     if sources and not any(os.path.lexists(s) for s in sources):
         raise FileNotFoundError(f"no such file or folder: {', '.join(map(str, sources))}")
@@ -198,7 +209,10 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
             readable.append((src, rel))
     planned = []
     for src, rel in readable:
-        ext = suffix_of(src) if suffix_of is not None else output_suffix(src, fmt)
+        if is_video_input(src):
+            ext = video_suffix(src) if video_suffix is not None else video_output_suffix(src.suffix, "h264")
+        else:
+            ext = suffix_of(src) if suffix_of is not None else output_suffix(src, fmt)
         planned.append((src, dst_root / rel.parent / (output_name or f"{rel.stem}{suffix}{ext}")))
     # An input that is the planned output of another input (and is not mapped onto itself) is this
     # job's own earlier output: ``a_x2.png`` beside ``a.png`` with --suffix _x2.

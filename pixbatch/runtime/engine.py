@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from pixbatch.io import claims
 from pixbatch.io.atomic import OutputExistsError
 from pixbatch.io.decode import MODES_BY_CHANNELS, ImageMeta
-from pixbatch.io.discover import Job, Plan
+from pixbatch.io.discover import Job, Plan, is_video_input
 from pixbatch.io.regions import RegionSource, TiffRegionReader
 from pixbatch.runtime.batcher import WindowEngine
 from pixbatch.runtime.canvas import Canvas
@@ -36,14 +36,16 @@ from pixbatch.runtime.sources import (
 )
 from pixbatch.runtime.spec import JobSpec
 from pixbatch.runtime.task import Task
+from pixbatch.runtime.video import run_video
 
 
-def split_jobs(task: Task, jobs: list[Job]) -> tuple[list[Job], list[Job]]:
-    """(in-memory jobs, streamed jobs): tiled TIFFs going to TIFFs are read by region, unless the task
-    needs its inputs whole."""
+def split_jobs(task: Task, jobs: list[Job]) -> tuple[list[Job], list[Job], list[Job]]:
+    """(in-memory jobs, streamed jobs, video jobs): tiled TIFFs going to TIFFs are read by region, unless
+    the task needs its inputs whole; videos are read frame by frame (runtime/video.py)."""
+    videos = [j for j in jobs if is_video_input(j.src)]
     streamed = [j for j in jobs if task.streams and streams(j)]
-    chosen = set(streamed)
-    return [j for j in jobs if j not in chosen], streamed
+    chosen = set(streamed) | set(videos)
+    return [j for j in jobs if j not in chosen], streamed, videos
 
 
 def run_job(task: Task, plan: Plan, spec: JobSpec, *, progress: bool = False,
@@ -60,7 +62,7 @@ def run_job(task: Task, plan: Plan, spec: JobSpec, *, progress: bool = False,
     runner = task.runner
     report = report if report is not None else Report()
     book = JobBook(plan, report, writers=spec.writers, progress=progress, log=log, info=info, owner=owner)
-    in_memory, streamed = split_jobs(task, plan.todo)
+    in_memory, streamed, videos = split_jobs(task, plan.todo)
     workers = 0 if decoded is not None else decode_workers(spec.workers, len(in_memory),
                                                                   runner.device.type == "cpu")
     engine = WindowEngine(runner, spec.windowing, report)
@@ -152,6 +154,12 @@ def run_job(task: Task, plan: Plan, spec: JobSpec, *, progress: bool = False,
         for job in streamed:
             if book.claim(job, spec.encode.overwrite):
                 run_streamed(job)
+        for job in videos:
+            if book.claim(job, spec.encode.overwrite):
+                try:
+                    run_video(task, job, engine, book, spec, progress=progress)
+                finally:
+                    claims.release(job.dst, book.owner)
         book.wait()
     finally:
         book.close()

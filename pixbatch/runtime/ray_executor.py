@@ -171,7 +171,7 @@ class EngineActor:
         from pixbatch.runtime.engine import run_job
 
         jobs = [Job(Path(s), Path(d)) for s, d in zip(batch["src"], batch["dst"])]
-        in_memory, _ = split_jobs(self.task, jobs)
+        in_memory, _, _ = split_jobs(self.task, jobs)
         by_job = {Job(Path(s), Path(d)): (p, e) for s, d, p, e in
                   zip(batch["src"], batch["dst"], batch["payload"], batch["error"])}
         records = []
@@ -219,8 +219,8 @@ def _run(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, spe
                                    else max(1, int(resources.get("CPU", 1)) // 2))
     info(f"ray: {workers} model worker(s) on {int(resources.get('CPU', 0))} CPU(s) and "
          f"{int(resources.get('GPU', 0))} GPU(s) of the cluster")
-    _, streamed = split_jobs(task, plan.todo)
-    streamed_set = set(streamed)
+    _, streamed, videos = split_jobs(task, plan.todo)
+    streamed_set = set(streamed) | set(videos)  # read by the actor that runs them (a video: frame by frame)
     # absolute paths: workers do not share the driver's working directory
     rows = [{"src": os.path.abspath(j.src), "dst": os.path.abspath(j.dst), "streamed": j in streamed_set}
             for j in plan.todo]

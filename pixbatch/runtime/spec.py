@@ -9,6 +9,7 @@ from enum import Enum
 
 from pixbatch.io.decode import DEFAULT_MAX_PIXELS
 from pixbatch.io.encode import EncodeOptions
+from pixbatch.io.video import VideoEncoding
 from pixbatch.runtime.windows import Windowing
 
 MIN_TILE, MAX_TILE = 16, 32768  # --tile's range (0 = automatic); the engine never cuts below MIN_TILE
@@ -85,6 +86,7 @@ class JobSpec:
     compute: ComputeSpec = field(default_factory=ComputeSpec)
     windowing: Windowing = field(default_factory=Windowing)
     encode: EncodeOptions = field(default_factory=EncodeOptions)
+    video: VideoEncoding = field(default_factory=VideoEncoding)  # how video outputs are encoded
     workers: int | None = None  # decode processes; None = automatic
     writers: int | None = None  # encode threads; None = automatic
     max_pixels: int = DEFAULT_MAX_PIXELS

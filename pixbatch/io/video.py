@@ -1,0 +1,345 @@
+"""Video files through PyAV (the optional ``video`` extra): probe, decode frames to RGB, encode RGB frames,
+and assemble the output with the input's other streams copied packet for packet.
+
+No external program runs: PyAV's wheels carry FFmpeg. Colour: each frame is converted with its own matrix
+and range (untagged streams: BT.709 from 720 lines up, else BT.601, as players assume), and the output is
+tagged with what the input had (or was assumed to have). Sources above 8 bits decode to 16-bit RGB and are
+written back at 10 bits. Timestamps: every output frame carries its input frame's pts in the input's time
+base, so variable frame rates stay variable and the other streams stay in sync."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
+                            ".m2ts", ".wmv", ".flv", ".ogv"})
+MISSING = "video files need PyAV: pip install 'pixbatch[video]'"
+
+# --codec: FFmpeg's encoder for each name
+CODECS = {"h264": "libx264", "h265": "libx265", "av1": "libsvtav1", "vp9": "libvpx-vp9", "ffv1": "ffv1",
+          "prores": "prores_ks"}
+# the containers each codec is written into as is; anything else goes to Matroska (.mkv), which takes all
+FITS = {".mp4": {"h264", "h265", "av1", "vp9"}, ".m4v": {"h264", "h265"}, ".mov": {"h264", "h265", "prores"},
+        ".mkv": set(CODECS), ".webm": {"vp9", "av1"}, ".avi": {"h264", "ffv1"}, ".ts": {"h264", "h265"},
+        ".mts": {"h264", "h265"}, ".m2ts": {"h264", "h265"}}
+FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi",
+           ".ts": "mpegts", ".mts": "mpegts", ".m2ts": "mpegts"}
+# quality defaults per encoder: visually lossless for pictures (x264 crf 18 is the usual threshold)
+DEFAULT_CRF = {"h264": 18, "h265": 20, "av1": 24, "vp9": 20}
+DEFAULT_PRESET = {"h264": "medium", "h265": "medium", "av1": "8"}
+
+# FFmpeg's colour tags (AVColorSpace, AVColorPrimaries, AVColorTransferCharacteristic, AVColorRange)
+UNSPECIFIED = 2
+BT709, BT601 = 1, 6  # matrices (and the primaries/transfer of the same number)
+LIMITED, FULL = 1, 2
+MATRIX_NAMES = {1: "itu709", 5: "itu601", 6: "smpte170m", 7: "smpte240m", 9: "bt2020", 10: "bt2020"}
+
+
+class VideoError(ValueError):
+    """A video that cannot be read or written; the message is the reason a user reads."""
+
+
+def require_av():
+    """PyAV, or VideoError saying which extra to install."""
+    try:
+        import av
+    except ImportError:
+        raise VideoError(MISSING) from None
+    return av
+
+
+# ISO-BMFF major brands of files that are audio or still images, not videos
+NOT_VIDEO_BRANDS = {b"M4A ", b"M4B ", b"M4P ", b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis", b"crx "}
+
+
+def sniff_video(path: Path) -> bool:
+    """Whether a file's first bytes are those of a video container (ISO-BMFF/QuickTime, Matroska/WebM,
+    AVI, MPEG-TS, MPEG-PS, FLV, ASF): how files with no known suffix are recognised, without PyAV."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(400)
+    except OSError:
+        return False
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        return head[8:12] not in NOT_VIDEO_BRANDS
+    if len(head) >= 12 and head[4:8] in (b"moov", b"mdat", b"wide", b"free") and head[:4] != b"\0\0\0\0":
+        return True  # QuickTime without a leading ftyp
+    return (head[:4] == b"\x1a\x45\xdf\xa3"  # EBML: Matroska, WebM
+            or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+            or (len(head) > 376 and head[0] == head[188] == head[376] == 0x47)  # MPEG-TS sync bytes
+            or head[:4] == b"\0\0\x01\xba"  # MPEG-PS pack header
+            or head[:3] == b"FLV"
+            or head[:16] == bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"))  # ASF (WMV)
+
+
+@dataclass(frozen=True)
+class VideoEncoding:
+    """How output videos are encoded (--codec, --crf, --bitrate, --preset, --pix-fmt); None: the default
+    for what is written (pictures: H.264 crf 18, or the input's container's own codec; masks: FFV1)."""
+
+    codec: str | None = None
+    crf: int | None = None
+    bitrate: str | None = None  # e.g. "8M": constant bit rate instead of crf
+    preset: str | None = None
+    pix_fmt: str | None = None
+
+
+def output_suffix(src_suffix: str, codec: str) -> str:
+    """The container of an output: the input's when ``codec`` can be written into it, else Matroska."""
+    suffix = src_suffix.lower()
+    return suffix if codec in FITS.get(suffix, ()) else ".mkv"
+
+
+def picture_codec(src_suffix: str, encoding: VideoEncoding) -> str:
+    """The codec of a picture output: --codec, else H.264 (VP9 for WebM, whose containers take no H.264)."""
+    return encoding.codec or ("vp9" if src_suffix.lower() == ".webm" else "h264")
+
+
+def main_codec(mask: bool, src_suffix: str, encoding: VideoEncoding) -> str:
+    """The codec of a video job's main output: --codec, else lossless FFV1 for masks, else the picture codec."""
+    return encoding.codec or ("ffv1" if mask else picture_codec(src_suffix, encoding))
+
+
+@dataclass(frozen=True)
+class Colour:
+    """The colour tags of a stream: matrix, range, primaries, transfer (FFmpeg's numbers)."""
+
+    matrix: int
+    range: int
+    primaries: int
+    transfer: int
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    frames: int  # as the container says (0: unknown); the frames decoded are what counts
+    time_base: Fraction
+    rate: Fraction | None  # average frame rate, when known
+    bits: int  # bits per sample of the decoded pixels: 8, or 16 for deeper sources
+    codec: str
+    colour: Colour
+    sar: Fraction | None
+
+
+def _colour(cc, height: int) -> Colour:
+    matrix, rng = cc.colorspace, cc.color_range
+    assumed = BT709 if height >= 720 else BT601
+    matrix = matrix if matrix in MATRIX_NAMES else assumed
+    primaries = cc.color_primaries if cc.color_primaries not in (0, UNSPECIFIED) else matrix if matrix in (1, 6) else 1
+    transfer = cc.color_trc if cc.color_trc not in (0, UNSPECIFIED) else primaries if primaries in (1, 6) else 1
+    return Colour(matrix, rng if rng in (LIMITED, FULL) else LIMITED, primaries, transfer)
+
+
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's own words for an error, without the file name PyAV appends."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text[0].lower() + text[1:] if text else type(exc).__name__
+
+
+class VideoReader:
+    """The first video stream of a file, decoded frame by frame into RGB (uint8, or uint16 for sources
+    above 8 bits), each with its pts. Several decoder threads (``thread_type`` AUTO)."""
+
+    def __init__(self, path: Path) -> None:
+        av = require_av()
+        self.path = path
+        try:
+            self.container = av.open(str(path), metadata_errors="ignore")
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+            raise VideoError(f"cannot open as a video ({_reason(exc)})") from None
+        try:
+            if not self.container.streams.video:
+                kinds = sorted({s.type for s in self.container.streams}) or ["no streams"]
+                raise VideoError(f"has no video stream ({', '.join(kinds)})")
+            self.stream = self.container.streams.video[0]
+            cc = self.stream.codec_context
+            if cc is None or not cc.width or not cc.height:
+                raise VideoError(f"cannot decode its video stream (codec {self.stream.codec_context.name if cc else '?'})")
+            self.stream.thread_type = "AUTO"
+            fmt = cc.format
+            depth = max((c.bits for c in fmt.components), default=8) if fmt is not None else 8
+            self.info = VideoInfo(
+                width=cc.width, height=cc.height, frames=int(self.stream.frames or 0),
+                time_base=self.stream.time_base or Fraction(1, 90000), rate=self.stream.average_rate,
+                bits=8 if depth <= 8 else 16, codec=cc.name, colour=_colour(cc, cc.height),
+                sar=cc.sample_aspect_ratio if cc.sample_aspect_ratio else None)
+        except BaseException:
+            self.container.close()
+            raise
+
+    def frames(self) -> Iterator[tuple[np.ndarray, int]]:
+        """(RGB pixels, pts) of every frame in presentation order; VideoError on corrupt data, a change
+        of size or an interlaced frame (the frame number said)."""
+        av = require_av()
+        info, n, last = self.info, 0, None
+        fmt = "rgb24" if info.bits == 8 else "rgb48le"
+        src = MATRIX_NAMES[info.colour.matrix]
+        try:
+            for packet in self.container.demux(self.stream):
+                for frame in packet.decode():
+                    if (frame.width, frame.height) != (info.width, info.height):
+                        raise VideoError(f"frame {n} is {frame.width}x{frame.height}, not {info.width}x"
+                                         f"{info.height}: resolution changes are not supported")
+                    if frame.is_corrupt:
+                        raise VideoError(f"frame {n} is damaged (its data could not be decoded whole)")
+                    if frame.interlaced_frame:
+                        raise VideoError(f"frame {n} is interlaced: deinterlace it first (pixbatch does not)")
+                    pts = frame.pts if frame.pts is not None else (last + 1 if last is not None else 0)
+                    last = pts
+                    yield frame.to_ndarray(format=fmt, src_colorspace=src, src_color_range=info.colour.range), pts
+                    n += 1
+        except av.FFmpegError as exc:
+            raise VideoError(f"cannot decode frame {n} ({_reason(exc)})") from None
+        if n == 0:
+            raise VideoError("its video stream has no frames")
+        if info.frames and n < info.frames:  # the container's index counts frames the data did not hold
+            raise VideoError(f"only {n} of its {info.frames} frames could be decoded (damaged or cut short)")
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class VideoWriter:
+    """Encodes RGB (or 1-channel mask) frames, each with its pts in ``info``'s time base, into a video-only
+    file in container ``fmt``; ``assemble`` adds the input's other streams."""
+
+    def __init__(self, path: Path, fmt: str, width: int, height: int, channels: int, bits: int, info: VideoInfo,
+                 codec: str, encoding: VideoEncoding) -> None:
+        av = require_av()
+        self.path, self.info, self.bits = path, info, bits
+        self.mask = channels == 1
+        self.container = av.open(str(path), "w", format=fmt)
+        try:
+            stream = self.container.add_stream(CODECS[codec], rate=info.rate or Fraction(25))
+            stream.width, stream.height = width, height
+            stream.pix_fmt = self.pix_fmt = encoding.pix_fmt or _pix_fmt(codec, width, height, bits, self.mask)
+            stream.time_base = info.time_base
+            cc = stream.codec_context
+            cc.time_base = info.time_base
+            if info.sar:
+                cc.sample_aspect_ratio = info.sar
+            if not self.mask:
+                c = info.colour
+                cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = c.matrix, c.range, c.primaries, c.transfer
+            stream.options = _options(codec, encoding)
+            if codec in ("h264", "h265"):
+                cc.thread_count = 0
+            self.stream = stream
+        except BaseException:
+            self.container.close()
+            path.unlink(missing_ok=True)
+            raise
+
+    def write(self, pixels: np.ndarray, pts: int) -> None:
+        av = require_av()
+        fmt = ("gray" if self.bits == 8 else "gray16le") if self.mask else ("rgb24" if self.bits == 8 else "rgb48le")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels[..., 0] if self.mask else pixels), format=fmt)
+        if self.mask:
+            frame = frame.reformat(format=self.pix_fmt)
+        else:
+            c = self.info.colour
+            frame = frame.reformat(format=self.pix_fmt, dst_colorspace=MATRIX_NAMES[c.matrix], dst_color_range=c.range)
+        frame.pts, frame.time_base = pts, self.info.time_base
+        self.container.mux(self.stream.encode(frame))
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file."""
+        self.container.mux(self.stream.encode(None))
+        self.container.close()
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        except Exception:
+            pass
+        self.path.unlink(missing_ok=True)
+
+
+def _pix_fmt(codec: str, width: int, height: int, bits: int, mask: bool) -> str:
+    """4:2:0 (8 or 10 bits) where the sizes are even; odd sizes (x3 of an odd input, --outscale) are
+    written 4:4:4, as 4:2:0 needs even sizes and pixbatch never pads or crops a frame silently."""
+    if codec == "ffv1":
+        return ("gray" if bits == 8 else "gray16le") if mask else ("yuv444p" if bits == 8 else "yuv444p10le")
+    if codec == "prores":
+        return "yuv444p10le" if width % 2 or height % 2 else "yuv422p10le"
+    sub = "444" if mask or width % 2 or height % 2 else "420"
+    return f"yuv{sub}p" + ("" if bits == 8 else "10le")
+
+
+def _options(codec: str, encoding: VideoEncoding) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    if codec in DEFAULT_CRF:
+        if encoding.bitrate:
+            opts["b"] = str(encoding.bitrate)
+        else:
+            opts["crf"] = str(encoding.crf if encoding.crf is not None else DEFAULT_CRF[codec])
+            if codec == "vp9":
+                opts["b"] = "0"  # constant quality
+        preset = encoding.preset or DEFAULT_PRESET.get(codec)
+        if preset is not None:
+            opts["preset" if codec != "vp9" else "deadline"] = preset
+    if codec == "h265":
+        opts["x265-params"] = "log-level=error"
+    if codec == "ffv1":
+        opts.update(level="3", slicecrc="1")
+    if codec == "prores":
+        opts["profile"] = "3"  # 422 HQ
+    return opts
+
+
+def assemble(video_only: Path, source: Path, out: Path, fmt: str) -> list[str]:
+    """Write ``out`` (container ``fmt``): the encoded video of ``video_only`` in place of ``source``'s first
+    video stream, and every other stream of ``source`` (audio, subtitles, data, other video) copied packet
+    for packet, with the container's metadata and chapters. Returns notes on streams the container
+    cannot hold (left out)."""
+    av = require_av()
+    notes: list[str] = []
+    with av.open(str(video_only)) as encoded, av.open(str(source), metadata_errors="ignore") as src, \
+            av.open(str(out), "w", format=fmt) as dst:
+        main = src.streams.video[0]
+        mapping = {}
+        for st in src.streams:
+            template = encoded.streams.video[0] if st.index == main.index else st
+            if st.index != main.index and st.codec_context is not None and \
+                    st.codec_context.name not in dst.supported_codecs:
+                notes.append(f"its {st.type} stream #{st.index} ({st.codec_context.name}) cannot be stored in "
+                             f"{out.suffix or fmt} and was left out")
+                continue
+            try:
+                ost = dst.add_stream_from_template(template)
+            except (av.FFmpegError, ValueError) as exc:
+                notes.append(f"its {st.type} stream #{st.index} was left out ({_reason(exc)})")
+                continue
+            ost.metadata.update({k: v for k, v in st.metadata.items() if k.lower() not in ("encoder", "duration")})
+            mapping[(st.index == main.index, st.index)] = ost
+        dst.metadata.update({k: v for k, v in src.metadata.items() if k.lower() != "encoder"})
+        if src.chapters():
+            dst.set_chapters(src.chapters())
+        others = [s for s in src.streams if s.index != main.index and (False, s.index) in mapping]
+        video_out = mapping[(True, main.index)]
+        order = itertools.count()
+
+        def timed(packets, encoded_video: bool):
+            for p in packets:
+                if p.size == 0:  # the demuxer's end-of-stream markers
+                    continue
+                ts = p.dts if p.dts is not None else p.pts
+                seconds = float(ts * p.time_base) if ts is not None else float("-inf")
+                yield seconds, next(order), p, encoded_video
+
+        streams = [timed(encoded.demux(encoded.streams.video[0]), True)]
+        if others:
+            streams.append(timed(src.demux(others), False))
+        for _, _, packet, encoded_video in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
+            packet.stream = video_out if encoded_video else mapping[(False, packet.stream.index)]
+            dst.mux(packet)
+    return notes

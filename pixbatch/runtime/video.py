@@ -1,0 +1,240 @@
+"""Video jobs on the one engine: a video file is a source of frames and a sink of encoded frames.
+
+Frames are decoded ahead of the model by a reader thread (PyAV, several decoder threads), each run
+through the WindowEngine as an image of its own (frames batch together; a frame too large for the
+memory budget is tiled with the usual windows and out-of-memory back-off), and handed in order to an
+encoder thread. Each output is encoded into a temporary video-only file, assembled with the input's other
+streams (stream copy) into a temporary file of its own container, and committed (renamed into place)
+only when whole: the main output last. A frame that fails fails the video, saying its number, and
+nothing of that video remains."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from pixbatch.io.atomic import OutputExistsError, commit, temp_path
+from pixbatch.io.decode import ImageMeta
+from pixbatch.io.discover import Job
+from pixbatch.io.encode import EncodeOptions
+from pixbatch.io.regions import RegionSource
+from pixbatch.io.video import (
+    FORMATS,
+    VideoEncoding,
+    VideoError,
+    VideoInfo,
+    VideoReader,
+    VideoWriter,
+    assemble,
+    main_codec,
+    output_suffix,
+    picture_codec,
+)
+from pixbatch.runtime.batcher import WindowEngine
+from pixbatch.runtime.canvas import Canvas
+from pixbatch.runtime.jobs import JobBook
+from pixbatch.runtime.sinks import Outputs
+from pixbatch.runtime.spec import JobSpec
+from pixbatch.runtime.task import Task
+
+READ_AHEAD = 8  # decoded frames waiting for the model (memory: a few batches of frames)
+ENCODE_QUEUE = 8  # finished frames waiting for the encoder
+
+
+def video_outputs(task: Task, dst: Path, src_suffix: str, encoding: VideoEncoding) -> dict[str, tuple[Path, str]]:
+    """(path, codec) of every file a video job writes: the main one at the planned ``dst``; the extras
+    (an overlay) as videos beside it, in the picture codec's container."""
+    out = {}
+    for name, path in task.outputs(dst, False).items():
+        if name == task.main:
+            out[name] = (dst, main_codec(task.main == "mask", src_suffix, encoding))
+        else:
+            codec = picture_codec(src_suffix, encoding)
+            out[name] = (path.with_suffix(output_suffix(src_suffix, codec)), codec)
+    return out
+
+
+class VideoSink:
+    """The outputs of one video (a Sink of frames): frames arrive in order with their pts and are encoded
+    by a thread of their own; ``commit`` finishes the files atomically, ``discard`` leaves nothing."""
+
+    def __init__(self, task: Task, job: Job, info: VideoInfo, encoding: VideoEncoding, overwrite: bool) -> None:
+        self.task, self.job, self.info, self.encoding, self.overwrite = task, job, info, encoding, overwrite
+        self.targets = video_outputs(task, job.dst, job.src.suffix, encoding)
+        self.writers: dict[str, VideoWriter] = {}
+        self.frames = 0
+        self.input_mp = self.output_mp = 0.0
+        self.notes: list[str] = []
+        self.error: BaseException | None = None
+        self.queue: queue.Queue = queue.Queue(ENCODE_QUEUE)
+        self.thread = threading.Thread(target=self._encode, name="pixbatch-video-encoder", daemon=True)
+        self.thread.start()
+
+    def put(self, arrays: dict[str, np.ndarray], pts: int, input_mp: float) -> None:
+        """One finished frame (its output arrays by name), in presentation order."""
+        if self.error is not None:
+            raise VideoError(f"cannot encode it ({self.error})")
+        self.queue.put((arrays, pts, input_mp))
+
+    def _encode(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue
+            arrays, pts, input_mp = item
+            try:
+                for name, arr in arrays.items():
+                    if name not in self.writers:
+                        self.writers[name] = self._writer(name, arr)
+                    self.writers[name].write(arr[..., :3] if arr.shape[2] == 4 else arr, pts)
+                self.frames += 1
+                self.input_mp += input_mp
+                main = arrays[self.task.main]
+                self.output_mp += main.shape[0] * main.shape[1] / 1e6
+            except Exception as exc:
+                self.error = exc
+
+    def _writer(self, name: str, arr: np.ndarray) -> VideoWriter:
+        path, codec = self.targets[name]
+        if arr.dtype not in (np.uint8, np.uint16) or arr.shape[2] not in (1, 3, 4):
+            raise VideoError(f"its {name} output ({arr.shape[2]} channel(s) of {arr.dtype}) cannot be a video")
+        if arr.shape[2] == 4:
+            self.notes.append("alpha is not kept in video outputs")
+        fmt = FORMATS.get(path.suffix.lower(), "matroska")
+        return VideoWriter(temp_path(path.with_name(path.name + ".video")), fmt, arr.shape[1], arr.shape[0],
+                           1 if arr.shape[2] == 1 else 3, 8 if arr.dtype == np.uint8 else 16, self.info, codec,
+                           self.encoding)
+
+    def _stop(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def commit(self) -> tuple[float, float]:
+        """Finish every output: flush the encoders, assemble each with the input's other streams, rename
+        into place (the main output last). Input and output MP."""
+        self._stop()
+        if self.error is not None:
+            raise VideoError(f"cannot encode it ({self.error})")
+        assembled: dict[str, Path] = {}
+        try:
+            for name, writer in self.writers.items():
+                writer.close()
+                path = self.targets[name][0]
+                assembled[name] = temp_path(path)
+                self.notes += assemble(writer.path, self.job.src, assembled[name],
+                                       FORMATS.get(path.suffix.lower(), "matroska"))
+            for name in [k for k in assembled if k != self.task.main] + [self.task.main]:
+                commit(assembled.pop(name), self.targets[name][0], self.overwrite)
+        finally:
+            for tmp in assembled.values():
+                tmp.unlink(missing_ok=True)
+            self.discard()
+        return self.input_mp, self.output_mp
+
+    def discard(self) -> None:
+        """Stop encoding and remove every temporary file of this video."""
+        self._stop()
+        for writer in self.writers.values():
+            writer.abort()
+        self.writers.clear()
+
+
+def _read_ahead(reader: VideoReader, out: queue.Queue, stop: threading.Event) -> None:
+    """Decode frames into ``out`` (then None), or put the exception that ended decoding."""
+    try:
+        for item in reader.frames():
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        out.put(None)
+    except BaseException as exc:  # VideoError (the frame number said), or a decoder bug
+        out.put(exc)
+
+
+def run_video(task: Task, job: Job, engine: WindowEngine, book: JobBook, spec: JobSpec, *,
+              progress: bool = False) -> None:
+    """Run one claimed video job through ``engine`` and book its outcome (done, skipped or failed)."""
+    import sys
+
+    from tqdm import tqdm
+
+    try:
+        reader = VideoReader(job.src)
+    except VideoError as exc:
+        book.fail(job.src, str(exc))
+        return
+    failure: list[str] = []
+    sink = None
+    stop = threading.Event()
+    frames: queue.Queue = queue.Queue(READ_AHEAD)
+    thread = threading.Thread(target=_read_ahead, args=(reader, frames, stop), name="pixbatch-video-reader",
+                              daemon=True)
+    try:
+        sink = VideoSink(task, job, reader.info, spec.video, spec.encode.overwrite)
+        meta = ImageMeta("RGB", reader.info.bits, "VIDEO")
+        thread.start()
+        with tqdm(total=reader.info.frames or None, unit="frame", desc=job.src.name, leave=False,
+                  disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+            index = 0
+            while not failure:
+                item = frames.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                pixels, pts = item
+                _start_frame(task, job, meta, pixels, pts, index, engine, sink, failure, spec.encode)
+                index += 1
+                bar.update(1)
+            engine.flush()
+        if failure:
+            raise VideoError(failure[0])
+        try:
+            book.done(*sink.commit())
+        except OutputExistsError:
+            book.skipped(job.src)
+        for note in dict.fromkeys(sink.notes):
+            book.info(f"note: {job.src}: {note}")
+    except VideoError as exc:
+        book.fail(job.src, str(exc))
+    except Exception as exc:  # an encoder or container error must not take the batch down
+        book.fail(job.src, f"cannot process the video ({type(exc).__name__}: {exc})")
+    finally:
+        stop.set()
+        if sink is not None:
+            sink.discard()
+        while thread.is_alive():  # let a reader blocked on a full queue see ``stop``
+            try:
+                frames.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)
+        reader.close()
+
+
+def _start_frame(task: Task, job: Job, meta: ImageMeta, pixels: np.ndarray, pts: int, index: int,
+                 engine: WindowEngine, sink: VideoSink, failure: list[str], encode: EncodeOptions) -> None:
+    """Queue one frame as an image of its own; when done, its outputs go to the sink in order."""
+    source = RegionSource(task.input_pixels(pixels))
+    outputs = Outputs(task, job, meta, source, False, encode)
+    input_mp = source.height * source.width / 1e6
+
+    def done() -> None:
+        if not failure:
+            try:
+                sink.put(outputs.arrays, pts, input_mp)
+            except VideoError as exc:
+                failure.append(str(exc))
+
+    def failed(reason: str) -> None:
+        failure.append(f"frame {index}: {reason}")
+
+    engine.add(Canvas(source, task.model_input, outputs.push, done, failed, fp32=task.fp32(meta),
+                      prepare=task.tiled))

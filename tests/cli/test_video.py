@@ -1,0 +1,203 @@
+"""Videos through the commands: every frame with its timestamp, the other streams copied, colour kept,
+bad videos one error line each (tests make their own clips with PyAV)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pixbatch.cli import cli
+from tests.conftest import clip_frame, make_clip
+
+av = pytest.importorskip("av")
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def streams(path: Path) -> dict:
+    """What a test compares of a video file: its video frames (pixels, pts in seconds), the other streams'
+    packets (hashes and times), chapters, metadata and the video stream's colour tags and pixel format."""
+    out = {"frames": [], "pts": [], "packets": {}}
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        cc = v.codec_context
+        out["video"] = {"size": (cc.width, cc.height), "pix_fmt": cc.pix_fmt, "codec": cc.name,
+                        "colour": (cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc)}
+        out["chapters"] = [(round(float(ch["start"] * ch["time_base"]), 3), ch["metadata"]) for ch in c.chapters()]
+        out["title"] = c.metadata.get("title") or c.metadata.get("TITLE")
+        for packet in c.demux():
+            if packet.stream.type == "video":  # the empty packet at the end flushes the decoder
+                for frame in packet.decode():
+                    out["pts"].append(round(float(frame.pts * frame.time_base), 6))
+                    out["frames"].append(frame.to_ndarray(format="rgb24" if cc.format.name.find("10") < 0
+                                                          else "rgb48le"))
+            elif packet.size:
+                key = f"{packet.stream.type}:{packet.stream.codec_context.name if packet.stream.codec_context else ''}"
+                out["packets"].setdefault(key, []).append(
+                    (hashlib.sha256(bytes(packet)).hexdigest(), round(float(packet.pts * packet.time_base), 6)))
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 99.0 if mse == 0 else 10 * np.log10(peak * peak / mse)
+
+
+def test_upscaling_a_video_keeps_every_frame_its_time_and_the_other_streams(tmp_path):
+    """VFR clip with audio, subtitles, chapters and a title: the output has the same frames in the same
+    order at the same times, twice the size, the same colour tags, every audio and subtitle packet
+    byte for byte, the chapters and the title; and each frame is the upscaled input frame."""
+    src = tmp_path / "clip.mkv"
+    make_clip(src, frames=14, vfr=True, audio=True, subtitles=True, chapters=True)
+    code, stdout, stderr = run("--json", "--device", "cpu", "upscale", src, tmp_path / "out", "--scale", "2")
+    assert code == 0, stderr
+    assert json.loads(stdout)["done"] == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip.mkv"]  # no temporary file left
+    before, after = streams(src), streams(tmp_path / "out" / "clip.mkv")
+    assert len(after["frames"]) == len(before["frames"]) == 14
+    assert after["pts"] == before["pts"]  # variable frame rate kept, frame for frame
+    assert after["packets"] == before["packets"] and set(after["packets"]) == {"audio:aac", "subtitle:srt"}
+    assert after["chapters"] == before["chapters"] and after["title"] == "pixbatch test clip"
+    assert after["video"]["size"] == (128, 96) and after["video"]["colour"] == before["video"]["colour"]
+    assert after["video"]["pix_fmt"] == "yuv420p" and after["video"]["codec"] == "h264"
+    # each frame is the model's output for that input frame: FFV1 (lossless 4:4:4) leaves only the rounding
+    # of RGB -> YCbCr -> RGB; H.264 (crf 18, 4:2:0) its own loss on top
+    code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / "exact", "--scale", "2", "--codec", "ffv1")
+    assert code == 0, stderr
+    exact = streams(tmp_path / "exact" / "clip.mkv")
+    assert exact["video"]["pix_fmt"] == "yuv444p" and exact["pts"] == before["pts"]
+    import torch
+
+    from pixbatch.cli.session import load_runner
+    from pixbatch.runtime.spec import ComputeSpec, ModelSpec
+    from pixbatch.tasks.upscale import upscale_tensor
+
+    runner = load_runner(ModelSpec(None, 2), ComputeSpec(device="cpu"), n_jobs=1)
+    for i in (0, 7, 13):
+        x = torch.from_numpy(before["frames"][i]).permute(2, 0, 1)[None].float() / 255
+        y = upscale_tensor(runner, x)[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+        diff = np.abs(exact["frames"][i].astype(int) - y).max()
+        assert diff <= 3 and psnr(after["frames"][i], y) > 30, i
+
+
+def test_segmenting_a_video_writes_lossless_masks_equal_to_the_frames_masks(tmp_path):
+    src = tmp_path / "clip.mp4"
+    make_clip(src, frames=6, size=(40, 56))
+    code, _, stderr = run("--device", "cpu", "segment", src, tmp_path / "out", "--overlay")
+    assert code == 0, stderr
+    masks = streams(tmp_path / "out" / "clip.mkv")  # FFV1 needs Matroska: the name says so
+    assert masks["video"]["codec"] == "ffv1" and masks["video"]["pix_fmt"] == "gray"
+    assert (tmp_path / "out" / "clip_overlay.mp4").is_file()
+    frames = streams(src)["frames"]
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{i:02d}.png")
+    code, _, stderr = run("--device", "cpu", "segment", folder, tmp_path / "pngs", "--workers", 0)
+    assert code == 0, stderr
+    for i, mask in enumerate(masks["frames"]):
+        expected = np.asarray(Image.open(tmp_path / "pngs" / f"{i:02d}.png").convert("L"))
+        assert np.array_equal(mask[..., 0], expected), i
+
+
+def test_ten_bit_video_stays_ten_bit(tmp_path):
+    src = tmp_path / "deep.mkv"
+    make_clip(src, frames=4, bits=16, codec="libx265")
+    code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / "out", "--scale", "2")
+    assert code == 0, stderr
+    out = streams(tmp_path / "out" / "deep.mkv")
+    assert out["video"]["pix_fmt"] == "yuv420p10le" and len(out["frames"]) == 4
+    assert out["frames"][0].dtype == np.uint16
+    # the frames are the model's output at 16 bits (not rounded to 8 on the way): 10-bit H.265 at crf 20
+    import torch
+
+    from pixbatch.cli.session import load_runner
+    from pixbatch.runtime.spec import ComputeSpec, ModelSpec
+    from pixbatch.tasks.upscale import upscale_tensor
+
+    runner = load_runner(ModelSpec(None, 2), ComputeSpec(device="cpu", precision="fp32"), n_jobs=1)
+    frame = streams(src)["frames"][0]
+    x = torch.from_numpy(frame.astype(np.float32) / 65535).permute(2, 0, 1)[None]
+    y = upscale_tensor(runner, x)[0].clamp(0, 1).permute(1, 2, 0).numpy() * 65535
+    assert psnr(out["frames"][0], y, peak=65535) > 30
+    assert np.mean(out["frames"][0] % 257 != 0) > 0.5  # not 8-bit values widened (those are multiples of 257)
+
+
+def test_an_odd_output_size_is_written_444_not_padded(tmp_path):
+    src = tmp_path / "clip.mp4"
+    make_clip(src, frames=3, size=(24, 30))
+    code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / "out", "--scale", "3")  # 90x72: even
+    assert code == 0, stderr
+    code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / "odd", "--scale", "2", "--outscale", "1.5")
+    assert code == 0, stderr
+    out = streams(tmp_path / "odd" / "clip.mp4")
+    assert out["video"]["size"] == (45, 36) and out["video"]["pix_fmt"] == "yuv444p"
+
+
+def test_bad_videos_are_one_error_line_each_and_the_batch_goes_on(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    make_clip(src / "good.mp4", frames=4)
+    whole = (src / "good.mp4").read_bytes()
+    (src / "truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    (src / "text.mp4").write_bytes(b"not a video at all\n" * 10)
+    (src / "damaged.mp4").write_bytes(whole[:1200] + bytes(600) + whole[1800:])
+    make_clip(tmp_path / "audio_source.mkv", frames=2, audio=True)
+    with av.open(str(tmp_path / "audio_source.mkv")) as c, av.open(str(src / "audio_only.mka"), "w") as o:
+        a = o.add_stream_from_template(c.streams.audio[0])
+        for p in c.demux(c.streams.audio[0]):
+            if p.size:
+                p.stream = a
+                o.mux(p)
+    (src / "audio_only.mkv").write_bytes((src / "audio_only.mka").read_bytes())
+    (src / "audio_only.mka").unlink()
+    Image.fromarray(clip_frame(0, 20, 20)).save(src / "photo.png")
+    code, stdout, stderr = run("--json", "--device", "cpu", "upscale", src, tmp_path / "out", "--scale", "2")
+    assert code == 123
+    summary = json.loads(stdout)
+    failed = {Path(e["path"]).name: e["reason"] for e in summary["errors"]}
+    assert set(failed) == {"truncated.mp4", "text.mp4", "audio_only.mkv", "damaged.mp4"}, failed
+    assert "no video stream" in failed["audio_only.mkv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.mp4", "photo.png"]
+    for line in stderr.splitlines():
+        if line.startswith("error:"):
+            assert line.count("\n") == 0
+
+
+def test_without_pyav_a_video_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    import pixbatch.io.video as video
+
+    make_clip(tmp_path / "clip.mp4", frames=2)
+
+    def missing():
+        raise video.VideoError(video.MISSING)
+
+    monkeypatch.setattr(video, "require_av", missing)
+    code, _, stderr = run("--device", "cpu", "upscale", tmp_path / "clip.mp4", tmp_path / "out", "--scale", "2")
+    assert code == 123 and "pip install 'pixbatch[video]'" in stderr
+
+
+def test_videos_are_recognised_by_content_and_audio_files_are_not(tmp_path):
+    from pixbatch.io.video import sniff_video
+
+    make_clip(tmp_path / "clip.mp4", frames=2)
+    make_clip(tmp_path / "clip.mkv", frames=2)
+    assert sniff_video(tmp_path / "clip.mp4") and sniff_video(tmp_path / "clip.mkv")
+    Image.fromarray(clip_frame(0, 8, 8)).save(tmp_path / "a.png")
+    assert not sniff_video(tmp_path / "a.png")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "camera_dump").write_bytes((tmp_path / "clip.mp4").read_bytes())  # no suffix at all
+    (folder / "notes.txt").write_text("hello")
+    code, stdout, stderr = run("--json", "--device", "cpu", "upscale", folder, tmp_path / "out", "--scale", "2")
+    assert code == 0, stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["camera_dump.mkv"]
