@@ -172,7 +172,7 @@ def clip_frame(i: int, height: int, width: int, bits: int = 8) -> np.ndarray:
 
 def make_clip(path: Path, frames: int = 12, size: tuple[int, int] = (48, 64), *, vfr: bool = False,
               audio: bool = False, subtitles: bool = False, bits: int = 8, codec: str = "libx264",
-              chapters: bool = False, colorspace: int | None = 1) -> list[int]:
+              chapters: bool = False, colorspace: int | None = 1, rotation: int = 0) -> list[int]:
     """A short clip made with PyAV (tests make their own videos): ``frames`` frames of ``clip_frame``,
     1 ms time base (VFR: every third frame lasts 50 ms instead of 33), optionally an AAC track, a
     subtitle track and chapters; returns the frames' pts."""
@@ -184,6 +184,8 @@ def make_clip(path: Path, frames: int = 12, size: tuple[int, int] = (48, 64), *,
     vs.width, vs.height = w, h
     vs.pix_fmt = "yuv420p" if bits == 8 else "yuv420p10le"
     vs.time_base = vs.codec_context.time_base = Fraction(1, 1000)
+    if rotation:
+        vs.set_display_rotation(rotation)
     if colorspace is not None:
         cc = vs.codec_context
         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = colorspace, colorspace, colorspace, 1

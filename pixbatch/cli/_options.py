@@ -189,14 +189,23 @@ video_options = _apply([
     click.option("--pix-fmt", default=None, metavar="FORMAT",
                  help="Video pixel format (default: yuv420p, yuv420p10le for sources above 8 bits, 4:4:4 "
                       "where a size is odd)."),
+    click.option("--untagged-matrix", type=click.Choice(["auto", "bt601", "bt709", "bt2020"]), default="auto",
+                 show_default=True,
+                 help="Videos whose stream has no colour tags: the YCbCr matrix to read them with (auto: BT.709 "
+                      "from 720 lines up, else BT.601, as players assume). The output is tagged with it."),
+    click.option("--segment-frames", type=click.IntRange(min=1), default=VideoEncoding.segment_frames,
+                 show_default=True,
+                 help="Video outputs are encoded in segments of this many frames, kept until the video is "
+                      "whole: an interrupted run resumes after the last finished one."),
 ])
 
 
 def video_encoding(codec: str | None, crf: int | None, bitrate: str | None, preset: str | None,
-                   pix_fmt: str | None) -> VideoEncoding:
+                   pix_fmt: str | None, untagged_matrix: str, segment_frames: int) -> VideoEncoding:
     if crf is not None and bitrate is not None:
         raise click.UsageError("give --crf or --bitrate, not both")
-    return VideoEncoding(codec=codec, crf=crf, bitrate=bitrate, preset=preset, pix_fmt=pix_fmt)
+    return VideoEncoding(codec=codec, crf=crf, bitrate=bitrate, preset=preset, pix_fmt=pix_fmt,
+                         segment_frames=segment_frames, untagged=untagged_matrix)
 
 
 kernels_option = click.option(

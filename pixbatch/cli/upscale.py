@@ -43,7 +43,7 @@ from pixbatch.tasks.defaults import UPSCALE
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
             workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
-            kernels, scale, outscale, model_name, codec, crf, bitrate, preset, pix_fmt) -> None:
+            kernels, scale, outscale, model_name, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames) -> None:
     """Upscale every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree. Existing outputs are skipped, so an interrupted run resumes
@@ -66,7 +66,7 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     # outputs too large for memory go to tiled BigTIFFs: the output size needs the model's scale, read
     # (once, and only if there are inputs to plan) from the spec, the registry or the checkpoint
     huge = app.huge_outputs(fmt, max_pixels, lambda: outscale or app.model_scale(model))
-    video = video_encoding(codec, crf, bitrate, preset, pix_fmt)
+    video = video_encoding(codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames)
     plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
                               suffix_of=huge, video=(False, video))
     from pixbatch.io.encode import EncodeOptions

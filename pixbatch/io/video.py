@@ -89,6 +89,8 @@ class VideoEncoding:
     bitrate: str | None = None  # e.g. "8M": constant bit rate instead of crf
     preset: str | None = None
     pix_fmt: str | None = None
+    segment_frames: int = 250  # input frames per segment: what an interrupted run resumes after
+    untagged: str = "auto"  # the matrix of streams with no colour tags: auto (BT.709 from 720 lines), bt601, ...
 
 
 def output_suffix(src_suffix: str, codec: str) -> str:
@@ -130,13 +132,19 @@ class VideoInfo:
     sar: Fraction | None
 
 
-def _colour(cc, height: int) -> Colour:
-    matrix, rng = cc.colorspace, cc.color_range
-    assumed = BT709 if height >= 720 else BT601
-    matrix = matrix if matrix in MATRIX_NAMES else assumed
-    primaries = cc.color_primaries if cc.color_primaries not in (0, UNSPECIFIED) else matrix if matrix in (1, 6) else 1
-    transfer = cc.color_trc if cc.color_trc not in (0, UNSPECIFIED) else primaries if primaries in (1, 6) else 1
-    return Colour(matrix, rng if rng in (LIMITED, FULL) else LIMITED, primaries, transfer)
+UNTAGGED = {"bt601": BT601, "bt709": BT709, "bt2020": 9}  # --untagged-matrix; auto: BT.709 from 720 lines
+PRIMARIES_OF = {1: 1, 5: 5, 6: 6, 7: 7, 9: 9, 10: 9}  # an untagged stream's primaries and transfer, from its
+TRANSFER_OF = {1: 1, 5: 6, 6: 6, 7: 7, 9: 14, 10: 14}  # matrix (FFmpeg's numbers)
+HDR_TRANSFERS = {16: "PQ", 18: "HLG"}
+
+
+def _colour(cc, height: int, untagged: str) -> Colour:
+    """The stream's colour tags; what is untagged follows the rule (or --untagged-matrix)."""
+    assumed = UNTAGGED.get(untagged, BT709 if height >= 720 else BT601)
+    matrix = cc.colorspace if cc.colorspace in MATRIX_NAMES else assumed
+    primaries = cc.color_primaries if cc.color_primaries not in (0, UNSPECIFIED) else PRIMARIES_OF[matrix]
+    transfer = cc.color_trc if cc.color_trc not in (0, UNSPECIFIED) else TRANSFER_OF[matrix]
+    return Colour(matrix, cc.color_range if cc.color_range in (LIMITED, FULL) else LIMITED, primaries, transfer)
 
 
 def _reason(exc: BaseException) -> str:
@@ -149,7 +157,7 @@ class VideoReader:
     """The first video stream of a file, decoded frame by frame into RGB (uint8, or uint16 for sources
     above 8 bits), each with its pts. Several decoder threads (``thread_type`` AUTO)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, untagged: str = "auto") -> None:
         av = require_av()
         self.path = path
         try:
@@ -170,15 +178,19 @@ class VideoReader:
             self.info = VideoInfo(
                 width=cc.width, height=cc.height, frames=int(self.stream.frames or 0),
                 time_base=self.stream.time_base or Fraction(1, 90000), rate=self.stream.average_rate,
-                bits=8 if depth <= 8 else 16, codec=cc.name, colour=_colour(cc, cc.height),
+                bits=8 if depth <= 8 else 16, codec=cc.name, colour=_colour(cc, cc.height, untagged),
                 sar=cc.sample_aspect_ratio if cc.sample_aspect_ratio else None)
+            if self.info.colour.transfer in HDR_TRANSFERS:
+                raise VideoError(f"is HDR ({HDR_TRANSFERS[self.info.colour.transfer]}): not processed, as its "
+                                 "mastering metadata would not be carried over (no silent SDR either)")
         except BaseException:
             self.container.close()
             raise
 
-    def frames(self) -> Iterator[tuple[np.ndarray, int]]:
-        """(RGB pixels, pts) of every frame in presentation order; VideoError on corrupt data, a change
-        of size or an interlaced frame (the frame number said)."""
+    def frames(self, skip: int = 0, last_pts: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        """(RGB pixels, pts) of every frame in presentation order after the first ``skip`` (decoded, not
+        converted; the last of them must have pts ``last_pts``, when given); VideoError on corrupt data, a
+        change of size or an interlaced frame (the frame number said)."""
         av = require_av()
         info, n, last = self.info, 0, None
         fmt = "rgb24" if info.bits == 8 else "rgb48le"
@@ -195,8 +207,13 @@ class VideoReader:
                         raise VideoError(f"frame {n} is interlaced: deinterlace it first (pixbatch does not)")
                     pts = frame.pts if frame.pts is not None else (last + 1 if last is not None else 0)
                     last = pts
-                    yield frame.to_ndarray(format=fmt, src_colorspace=src, src_color_range=info.colour.range), pts
                     n += 1
+                    if n <= skip:
+                        if n == skip and last_pts is not None and pts != last_pts:
+                            raise VideoError(f"frame {n - 1} is not the one its finished segments end with: run "
+                                             "it again (it starts over)")
+                        continue
+                    yield frame.to_ndarray(format=fmt, src_colorspace=src, src_color_range=info.colour.range), pts
         except av.FFmpegError as exc:
             raise VideoError(f"cannot decode frame {n} ({_reason(exc)})") from None
         if n == 0:
@@ -296,19 +313,32 @@ def _options(codec: str, encoding: VideoEncoding) -> dict[str, str]:
     return opts
 
 
-def assemble(video_only: Path, source: Path, out: Path, fmt: str) -> list[str]:
-    """Write ``out`` (container ``fmt``): the encoded video of ``video_only`` in place of ``source``'s first
-    video stream, and every other stream of ``source`` (audio, subtitles, data, other video) copied packet
-    for packet, with the container's metadata and chapters. Returns notes on streams the container
-    cannot hold (left out)."""
+def _rotation(path: Path) -> int:
+    """The display rotation of a file's first video stream (degrees counter-clockwise), read from its first
+    frame in a container of its own (seeking back would skip packets with negative timestamps)."""
+    av = require_av()
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            for frame in container.decode(container.streams.video[0]):
+                return int(frame.rotation or 0)
+    except Exception:
+        return 0
+    return 0
+
+
+def assemble(parts: list[Path], source: Path, out: Path, fmt: str, *, frames: int) -> list[str]:
+    """Write ``out`` (container ``fmt``): the encoded video of ``parts`` (segments of one stream, in order,
+    ``frames`` frames together) in place of ``source``'s first video stream, and every other stream of
+    ``source`` (audio, subtitles, data, other video) copied packet for packet, with the container's
+    metadata and chapters. Returns notes on streams the container cannot hold (left out)."""
     av = require_av()
     notes: list[str] = []
-    with av.open(str(video_only)) as encoded, av.open(str(source), metadata_errors="ignore") as src, \
+    with av.open(str(parts[0])) as first, av.open(str(source), metadata_errors="ignore") as src, \
             av.open(str(out), "w", format=fmt) as dst:
         main = src.streams.video[0]
         mapping = {}
         for st in src.streams:
-            template = encoded.streams.video[0] if st.index == main.index else st
+            template = first.streams.video[0] if st.index == main.index else st
             if st.index != main.index and st.codec_context is not None and \
                     st.codec_context.name not in dst.supported_codecs:
                 notes.append(f"its {st.type} stream #{st.index} ({st.codec_context.name}) cannot be stored in "
@@ -320,26 +350,38 @@ def assemble(video_only: Path, source: Path, out: Path, fmt: str) -> list[str]:
                 notes.append(f"its {st.type} stream #{st.index} was left out ({_reason(exc)})")
                 continue
             ost.metadata.update({k: v for k, v in st.metadata.items() if k.lower() not in ("encoder", "duration")})
-            mapping[(st.index == main.index, st.index)] = ost
+            if st.index == main.index and (rotation := _rotation(source)):
+                ost.set_display_rotation(rotation)  # a phone video shot upright stays upright
+            mapping[st.index] = ost
         dst.metadata.update({k: v for k, v in src.metadata.items() if k.lower() != "encoder"})
         if src.chapters():
             dst.set_chapters(src.chapters())
-        others = [s for s in src.streams if s.index != main.index and (False, s.index) in mapping]
-        video_out = mapping[(True, main.index)]
+        others = [s for s in src.streams if s.index != main.index and s.index in mapping]
         order = itertools.count()
+        counted = [0]
 
-        def timed(packets, encoded_video: bool):
+        def encoded():
+            for path in parts:
+                with av.open(str(path)) as part:
+                    for p in part.demux(part.streams.video[0]):
+                        if p.size:
+                            counted[0] += 1
+                            yield p
+
+        def timed(packets, stream_of):
             for p in packets:
                 if p.size == 0:  # the demuxer's end-of-stream markers
                     continue
                 ts = p.dts if p.dts is not None else p.pts
                 seconds = float(ts * p.time_base) if ts is not None else float("-inf")
-                yield seconds, next(order), p, encoded_video
+                yield seconds, next(order), p, stream_of(p)
 
-        streams = [timed(encoded.demux(encoded.streams.video[0]), True)]
+        streams = [timed(encoded(), lambda p: mapping[main.index])]
         if others:
-            streams.append(timed(src.demux(others), False))
-        for _, _, packet, encoded_video in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
-            packet.stream = video_out if encoded_video else mapping[(False, packet.stream.index)]
+            streams.append(timed(src.demux(others), lambda p: mapping[p.stream.index]))
+        for _, _, packet, stream in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
+            packet.stream = stream
             dst.mux(packet)
+    if counted[0] != frames:
+        raise VideoError(f"its encoded segments hold {counted[0]} frames, not {frames}")
     return notes

@@ -10,8 +10,11 @@ nothing of that video remains."""
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,7 @@ from pixbatch.io.video import (
     output_suffix,
     picture_codec,
 )
+from pixbatch.io.video_parts import Parts
 from pixbatch.runtime.batcher import WindowEngine
 from pixbatch.runtime.canvas import Canvas
 from pixbatch.runtime.jobs import JobBook
@@ -59,13 +63,17 @@ def video_outputs(task: Task, dst: Path, src_suffix: str, encoding: VideoEncodin
 
 class VideoSink:
     """The outputs of one video (a Sink of frames): frames arrive in order with their pts and are encoded
-    by a thread of their own; ``commit`` finishes the files atomically, ``discard`` leaves nothing."""
+    by a thread of their own, in segments of ``encoding.segment_frames`` kept in ``parts`` as each is
+    complete (io/video_parts.py); ``commit`` assembles the segments into the files, atomically;
+    ``discard`` removes the segment in progress (the complete ones stay for a resumed run)."""
 
-    def __init__(self, task: Task, job: Job, info: VideoInfo, encoding: VideoEncoding, overwrite: bool) -> None:
+    def __init__(self, task: Task, job: Job, info: VideoInfo, encoding: VideoEncoding, overwrite: bool,
+                 parts: Parts) -> None:
         self.task, self.job, self.info, self.encoding, self.overwrite = task, job, info, encoding, overwrite
         self.targets = video_outputs(task, job.dst, job.src.suffix, encoding)
+        self.parts = parts
         self.writers: dict[str, VideoWriter] = {}
-        self.frames = 0
+        self.segment: list[int] = []  # pts of the frames of the segment in progress
         self.input_mp = self.output_mp = 0.0
         self.notes: list[str] = []
         self.error: BaseException | None = None
@@ -85,11 +93,13 @@ class VideoSink:
                 continue
             arrays, pts, input_mp = item
             try:
+                if len(self.segment) == self.encoding.segment_frames:
+                    self._close_segment()
                 for name, arr in arrays.items():
                     if name not in self.writers:
                         self.writers[name] = self._writer(name, arr)
                     self.writers[name].write(arr[..., :3] if arr.shape[2] == 4 else arr, pts)
-                self.frames += 1
+                self.segment.append(pts)
                 self.input_mp += input_mp
                 main = arrays[self.task.main]
                 self.output_mp += main.shape[0] * main.shape[1] / 1e6
@@ -103,9 +113,24 @@ class VideoSink:
         if arr.shape[2] == 4:
             self.notes.append("alpha is not kept in video outputs")
         fmt = FORMATS.get(path.suffix.lower(), "matroska")
-        return VideoWriter(temp_path(path.with_name(path.name + ".video")), fmt, arr.shape[1], arr.shape[0],
-                           1 if arr.shape[2] == 1 else 3, 8 if arr.dtype == np.uint8 else 16, self.info, codec,
-                           self.encoding)
+        final = self.parts.path(name, len(self.parts.segments), path.suffix.lower())
+        return VideoWriter(temp_path(final), fmt, arr.shape[1], arr.shape[0], 1 if arr.shape[2] == 1 else 3,
+                           8 if arr.dtype == np.uint8 else 16, self.info, codec, self.encoding)
+
+    def _close_segment(self) -> None:
+        """Finish the segment in progress: flush its encoders, rename its files into the parts folder and
+        list it in the manifest (then a killed run resumes after it)."""
+        if not self.segment:
+            return
+        files = {}
+        for name, writer in self.writers.items():
+            writer.close()
+            final = self.parts.path(name, len(self.parts.segments), self.targets[name][0].suffix.lower())
+            os.replace(writer.path, final)
+            files[name] = final
+        self.writers.clear()
+        self.parts.add(files, len(self.segment), self.segment[0], self.segment[-1])
+        self.segment = []
 
     def _stop(self) -> None:
         if self.thread.is_alive():
@@ -113,39 +138,52 @@ class VideoSink:
             self.thread.join()
 
     def commit(self) -> tuple[float, float]:
-        """Finish every output: flush the encoders, assemble each with the input's other streams, rename
-        into place (the main output last). Input and output MP."""
+        """Finish every output: the last segment, then each output assembled from its segments and the
+        input's other streams, renamed into place (the main output last). Input and output MP."""
         self._stop()
         if self.error is not None:
             raise VideoError(f"cannot encode it ({self.error})")
+        self._close_segment()
         assembled: dict[str, Path] = {}
         try:
-            for name, writer in self.writers.items():
-                writer.close()
-                path = self.targets[name][0]
+            for name, (path, _) in self.targets.items():
+                if not self.parts.files(name):
+                    continue
                 assembled[name] = temp_path(path)
-                self.notes += assemble(writer.path, self.job.src, assembled[name],
-                                       FORMATS.get(path.suffix.lower(), "matroska"))
+                self.notes += assemble(self.parts.files(name), self.job.src, assembled[name],
+                                       FORMATS.get(path.suffix.lower(), "matroska"), frames=self.parts.frames)
             for name in [k for k in assembled if k != self.task.main] + [self.task.main]:
                 commit(assembled.pop(name), self.targets[name][0], self.overwrite)
         finally:
             for tmp in assembled.values():
                 tmp.unlink(missing_ok=True)
             self.discard()
+        self.parts.remove()
         return self.input_mp, self.output_mp
 
     def discard(self) -> None:
-        """Stop encoding and remove every temporary file of this video."""
+        """Stop encoding and remove the segment in progress."""
         self._stop()
         for writer in self.writers.values():
             writer.abort()
         self.writers.clear()
 
 
-def _read_ahead(reader: VideoReader, out: queue.Queue, stop: threading.Event) -> None:
-    """Decode frames into ``out`` (then None), or put the exception that ended decoding."""
+def _settings(task: Task, spec: JobSpec) -> dict:
+    """What decides a video's output frames: a resumed run continues only when these are the same."""
+    info, runner = task.runner.info, task.runner
+    settings = {"model": info.name, "arch": info.arch, "path": info.path, "dtype": str(runner.dtype),
+                "task": task.name, "task_settings": task.settings(), "windowing": asdict(spec.windowing),
+                "encoding": asdict(spec.video)}
+    return json.loads(json.dumps(settings, default=str))  # as the manifest will read back
+
+
+def _read_ahead(reader: VideoReader, out: queue.Queue, stop: threading.Event, skip: int,
+                last_pts: int | None) -> None:
+    """Decode frames into ``out`` (then None), or put the exception that ended decoding; the first
+    ``skip`` are decoded only to reach the rest."""
     try:
-        for item in reader.frames():
+        for item in reader.frames(skip, last_pts):
             while not stop.is_set():
                 try:
                     out.put(item, timeout=0.1)
@@ -167,7 +205,7 @@ def run_video(task: Task, job: Job, engine: WindowEngine, book: JobBook, spec: J
     from tqdm import tqdm
 
     try:
-        reader = VideoReader(job.src)
+        reader = VideoReader(job.src, spec.video.untagged)
     except VideoError as exc:
         book.fail(job.src, str(exc))
         return
@@ -175,15 +213,21 @@ def run_video(task: Task, job: Job, engine: WindowEngine, book: JobBook, spec: J
     sink = None
     stop = threading.Event()
     frames: queue.Queue = queue.Queue(READ_AHEAD)
-    thread = threading.Thread(target=_read_ahead, args=(reader, frames, stop), name="pixbatch-video-reader",
-                              daemon=True)
+    thread = None
+    parts = Parts(job.dst, job.src, _settings(task, spec))
     try:
-        sink = VideoSink(task, job, reader.info, spec.video, spec.encode.overwrite)
+        resumed = parts.resume()
+        if resumed:
+            book.info(f"note: {job.src}: resuming after frame {resumed - 1} ({len(parts.segments)} segment(s) "
+                      "finished by an earlier run)")
+        sink = VideoSink(task, job, reader.info, spec.video, spec.encode.overwrite, parts)
         meta = ImageMeta("RGB", reader.info.bits, "VIDEO")
+        thread = threading.Thread(target=_read_ahead, args=(reader, frames, stop, resumed, parts.last_pts),
+                                  name="pixbatch-video-reader", daemon=True)
         thread.start()
-        with tqdm(total=reader.info.frames or None, unit="frame", desc=job.src.name, leave=False,
+        with tqdm(total=reader.info.frames or None, initial=resumed, unit="frame", desc=job.src.name, leave=False,
                   disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-            index = 0
+            index = resumed
             while not failure:
                 item = frames.get()
                 if item is None:
@@ -204,14 +248,16 @@ def run_video(task: Task, job: Job, engine: WindowEngine, book: JobBook, spec: J
         for note in dict.fromkeys(sink.notes):
             book.info(f"note: {job.src}: {note}")
     except VideoError as exc:
+        parts.remove()  # a failed video leaves nothing; an interrupted one keeps its finished segments
         book.fail(job.src, str(exc))
     except Exception as exc:  # an encoder or container error must not take the batch down
+        parts.remove()
         book.fail(job.src, f"cannot process the video ({type(exc).__name__}: {exc})")
     finally:
         stop.set()
         if sink is not None:
             sink.discard()
-        while thread.is_alive():  # let a reader blocked on a full queue see ``stop``
+        while thread is not None and thread.is_alive():  # let a reader blocked on a full queue see ``stop``
             try:
                 frames.get_nowait()
             except queue.Empty:

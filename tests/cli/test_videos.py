@@ -143,6 +143,16 @@ def test_an_odd_output_size_is_written_444_not_padded(tmp_path):
     assert out["video"]["size"] == (45, 36) and out["video"]["pix_fmt"] == "yuv444p"
 
 
+def test_a_rotated_phone_video_keeps_its_rotation(tmp_path):
+    src = tmp_path / "phone.mp4"
+    make_clip(src, frames=3, rotation=90)
+    code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / "out", "--scale", "2")
+    assert code == 0, stderr
+    with av.open(str(tmp_path / "out" / "phone.mp4")) as c:
+        frame = next(c.decode(c.streams.video[0]))
+        assert (frame.rotation, frame.width, frame.height) == (90, 128, 96)
+
+
 def test_bad_videos_are_one_error_line_each_and_the_batch_goes_on(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -201,3 +211,77 @@ def test_videos_are_recognised_by_content_and_audio_files_are_not(tmp_path):
     code, stdout, stderr = run("--json", "--device", "cpu", "upscale", folder, tmp_path / "out", "--scale", "2")
     assert code == 0, stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["camera_dump.mkv"]
+
+
+def test_segments_join_into_one_video_with_every_frame_and_nothing_left_beside_it(tmp_path):
+    """Encoded in segments of 4 frames (each starts on a keyframe), joined by stream copy: the same frames,
+    times and audio as one segment gives, and the parts folder gone once the video is committed."""
+    src = tmp_path / "clip.mkv"
+    make_clip(src, frames=14, vfr=True, audio=True)
+    for folder, frames in (("one", 250), ("four", 4)):
+        code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / folder, "--scale", "2", "--codec", "ffv1",
+                              "--segment-frames", frames)
+        assert code == 0, stderr
+        assert [p.name for p in (tmp_path / folder).iterdir()] == ["clip.mkv"]  # no parts, no temporary file
+    one, four = streams(tmp_path / "one" / "clip.mkv"), streams(tmp_path / "four" / "clip.mkv")
+    assert four["pts"] == one["pts"] and four["packets"] == one["packets"] and len(four["frames"]) == 14
+    assert all(np.array_equal(a, b) for a, b in zip(four["frames"], one["frames"]))
+
+
+DIE_AT_FRAME = """
+import os, signal, sys
+from pixbatch.tasks import upscale
+seen = [0]
+post = upscale.UpscaleTask.post
+def post_and_die(self, y, meta, rows):
+    seen[0] += 1
+    if seen[0] == {frame}:
+        os.kill(os.getpid(), signal.{signal})
+    return post(self, y, meta, rows)
+upscale.UpscaleTask.post = post_and_die
+from pixbatch.cli import main
+sys.argv = ['pixbatch', *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_an_interrupted_or_killed_video_resumes_after_its_last_segment(tmp_path, signal_name):
+    """Ctrl-C, SIGTERM and kill -9 at frame 16 of 24 (segments of 3 frames): the rerun resumes after a
+    finished segment and its output holds exactly the frames of an uninterrupted run (FFV1: deterministic)."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "clip.mp4"
+    make_clip(src, frames=24, audio=True)
+    args = ["--device", "cpu", "-v", "upscale", str(src), str(tmp_path / "out"), "--scale", "2", "--codec", "ffv1",
+            "--segment-frames", "3", "--batch-size", "1"]
+    proc = subprocess.run([sys.executable, "-c", DIE_AT_FRAME.format(frame=16, signal=signal_name), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and not (tmp_path / "out" / "clip.mkv").exists(), proc.stderr
+    parts = tmp_path / "out" / ".clip.mkv.pixbatch-parts"
+    assert parts.is_dir() and len(json.loads((parts / "manifest.json").read_text())["segments"]) >= 2
+    code, _, stderr = run(*args)
+    assert code == 0, stderr
+    resumed = int(stderr.split("resuming after frame ")[1].split()[0])
+    assert resumed >= 5 and (resumed + 1) % 3 == 0, stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["clip.mkv"]
+    code, _, stderr = run(*args[:5], str(tmp_path / "whole"), *args[6:])
+    assert code == 0, stderr
+    resumed_run, whole = streams(tmp_path / "out" / "clip.mkv"), streams(tmp_path / "whole" / "clip.mkv")
+    assert resumed_run["pts"] == whole["pts"] and len(whole["pts"]) == 24
+    assert resumed_run["packets"] == whole["packets"]
+    assert all(np.array_equal(a, b) for a, b in zip(resumed_run["frames"], whole["frames"]))
+
+
+def test_a_video_that_fails_leaves_no_segments(tmp_path):
+    """A frame that cannot be decoded fails the video: its finished segments are removed with it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    make_clip(src / "clip.mp4", frames=24)
+    whole = (src / "clip.mp4").read_bytes()
+    (src / "clip.mp4").write_bytes(whole[: int(len(whole) * 0.8)] + bytes(200) + whole[int(len(whole) * 0.8) + 200:])
+    code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / "out", "--scale", "2",
+                          "--segment-frames", "2")
+    assert code == 123 and "error:" in stderr
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
