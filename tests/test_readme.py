@@ -99,6 +99,7 @@ ENTRIES = {
     "pixbatch upscale in/ out/ --scale 4 --ray auto": (False, [], ["out/astronaut.jpg"]),
     "pixbatch segment slides/ masks/ --ray local --ray-workers 2": (False, [], ["masks/astronaut.png"]),
     "pixbatch models": (False, [], []),
+    "pixbatch export rlfn_x4 rlfn_x4.onnx": (False, [], ["rlfn_x4.onnx"]),
     "pixbatch eval sr --model imdn_x4.pth --hr Set5/": (True, [], []),
     "pixbatch train sr --data photos/ --arch edsr_baseline --scale 2 --steps 20000 --out x2.safetensors":
         (False, ["--batch-size", "2", "--patch", "16"], ["x2.safetensors"]),

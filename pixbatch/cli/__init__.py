@@ -73,6 +73,7 @@ def _accept_global_options_after(command: click.Command) -> None:
 def _register() -> None:
     from pixbatch.cli.bench import bench
     from pixbatch.cli.eval import eval_group
+    from pixbatch.cli.export import export
     from pixbatch.cli.models import models
     from pixbatch.cli.segment import segment
     from pixbatch.cli.stylize import stylize
@@ -86,6 +87,7 @@ def _register() -> None:
     cli.add_command(eval_group)
     cli.add_command(train_group)
     cli.add_command(bench)
+    cli.add_command(export)
 
     for command in cli.commands.values():
         _accept_global_options_after(command)

@@ -143,7 +143,8 @@ precision_options = _apply([
     click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
                  help="What computes on the CPU. auto: OpenVINO when it is installed (pip install "
                       "'pixbatch[openvino]'), the job has 64 MP of input or more, and it measures faster than "
-                      "PyTorch for this model with the same outputs; else PyTorch."),
+                      "PyTorch for this model with the same outputs; else PyTorch; ONNX Runtime for a .onnx "
+                      "model (onnxruntime: ONNX files only)."),
 ])
 
 

@@ -38,6 +38,14 @@ precision_option = click.option("--precision", type=click.Choice(PRECISIONS), de
                                      "they would use it); fp32 by default: published numbers are reproduced in fp32.")
 
 
+def eval_backend(model_name: str | None, backend: str) -> str:
+    """--backend as given; an ONNX model left at eval's default (torch) runs on ONNX Runtime, its only runtime."""
+    ctx = click.get_current_context(silent=True)
+    default = ctx is not None and ctx.get_parameter_source("backend") == click.core.ParameterSource.DEFAULT
+    onnx = model_name is not None and str(model_name).lower().endswith(".onnx")
+    return BackendChoice.ONNXRUNTIME.value if onnx and default else backend
+
+
 def _renamed(old: str, new: str):
     """A deprecated option name that still works, saying its new name (``--lr`` of eval sr, a learning
     rate everywhere else, is now ``--lr-images``)."""
@@ -81,7 +89,7 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backe
     from pixbatch.runtime.prepare import ModelFailedError
 
     try:
-        compute = replace(EVAL_COMPUTE, device=app.device, precision=precision, backend=backend)
+        compute = replace(EVAL_COMPUTE, device=app.device, precision=precision, backend=eval_backend(model_name, backend))
         runner = load_runner(ModelSpec(model_name, scale, task="sr"), compute, n_jobs=0, info=app.info)
         precision = precision_name(runner.dtype)  # what it computed in (auto resolved)
         results = evaluate_sr(runner, hr_dir, lr_dir, on_error=app.file_error)
@@ -171,7 +179,8 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, class
     from pixbatch.runtime.prepare import ModelFailedError
 
     try:
-        compute = replace(EVAL_COMPUTE, device=app.device, precision=precision, backend=backend,
+        compute = replace(EVAL_COMPUTE, device=app.device, precision=precision,
+                          backend=eval_backend(model_name, backend),
                           kernels=KernelChoice.TORCH)
         runner = load_runner(ModelSpec(model_name, task="seg"), compute, n_jobs=0, info=app.info)
         precision = precision_name(runner.dtype)  # what it computed in (auto resolved)

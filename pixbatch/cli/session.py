@@ -29,6 +29,10 @@ def load_model(spec: ModelSpec):
     except (UnknownModelError, UnsupportedModelError, NoDefaultModelError, FileNotFoundError) as exc:
         raise StartupError(str(exc)) from None
     info = loaded.info
+    if info.source == "onnx" and info.scale == 1 and info.out_channels == 3 and task in ("sr", "style"):
+        from dataclasses import replace  # image to image: a style net, or a 1x restoration model for upscale
+
+        loaded.info = info = replace(info, task=task)
     if info.task != task:
         kind = {"sr": "a super-resolution", "seg": "a segmentation", "style": "a style transfer"}[info.task]
         raise StartupError(f"{info.name} is {kind} model; use `{TASK_COMMAND[info.task]}`")

@@ -9,8 +9,6 @@ base, so variable frame rates stay variable and the other streams stay in sync."
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -147,7 +145,7 @@ def _colour(cc, height: int, untagged: str) -> Colour:
     return Colour(matrix, cc.color_range if cc.color_range in (LIMITED, FULL) else LIMITED, primaries, transfer)
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """FFmpeg's own words for an error, without the file name PyAV appends."""
     text = getattr(exc, "strerror", None) or str(exc)
     return text[0].lower() + text[1:] if text else type(exc).__name__
@@ -163,7 +161,7 @@ class VideoReader:
         try:
             self.container = av.open(str(path), metadata_errors="ignore")
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-            raise VideoError(f"cannot open as a video ({_reason(exc)})") from None
+            raise VideoError(f"cannot open as a video ({reason(exc)})") from None
         try:
             if not self.container.streams.video:
                 kinds = sorted({s.type for s in self.container.streams}) or ["no streams"]
@@ -215,7 +213,7 @@ class VideoReader:
                         continue
                     yield frame.to_ndarray(format=fmt, src_colorspace=src, src_color_range=info.colour.range), pts
         except av.FFmpegError as exc:
-            raise VideoError(f"cannot decode frame {n} ({_reason(exc)})") from None
+            raise VideoError(f"cannot decode frame {n} ({reason(exc)})") from None
         if n == 0:
             raise VideoError("its video stream has no frames")
         if info.frames and n < info.frames:  # the container's index counts frames the data did not hold
@@ -311,77 +309,3 @@ def _options(codec: str, encoding: VideoEncoding) -> dict[str, str]:
     if codec == "prores":
         opts["profile"] = "3"  # 422 HQ
     return opts
-
-
-def _rotation(path: Path) -> int:
-    """The display rotation of a file's first video stream (degrees counter-clockwise), read from its first
-    frame in a container of its own (seeking back would skip packets with negative timestamps)."""
-    av = require_av()
-    try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            for frame in container.decode(container.streams.video[0]):
-                return int(frame.rotation or 0)
-    except Exception:
-        return 0
-    return 0
-
-
-def assemble(parts: list[Path], source: Path, out: Path, fmt: str, *, frames: int) -> list[str]:
-    """Write ``out`` (container ``fmt``): the encoded video of ``parts`` (segments of one stream, in order,
-    ``frames`` frames together) in place of ``source``'s first video stream, and every other stream of
-    ``source`` (audio, subtitles, data, other video) copied packet for packet, with the container's
-    metadata and chapters. Returns notes on streams the container cannot hold (left out)."""
-    av = require_av()
-    notes: list[str] = []
-    with av.open(str(parts[0])) as first, av.open(str(source), metadata_errors="ignore") as src, \
-            av.open(str(out), "w", format=fmt) as dst:
-        main = src.streams.video[0]
-        mapping = {}
-        for st in src.streams:
-            template = first.streams.video[0] if st.index == main.index else st
-            if st.index != main.index and st.codec_context is not None and \
-                    st.codec_context.name not in dst.supported_codecs:
-                notes.append(f"its {st.type} stream #{st.index} ({st.codec_context.name}) cannot be stored in "
-                             f"{out.suffix or fmt} and was left out")
-                continue
-            try:
-                ost = dst.add_stream_from_template(template)
-            except (av.FFmpegError, ValueError) as exc:
-                notes.append(f"its {st.type} stream #{st.index} was left out ({_reason(exc)})")
-                continue
-            ost.metadata.update({k: v for k, v in st.metadata.items() if k.lower() not in ("encoder", "duration")})
-            if st.index == main.index and (rotation := _rotation(source)):
-                ost.set_display_rotation(rotation)  # a phone video shot upright stays upright
-            mapping[st.index] = ost
-        dst.metadata.update({k: v for k, v in src.metadata.items() if k.lower() != "encoder"})
-        if src.chapters():
-            dst.set_chapters(src.chapters())
-        others = [s for s in src.streams if s.index != main.index and s.index in mapping]
-        order = itertools.count()
-        counted = [0]
-
-        def encoded():
-            for path in parts:
-                with av.open(str(path)) as part:
-                    for p in part.demux(part.streams.video[0]):
-                        if p.size:
-                            counted[0] += 1
-                            yield p
-
-        def timed(packets, stream_of):
-            for p in packets:
-                if p.size == 0:  # the demuxer's end-of-stream markers
-                    continue
-                ts = p.dts if p.dts is not None else p.pts
-                seconds = float(ts * p.time_base) if ts is not None else float("-inf")
-                yield seconds, next(order), p, stream_of(p)
-
-        streams = [timed(encoded(), lambda p: mapping[main.index])]
-        if others:
-            streams.append(timed(src.demux(others), lambda p: mapping[p.stream.index]))
-        for _, _, packet, stream in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
-            packet.stream = stream
-            dst.mux(packet)
-    if counted[0] != frames:
-        raise VideoError(f"its encoded segments hold {counted[0]} frames, not {frames}")
-    return notes

@@ -7,16 +7,19 @@ the destination ``NAME``) once complete, and the manifest there is rewritten ato
 the frames and timestamps it covers. The folder is not a temporary file: the stale-temp cleanup never
 removes it. A run that finds it with the same source (size and modification time) and the same settings
 resumes after its last segment; otherwise it starts again (and clears it). The folder is removed when the
-video is committed, or when it fails."""
+video is committed, or when it fails. ``assemble`` joins the segments into the output file."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import os
 import shutil
 from pathlib import Path
 
 from pixbatch.io.atomic import write_bytes
+from pixbatch.io.video import VideoError, reason, require_av
 
 MANIFEST = "manifest.json"
 
@@ -71,3 +74,77 @@ class Parts:
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.segments = []
+
+
+def _rotation(path: Path) -> int:
+    """The display rotation of a file's first video stream (degrees counter-clockwise), read from its first
+    frame in a container of its own (seeking back would skip packets with negative timestamps)."""
+    av = require_av()
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            for frame in container.decode(container.streams.video[0]):
+                return int(frame.rotation or 0)
+    except Exception:
+        return 0
+    return 0
+
+
+def assemble(parts: list[Path], source: Path, out: Path, fmt: str, *, frames: int) -> list[str]:
+    """Write ``out`` (container ``fmt``): the encoded video of ``parts`` (segments of one stream, in order,
+    ``frames`` frames together) in place of ``source``'s first video stream, and every other stream of
+    ``source`` (audio, subtitles, data, other video) copied packet for packet, with the container's
+    metadata and chapters. Returns notes on streams the container cannot hold (left out)."""
+    av = require_av()
+    notes: list[str] = []
+    with av.open(str(parts[0])) as first, av.open(str(source), metadata_errors="ignore") as src, \
+            av.open(str(out), "w", format=fmt) as dst:
+        main = src.streams.video[0]
+        mapping = {}
+        for st in src.streams:
+            template = first.streams.video[0] if st.index == main.index else st
+            if st.index != main.index and st.codec_context is not None and \
+                    st.codec_context.name not in dst.supported_codecs:
+                notes.append(f"its {st.type} stream #{st.index} ({st.codec_context.name}) cannot be stored in "
+                             f"{out.suffix or fmt} and was left out")
+                continue
+            try:
+                ost = dst.add_stream_from_template(template)
+            except (av.FFmpegError, ValueError) as exc:
+                notes.append(f"its {st.type} stream #{st.index} was left out ({reason(exc)})")
+                continue
+            ost.metadata.update({k: v for k, v in st.metadata.items() if k.lower() not in ("encoder", "duration")})
+            if st.index == main.index and (rotation := _rotation(source)):
+                ost.set_display_rotation(rotation)  # a phone video shot upright stays upright
+            mapping[st.index] = ost
+        dst.metadata.update({k: v for k, v in src.metadata.items() if k.lower() != "encoder"})
+        if src.chapters():
+            dst.set_chapters(src.chapters())
+        others = [s for s in src.streams if s.index != main.index and s.index in mapping]
+        order = itertools.count()
+        counted = [0]
+
+        def encoded():
+            for path in parts:
+                with av.open(str(path)) as part:
+                    for p in part.demux(part.streams.video[0]):
+                        if p.size:
+                            counted[0] += 1
+                            yield p
+
+        def timed(packets, stream_of):
+            for p in packets:
+                if p.size == 0:  # the demuxer's end-of-stream markers
+                    continue
+                ts = p.dts if p.dts is not None else p.pts
+                seconds = float(ts * p.time_base) if ts is not None else float("-inf")
+                yield seconds, next(order), p, stream_of(p)
+
+        streams = [timed(encoded(), lambda p: mapping[main.index])]
+        if others:
+            streams.append(timed(src.demux(others), lambda p: mapping[p.stream.index]))
+        for _, _, packet, stream in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
+            packet.stream = stream
+            dst.mux(packet)
+    if counted[0] != frames:
+        raise VideoError(f"its encoded segments hold {counted[0]} frames, not {frames}")
+    return notes

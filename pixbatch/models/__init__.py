@@ -40,7 +40,7 @@ __all__ = [
     "register_model",
 ]
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin", ".onnx")
 
 
 def looks_like_path(name_or_path: str) -> bool:
@@ -54,6 +54,12 @@ def create_model(name_or_path: str | Path, *, pretrained: bool = True, scale: in
     from pixbatch.models import checkpoint
 
     name = str(name_or_path)
+    if name.lower().endswith(".onnx"):
+        from pixbatch.models.onnx_model import load_onnx
+
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"no such model file: {name}")
+        return load_onnx(Path(name))
     if looks_like_path(name):
         return checkpoint.load_checkpoint(Path(name), scale)
     module = build_registered(name, **kwargs)

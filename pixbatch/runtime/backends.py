@@ -50,6 +50,31 @@ class TorchEager:
         return self.module(x)
 
 
+class OnnxRuntime:
+    """An ONNX file's ONNX Runtime session, through the module that feeds it (models/onnx_model.py):
+    exact sizes, contiguous NCHW float32 in."""
+
+    note, size_bucket, nchw, graph_compiled = None, 1, True, False
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        providers = module.session.get_providers()
+        self.label = "onnxruntime" + (" (CUDA)" if "CUDAExecutionProvider" in providers else " (CPU)")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def attach_onnx(runner, choice: str, compile: bool) -> None:
+    """An ONNX model's backend: ONNX Runtime (the only runtime for ONNX files so far)."""
+    if choice in (BackendChoice.TORCH, BackendChoice.OPENVINO):
+        raise ValueError(f"{runner.info.name} is an ONNX model: it runs on ONNX Runtime (--backend auto or "
+                         "onnxruntime)")
+    if compile:
+        raise ValueError("--compile compiles PyTorch models; an ONNX model runs on ONNX Runtime")
+    runner.compiled = OnnxRuntime(runner.module)
+
+
 class TorchCompiled(TorchEager):
     size_bucket, graph_compiled = COMPILE_BUCKET, True
 
@@ -66,6 +91,9 @@ def openvino_source(module: nn.Module, device: torch.device, dtype: torch.dtype,
 
     if choice not in BackendChoice.words():
         raise ValueError(f"backend must be one of {', '.join(BackendChoice.words())}, not {choice!r}")
+    if choice == BackendChoice.ONNXRUNTIME:
+        raise ValueError("--backend onnxruntime runs ONNX files; export this model to one first: "
+                         "pixbatch export MODEL out.onnx")
     if choice == BackendChoice.OPENVINO:
         if device.type != "cpu" or compile or dtype not in OPENVINO_PRECISION:
             raise ValueError("--backend openvino runs on the CPU, without --compile")

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pixbatch.models import LoadedModel, ModelInfo
-from pixbatch.runtime.backends import Backend, TorchEager, attach_backend, openvino_source
+from pixbatch.runtime.backends import Backend, TorchEager, attach_backend, attach_onnx, openvino_source
 
 NON_FINITE = "model output is NaN or Inf even in fp32 (a damaged or diverged model)"
 
@@ -87,7 +87,15 @@ def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
     ``backend`` (CPU only): "openvino" runs the model through OpenVINO (runtime/openvino_backend.py);
     "auto" does so for jobs of ``job_pixels`` >= OPENVINO_MIN_PIXELS when openvino is installed and it
     measures faster than the prepared PyTorch model with outputs that agree (PSNR >= 45 dB); "torch"
-    never does. ``attach_backend`` (runtime/backends.py) decides, once the module is prepared."""
+    never does. ``attach_backend`` (runtime/backends.py) decides, once the module is prepared. An ONNX
+    file's module is an ONNX Runtime session: nothing is rewritten, and it runs on ONNX Runtime."""
+    if loaded.info.source == "onnx":
+        if loaded.info.min_size > 1:
+            raise ValueError(f"{loaded.info.name} takes one fixed input size ({loaded.info.min_size} px): not "
+                             "supported yet; export it with dynamic height and width")
+        runner = Runner(loaded.module.eval(), loaded.info, device, dtype, False)
+        attach_onnx(runner, backend, compile)
+        return runner
     # one conversion for device and layout (a second pass would copy every weight again)
     module = loaded.module.eval().to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     for p in module.parameters():

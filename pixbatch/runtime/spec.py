@@ -41,6 +41,7 @@ class BackendChoice(Choice):
     AUTO = "auto"
     TORCH = "torch"
     OPENVINO = "openvino"
+    ONNXRUNTIME = "onnxruntime"  # ONNX files only
 
 
 class KernelChoice(Choice):

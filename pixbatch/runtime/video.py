@@ -31,12 +31,11 @@ from pixbatch.io.video import (
     VideoInfo,
     VideoReader,
     VideoWriter,
-    assemble,
     main_codec,
     output_suffix,
     picture_codec,
 )
-from pixbatch.io.video_parts import Parts
+from pixbatch.io.video_parts import Parts, assemble
 from pixbatch.runtime.batcher import WindowEngine
 from pixbatch.runtime.canvas import Canvas
 from pixbatch.runtime.jobs import JobBook

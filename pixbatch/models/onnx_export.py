@@ -1,0 +1,111 @@
+"""``pixbatch export``: any model pixbatch loads, as an ONNX file that follows the convention (NCHW, RGB,
+float32 in [0, 1]; the model's own normalisation is inside its graph) with dynamic batch, height and width,
+pixbatch's metadata in ``metadata_props``, and verified before it is kept: ONNX Runtime runs it at two
+sizes other than the export's and at batch 2, against PyTorch (pixel shuffle orderings are a known
+exporter pitfall), and the file is written only when the largest difference is within ``TOLERANCE``."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixbatch.io.atomic import write_bytes
+from pixbatch.models.info import LoadedModel
+from pixbatch.models.onnx_model import META, require_onnx
+
+OPSET = 18
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # max abs difference from PyTorch (outputs in [0, 1] or logits)
+EXPORT_SIZE = 64  # the traced input; the checks use other sizes
+CHECK_SHAPES = ((1, 56, 72), (2, 48, 40))  # (batch, height, width), multiples of 8 (bigger multiples are padded)
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or its export does not compute what PyTorch does."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    opset: int
+    precision: str
+    max_abs_diff: float
+    checks: list[tuple[int, int, int]]
+
+
+def _round(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def export_onnx(loaded: LoadedModel, out: Path, *, fp16: bool = False, opset: int = OPSET) -> ExportResult:
+    """Export ``loaded`` to ``out`` (atomically, only when verified); ExportError otherwise."""
+    onnx, ort = require_onnx()
+    info = loaded.info
+    if info.source == "onnx":
+        raise ExportError(f"{info.name} is an ONNX model already")
+    module = loaded.module.eval().float()
+    multiple = max(info.size_multiple, 8)
+    size = _round(max(EXPORT_SIZE, info.min_size), multiple)
+    x = torch.rand(1, info.in_channels, size, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "model.onnx"
+        batch, height, width = (torch.export.Dim(n) for n in ("batch", "height", "width"))
+        try:
+            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, (x,), str(raw), dynamo=True, opset_version=opset, external_data=False,
+                                  input_names=["image"], output_names=["output"],
+                                  dynamic_shapes=({0: batch, 2: height, 3: width},), verbose=False)
+        except Exception as exc:
+            raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:300]})") from None
+        model = onnx.load(str(raw))
+        if fp16:
+            model = _to_fp16(model)
+        meta = {"task": info.task, "scale": str(info.scale), "size_multiple": str(info.size_multiple),
+                "receptive_field": "none" if info.receptive_field is None else str(info.receptive_field),
+                "value_range": "1", "input_order": "rgb", "source": info.name, "arch": info.arch}
+        training = info.training or {}
+        if training.get("class_names"):
+            meta["classes"] = json.dumps(training["class_names"])
+        if isinstance(training.get("ignore_index"), int):
+            meta["ignore_index"] = json.dumps(training["ignore_index"])
+        del model.metadata_props[:]
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = META + key, value
+        data = model.SerializeToString()
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        worst, checks = 0.0, []
+        for n, h, w in CHECK_SHAPES:
+            h, w = _round(h, info.size_multiple), _round(w, info.size_multiple)
+            xi = torch.rand(n, info.in_channels, h, w, generator=torch.Generator().manual_seed(h * w + n))
+            with torch.no_grad():
+                expected = module(xi).float().numpy()
+            feed = xi.numpy().astype(np.float16 if fp16 else np.float32)
+            got = session.run(None, {session.get_inputs()[0].name: feed})[0].astype(np.float32)
+            if got.shape != expected.shape:
+                raise ExportError(f"the export's output at batch {n}, {w}x{h} is {got.shape}, not {expected.shape}")
+            worst = max(worst, float(np.abs(got - expected).max()))
+            checks.append((n, h, w))
+    precision = "fp16" if fp16 else "fp32"
+    if not worst <= TOLERANCE[precision]:
+        raise ExportError(f"the export differs from PyTorch by up to {worst:.3g} (tolerance {TOLERANCE[precision]:g} "
+                          f"in {precision}); not written")
+    write_bytes(data, out, overwrite=True)
+    return ExportResult(out, opset, precision, worst, checks)
+
+
+def _to_fp16(model):
+    """The model with fp16 weights and fp16 input and output (onnx's float16 converter)."""
+    try:
+        from onnx import version_converter  # noqa: F401
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as exc:
+        raise ExportError(f"--fp16 needs onnxruntime's float16 converter ({exc})") from None
+    return convert_float_to_float16(model, keep_io_types=False)

@@ -1,0 +1,161 @@
+"""ONNX in and out: exports verified against PyTorch, round trips through the engine, probing, and hostile
+files refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pixbatch.cli import cli
+from pixbatch.models import UnsupportedModelError, create_model
+from tests.conftest import gradient_rgb
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """edsr_tiny_x2 and unet_drive exported by `pixbatch export`."""
+    folder = tmp_path_factory.mktemp("onnx")
+    for name in ("edsr_tiny_x2", "unet_drive"):
+        code, stdout, stderr = run("--json", "export", name, folder / f"{name}.onnx")
+        assert code == 0, stderr
+        assert json.loads(stdout)["max_abs_diff"] <= 1e-4
+    return folder
+
+
+def test_export_writes_the_convention_and_pixbatchs_metadata(exported):
+    model = onnx.load(str(exported / "edsr_tiny_x2.onnx"))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert (meta["pixbatch.task"], meta["pixbatch.scale"], meta["pixbatch.receptive_field"]) == ("sr", "2", "20")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.HasField("dim_value") for d in dims] == [False, True, False, False]  # dynamic batch, height, width
+
+
+def test_an_exported_model_is_described_as_its_original(exported):
+    for name in ("edsr_tiny_x2", "unet_drive"):
+        original, onnx_model = create_model(name).info, create_model(exported / f"{name}.onnx").info
+        assert (onnx_model.task, onnx_model.scale, onnx_model.out_channels, onnx_model.size_multiple,
+                onnx_model.receptive_field) == (original.task, original.scale, original.out_channels,
+                                                original.size_multiple, original.receptive_field), name
+
+
+def test_probing_finds_what_a_file_without_metadata_does(exported, tmp_path):
+    """The metadata removed: scale, task and size multiple come from probes, the reach from an impulse."""
+    for name in ("edsr_tiny_x2", "unet_drive"):
+        model = onnx.load(str(exported / f"{name}.onnx"))
+        del model.metadata_props[:]
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+        probed, original = create_model(tmp_path / f"{name}.onnx").info, create_model(name).info
+        assert (probed.task, probed.scale, probed.out_channels) == (original.task, original.scale,
+                                                                    original.out_channels), name
+        assert probed.size_multiple == original.size_multiple, name
+        assert probed.receptive_field is not None and probed.receptive_field <= original.receptive_field, name
+
+
+@pytest.mark.parametrize(("command", "name"), [("upscale", "edsr_tiny_x2"), ("segment", "unet_drive")])
+def test_round_trip_gives_the_original_outputs(exported, tmp_path, command, name):
+    """`--model out.onnx` through the engine (tiled, batched) against the original model in fp32."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, size in enumerate(((40, 56), (70, 50))):
+        Image.fromarray(gradient_rgb(*size)).save(src / f"{i}.png")
+    common = ["--device", "cpu", command, src, "--precision", "fp32", "--tile", "32", "--workers", "0"]
+    code, _, stderr = run(*common[:4], tmp_path / "torch", *common[4:], "--model", name, "--backend", "torch")
+    assert code == 0, stderr
+    code, _, stderr = run(*common[:4], tmp_path / "onnx", *common[4:], "--model", exported / f"{name}.onnx")
+    assert code == 0, stderr
+    for png in sorted((tmp_path / "torch").iterdir()):
+        a = np.asarray(Image.open(png)).astype(int)
+        b = np.asarray(Image.open(tmp_path / "onnx" / png.name)).astype(int)
+        assert np.abs(a - b).max() <= 1, png.name
+
+
+def test_backend_choices_for_onnx_and_pytorch_models(exported, tmp_path):
+    Image.fromarray(gradient_rgb(16, 16)).save(tmp_path / "a.png")
+    code, _, stderr = run("--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "o1", "--model",
+                          "edsr_tiny_x2", "--backend", "onnxruntime")
+    assert code == 1 and "pixbatch export" in stderr
+    code, _, stderr = run("--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "o2", "--model",
+                          exported / "edsr_tiny_x2.onnx", "--backend", "torch")
+    assert code == 1 and "runs on ONNX Runtime" in stderr
+    code, stdout, stderr = run("--json", "--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "o3",
+                               "--model", exported / "edsr_tiny_x2.onnx")
+    assert code == 0, stderr
+    assert json.loads(stdout)["settings"]["backend"] == "onnxruntime (CPU)"
+
+
+def hostile(tmp_path, name: str) -> object:
+    """ONNX files that must be refused: each one line, nothing run."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, None, None])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, None, None])
+    path = tmp_path / f"{name}.onnx"
+    if name == "garbage":
+        path.write_bytes(b"\x08\x07garbage that is not a protobuf" * 50)
+        return path
+    if name == "custom_op":
+        node = helper.make_node("Explode", ["x"], ["y"], domain="com.evil")
+        graph = helper.make_graph([node], "g", [x], [y])
+    elif name == "outside_data":
+        w = helper.make_tensor("w", TensorProto.FLOAT, [1], [1.0])
+        w.data_location = TensorProto.EXTERNAL
+        del w.float_data[:]
+        for key, value in (("location", "../../etc/passwd"), ("length", "4")):
+            entry = w.external_data.add()
+            entry.key, entry.value = key, value
+        node = helper.make_node("Mul", ["x", "w"], ["y"])
+        graph = helper.make_graph([node], "g", [x], [y], initializer=[w])
+    elif name == "absurd_shape":
+        big = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 10**9, 10**9])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [big], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", ["garbage", "custom_op", "outside_data", "absurd_shape"])
+def test_hostile_onnx_files_are_one_error_line_and_exit_1(tmp_path, name):
+    path = hostile(tmp_path, name)
+    with pytest.raises(UnsupportedModelError):
+        create_model(path)
+    Image.fromarray(gradient_rgb(16, 16)).save(tmp_path / "a.png")
+    code, _, stderr = run("--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "out", "--model", path)
+    assert code == 1 and stderr.count("\n") == 1 and stderr.startswith("error:"), stderr
+    assert not (tmp_path / "out" / "a.png").exists()
+
+
+def test_export_refuses_what_it_cannot_verify(tmp_path, monkeypatch):
+    """An export whose ONNX Runtime output is not within the tolerance of PyTorch's is not written (here
+    the tolerance is made impossible to meet)."""
+    import pixbatch.models.onnx_export as export
+
+    monkeypatch.setitem(export.TOLERANCE, "fp32", -1.0)
+    monkeypatch.setattr(export, "CHECK_SHAPES", ((1, 24, 32),))
+    code, _, stderr = run("export", "edsr_tiny_x2", tmp_path / "x.onnx")
+    assert code == 1 and "not written" in stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_eval_scores_an_onnx_model_as_its_original(exported, tmp_path):
+    """eval sr keeps torch as its default backend; an ONNX model runs on ONNX Runtime and scores the same."""
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(gradient_rgb(48, 64)).save(hr / "a.png")
+    scores = {}
+    for model in ("edsr_tiny_x2", exported / "edsr_tiny_x2.onnx"):
+        code, stdout, stderr = run("--json", "--device", "cpu", "eval", "sr", "--model", model, "--hr", hr)
+        assert code == 0, stderr
+        scores[str(model)] = json.loads(stdout)["mean"]["model"]["psnr_y"]
+    a, b = scores.values()
+    assert abs(a - b) < 0.01, scores
