@@ -116,7 +116,7 @@ def main() -> None:
             x = planes_from_pixels(torch.from_numpy(px).to(dev), 8)
             with torch.inference_mode():
                 y = runner(x)
-            writer.write(pixels_from_planes(y, "RGB", 8).cpu().numpy(), pts)
+                writer.write(pixels_from_planes(y, "RGB", 8).cpu().numpy(), pts)
         writer.close()
         reader.close()
         rows["plain per-frame loop"] = time.perf_counter() - t
