@@ -69,6 +69,10 @@ class Task:
         """Every file a job writes, by output name (extras are known at planning time)."""
         return {self.main: dst}
 
+    def video_outputs(self) -> set[str]:
+        """The outputs that can be written as videos (runtime/video.py); a video job asking for others fails."""
+        return {self.main}
+
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Output size of an input; when it differs from the model's (input x scale), the model's
         float output is resized (antialiased bicubic, streamed row by row) before ``post``."""

@@ -214,6 +214,11 @@ def run_video(task: Task, job: Job, engine: WindowEngine, book: JobBook, spec: J
     frames: queue.Queue = queue.Queue(READ_AHEAD)
     thread = None
     parts = Parts(job.dst, job.src, _settings(task, spec))
+    unsupported = sorted(set(task.outputs(job.dst, False)) - task.video_outputs())
+    if unsupported:
+        reader.close()
+        book.fail(job.src, f"its {', '.join(unsupported)} output is not written for videos (only for images)")
+        return
     try:
         resumed = parts.resume()
         if resumed:

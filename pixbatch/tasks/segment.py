@@ -102,6 +102,9 @@ class SegmentTask(Task):
             paths["overlay"] = dst.with_name(f"{dst.stem}_overlay{'.tif' if streamed else '.png'}")
         return paths
 
+    def video_outputs(self) -> set[str]:
+        return {"mask", "overlay"}  # probabilities (float or one plane per class) are for images only
+
     def encode(self, name: str, arr: np.ndarray, meta: ImageMeta, path: Path, opts: EncodeOptions) -> None:
         if name == "overlay":
             write_image(arr, ImageMeta("RGB", 8, "PNG", meta.icc), path, opts)

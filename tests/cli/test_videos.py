@@ -285,3 +285,14 @@ def test_a_video_that_fails_leaves_no_segments(tmp_path):
                           "--segment-frames", "2")
     assert code == 123 and "error:" in stderr
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_stylizing_a_video_and_segment_probabilities_refused_for_it(tmp_path, style_checkpoint):
+    src = tmp_path / "clip.mov"
+    make_clip(src, frames=5, audio=True)
+    code, _, stderr = run("--device", "cpu", "stylize", src, tmp_path / "out", "--style", style_checkpoint)
+    assert code == 0, stderr
+    out = streams(tmp_path / "out" / "clip.mov")
+    assert len(out["frames"]) == 5 and out["pts"] == streams(src)["pts"] and out["video"]["size"] == (64, 48)
+    code, _, stderr = run("--device", "cpu", "segment", src, tmp_path / "seg", "--probabilities")
+    assert code == 123 and "prob output is not written for videos" in stderr

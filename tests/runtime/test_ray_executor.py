@@ -203,3 +203,21 @@ def _parent(proc: Path) -> int | None:
         return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def test_a_video_on_ray_has_the_frames_of_one_process(cluster, tmp_path, tiny_checkpoint):
+    """A video among images, with --ray: one unit of work on one worker, the same frames and timestamps as
+    a run in one process (lossless FFV1, so frame for frame)."""
+    av = pytest.importorskip("av")
+    from tests.conftest import make_clip
+
+    src = folder(tmp_path, n=2)
+    make_clip(src / "clip.mp4", frames=8, audio=True)
+    outs = {}
+    for where, extra in (("local", []), ("ray", ["--ray", "auto"])):
+        code, _, stderr = run("upscale", src, tmp_path / where, "--model", tiny_checkpoint, "--codec", "ffv1", *extra)
+        assert code == 123, stderr  # the broken PNG
+        with av.open(str(tmp_path / where / "clip.mkv")) as c:
+            outs[where] = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(c.streams.video[0])]
+    assert len(outs["ray"]) == 8
+    assert all(a[0] == b[0] and (a[1] == b[1]).all() for a, b in zip(outs["local"], outs["ray"]))
