@@ -201,6 +201,40 @@ video_options = _apply([
 ])
 
 
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not numbers separated by commas (e.g. 0.485,0.456,0.406)") from None
+    if not all(math.isfinite(n) for n in numbers) or len(numbers) not in (1, 3):
+        raise click.BadParameter(f"{value!r}: give 1 or 3 finite numbers")
+    return numbers
+
+
+onnx_options = _apply([
+    click.option("--input-order", type=click.Choice(["rgb", "bgr"]), default=None,
+                 help="ONNX models without pixbatch metadata: the channel order they take (default rgb)."),
+    click.option("--value-range", type=FiniteFloat(min=0, min_open=True), default=None, metavar="MAX",
+                 help="ONNX models without pixbatch metadata: the value of white they take and give (default 1; "
+                      "255 for 0-255 models)."),
+    click.option("--mean", default=None, callback=_floats, metavar="M[,M,M]",
+                 help="ONNX models without pixbatch metadata: subtracted from the input (in --value-range units)."),
+    click.option("--std", default=None, callback=_floats, metavar="S[,S,S]",
+                 help="ONNX models without pixbatch metadata: the input is divided by it after --mean."),
+])
+
+
+def onnx_input(input_order: str | None, value_range: float | None, mean: list[float] | None,
+               std: list[float] | None) -> dict | None:
+    """What the ONNX options say (the file's own metadata wins), for ModelSpec.onnx."""
+    if std is not None and mean is None:
+        mean = [0.0] * len(std)
+    given = {"input_order": input_order, "value_range": value_range, "mean": mean, "std": std}
+    return {k: v for k, v in given.items() if v is not None} or None
+
+
 def video_encoding(codec: str | None, crf: int | None, bitrate: str | None, preset: str | None,
                    pix_fmt: str | None, untagged_matrix: str, segment_frames: int) -> VideoEncoding:
     if crf is not None and bitrate is not None:

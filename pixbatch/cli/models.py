@@ -61,7 +61,7 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
         rows = [
             ("file", str(checkpoint)), ("architecture", info.arch),
             ("origin", {"checkpoint": "pixbatch checkpoint", "builtin": "shipped with pixbatch",
-                        "untrained": "untrained (fresh weights)"}.get(
+                        "untrained": "untrained (fresh weights)", "onnx": "ONNX file (run by ONNX Runtime)"}.get(
                 info.source, f"foreign (recognised by {info.recognised_by})")),
             ("task", {"sr": f"super-resolution x{info.scale}", "style": "style transfer (pixbatch stylize)"}.get(
                 info.task, f"segmentation, {info.out_channels} {'logit' if info.out_channels == 1 else 'classes'}")),
@@ -70,6 +70,13 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
             ("size multiple", str(info.size_multiple)),
             ("receptive field", f"{info.receptive_field} px" if info.receptive_field is not None else "unbounded"),
         ]
+        onnx = (info.training or {}).get("onnx")
+        if onnx:  # what an ONNX file's description rests on
+            rows.append(("input", f"{onnx['found']['layout']}, {onnx['found']['input_type']}, {onnx['input_order']}, "
+                                  f"white = {onnx['value_range']:g}" + (f", mean {onnx['mean']}, std {onnx['std']}"
+                                                                        if onnx["mean"] else "")))
+            rows.append(("found from", ", ".join(f"{k} ({v})" for k, v in onnx["found"].items()
+                                                 if k not in ("layout", "input_type"))))
         if info.training and "command" in info.training:
             rows.append(("trained with", info.training["command"]))
         for key, label in (("converted_from", "converted from"), ("source", "source"), ("licence", "licence")):

@@ -11,6 +11,8 @@ from pixbatch.cli._options import (
     FiniteFloat,
     compute_spec,
     io_options,
+    onnx_input,
+    onnx_options,
     png_compression_option,
     precision_options,
     ray_options,
@@ -29,6 +31,7 @@ from pixbatch.tasks.defaults import SEGMENT
 @precision_options
 @ray_options
 @video_options
+@onnx_options
 @click.option("-m", "--model", "model_name", default=SEGMENT.model_for(None), show_default=True, metavar="NAME|PATH",
               help="A built-in segmentation model or a checkpoint written by `pixbatch train seg`.")
 @click.option("--threshold", type=FiniteFloat(0, 1), default=None,
@@ -45,7 +48,7 @@ from pixbatch.tasks.defaults import SEGMENT
 @click.pass_obj
 def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, workers, writers, max_pixels,
             png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend, model_name, threshold,
-            probabilities, prob_format, ignore_index, overlay, overlay_alpha, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames) -> None:
+            probabilities, prob_format, ignore_index, overlay, overlay_alpha, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames, input_order, value_range, mean, std) -> None:
     """Segment every image in SRC (files and/or folders, searched recursively) into DST.
 
     Each input gets a mask PNG: 0/255 for binary models, class indices with a palette for multi-class
@@ -72,7 +75,7 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
     from pixbatch.tasks.segment import SegmentTask
 
     spec = JobSpec(
-        model=ModelSpec(model_name, task="seg"), compute=compute_spec(app, precision, compile_, channels_last, backend),
+        model=ModelSpec(model_name, task="seg", onnx=onnx_input(input_order, value_range, mean, std)), compute=compute_spec(app, precision, compile_, channels_last, backend),
         windowing=SegmentTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels, encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),
         video=video,

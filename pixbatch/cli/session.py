@@ -25,7 +25,7 @@ def load_model(spec: ModelSpec):
     model_name, scale, task = spec.name, spec.scale, spec.task
     try:
         name = model_name or TASK_DEFAULTS[task].model_for(scale)
-        loaded = create_model(name, scale=scale)  # scale picks a multi-scale file's branch; names ignore it
+        loaded = create_model(name, scale=scale, onnx=spec.onnx)  # scale: a multi-scale file's branch
     except (UnknownModelError, UnsupportedModelError, NoDefaultModelError, FileNotFoundError) as exc:
         raise StartupError(str(exc)) from None
     info = loaded.info

@@ -13,6 +13,8 @@ from pixbatch.cli._options import (
     compute_spec,
     format_options,
     io_options,
+    onnx_input,
+    onnx_options,
     precision_options,
     ray_options,
     video_encoding,
@@ -30,6 +32,7 @@ from pixbatch.tasks.defaults import STYLIZE
 @precision_options
 @ray_options
 @video_options
+@onnx_options
 @click.option("--style", "-m", "--model", "style", default=None, metavar="PATH",
               help="A style net (required): a pixbatch .safetensors, a PyTorch fast_neural_style or MobileNetV2 "
                    "style .pth, or a folder of TensorFlow variables with manifest.json (Engstrom's nets); "
@@ -45,7 +48,7 @@ from pixbatch.tasks.defaults import STYLIZE
 @click.pass_obj
 def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
             workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
-            style, max_side, strength, preserve_color, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames) -> None:
+            style, max_side, strength, preserve_color, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames, input_order, value_range, mean, std) -> None:
     """Stylise every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree, with the same names, bit depth, alpha, ICC profile and EXIF.
@@ -74,7 +77,7 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     from pixbatch.tasks.stylize import StylizeTask
 
     spec = JobSpec(
-        model=ModelSpec(style, task="style"), compute=compute_spec(app, precision, compile_, channels_last, backend),
+        model=ModelSpec(style, task="style", onnx=onnx_input(input_order, value_range, mean, std)), compute=compute_spec(app, precision, compile_, channels_last, backend),
         windowing=StylizeTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),

@@ -13,6 +13,8 @@ from pixbatch.cli._options import (
     format_options,
     io_options,
     kernels_option,
+    onnx_input,
+    onnx_options,
     precision_options,
     ray_options,
     video_encoding,
@@ -35,6 +37,7 @@ from pixbatch.tasks.defaults import UPSCALE
 @precision_options
 @ray_options
 @video_options
+@onnx_options
 @kernels_option
 @click.option("--outscale", type=FiniteFloat(min=0, min_open=True, max=64), default=None, metavar="FACTOR",
               help="Output size / input size when it should differ from the model's scale (e.g. 2 or 3 with an "
@@ -43,7 +46,7 @@ from pixbatch.tasks.defaults import UPSCALE
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
             workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
-            kernels, scale, outscale, model_name, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames) -> None:
+            kernels, scale, outscale, model_name, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames, input_order, value_range, mean, std) -> None:
     """Upscale every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree. Existing outputs are skipped, so an interrupted run resumes
@@ -62,7 +65,7 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     if model_name is None and scale is not None and scale not in UPSCALE.models:
         raise click.BadParameter(f"the built-in models upscale by {', '.join(map(str, UPSCALE.models))}; "
                                  f"x{scale} needs --model PATH of such a model", param_hint="'-s' / '--scale'")
-    model = ModelSpec(model_name, scale, task="sr")
+    model = ModelSpec(model_name, scale, task="sr", onnx=onnx_input(input_order, value_range, mean, std))
     # outputs too large for memory go to tiled BigTIFFs: the output size needs the model's scale, read
     # (once, and only if there are inputs to plan) from the spec, the registry or the checkpoint
     huge = app.huge_outputs(fmt, max_pixels, lambda: outscale or app.model_scale(model))

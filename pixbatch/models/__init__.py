@@ -48,7 +48,7 @@ def looks_like_path(name_or_path: str) -> bool:
 
 
 def create_model(name_or_path: str | Path, *, pretrained: bool = True, scale: int | None = None,
-                 **kwargs) -> LoadedModel:
+                 onnx: dict | None = None, **kwargs) -> LoadedModel:
     """Build a registered model (with its shipped weights when there are some) or load a checkpoint file.
     ``scale`` chooses the branch of a multi-scale checkpoint (CARN-M); other files ignore it."""
     from pixbatch.models import checkpoint
@@ -59,7 +59,7 @@ def create_model(name_or_path: str | Path, *, pretrained: bool = True, scale: in
 
         if not Path(name).is_file():
             raise FileNotFoundError(f"no such model file: {name}")
-        return load_onnx(Path(name))
+        return load_onnx(Path(name), onnx)
     if looks_like_path(name):
         return checkpoint.load_checkpoint(Path(name), scale)
     module = build_registered(name, **kwargs)

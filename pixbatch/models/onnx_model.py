@@ -154,10 +154,22 @@ def load_onnx(path: Path, options: dict | None = None) -> LoadedModel:
     except Exception as exc:
         raise UnsupportedModelError(f"{path}: ONNX Runtime cannot run it ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0][:200]})") from None
-    order = meta.get("input_order", options.get("input_order", "rgb"))
-    value_range = float(meta.get("value_range", options.get("value_range", 1.0)))
-    mean = json.loads(meta["mean"]) if "mean" in meta else options.get("mean")
-    std = json.loads(meta["std"]) if "std" in meta else options.get("std", [1.0] * len(mean) if mean else None)
+    found = {}  # where each value came from: metadata, option, default or probe
+
+    def value(key: str, default, parse=lambda v: v):
+        if key in meta:
+            found[key] = "metadata"
+            return parse(meta[key])
+        if options.get(key) is not None:
+            found[key] = "option"
+            return options[key]
+        found[key] = "default"
+        return default
+
+    order = value("input_order", "rgb")
+    value_range = float(value("value_range", 1.0, float))
+    mean = value("mean", None, json.loads)
+    std = value("std", [1.0] * len(mean) if mean else None, json.loads)
     module = OnnxModule(session, nhwc=nhwc, fp16=fp16, bgr=order == "bgr", value_range=value_range, mean=mean,
                         std=std, task="sr", batch_fixed=batch_fixed)
     size = fixed_h or PROBE, fixed_w or PROBE
@@ -171,24 +183,30 @@ def load_onnx(path: Path, options: dict | None = None) -> LoadedModel:
     if y.shape[2] % size[0] or y.shape[3] != size[1] * scale or scale < 1:
         raise UnsupportedModelError(f"{path}: its output ({tuple(y.shape)}) is not a whole multiple of its input "
                                     f"({size[1]}x{size[0]})")
-    task = meta.get("task") or options.get("task") or (
-        "sr" if scale >= 2 or out_channels == 3 else "seg")
+    task = value("task", "sr" if scale >= 2 or out_channels == 3 else "seg")
+    found["task"] = "probe" if found["task"] == "default" else found["task"]
+    found["scale"] = found["channels"] = "probe"
+    found["layout"], found["input_type"] = "NHWC" if nhwc else "NCHW", "float16" if fp16 else "float32"
     if task == "seg" and scale != 1:
         raise UnsupportedModelError(f"{path}: a segmentation model's output must be its input's size")
     module.task = task
     multiple = int(meta["size_multiple"]) if "size_multiple" in meta else (
         _size_multiple(module, in_channels, scale) if fixed_h is None else 1)
+    found["size_multiple"] = "metadata" if "size_multiple" in meta else "probe"
     rf = meta.get("receptive_field")
     receptive_field = (None if rf in (None, "", "none") else int(rf)) if "receptive_field" in meta else (
         _impulse_radius(module, in_channels, scale, multiple) if fixed_h is None else None)
+    found["receptive_field"] = "metadata" if "receptive_field" in meta else "impulse probe"
     training = {k: json.loads(meta[k]) for k in ("classes", "ignore_index") if k in meta}
+    training["onnx"] = {"input_order": order, "value_range": value_range, "mean": mean, "std": std,
+                        "found": found}
     if "classes" in training:
         training["class_names"] = training.pop("classes")
     info = ModelInfo(
         name=path.name, arch="onnx", source="onnx", scale=scale, in_channels=in_channels,
         out_channels=out_channels, params=sum(int(np.prod(t.dims)) for t in model.graph.initializer),
         supports_fp16=False, supports_bf16=False, size_multiple=multiple, receptive_field=receptive_field,
-        path=str(path), training=training or None, recognised_by="onnx", task=task,
+        path=str(path), training=training, recognised_by="onnx", task=task,
         min_size=fixed_h or 1)
     return LoadedModel(module.eval(), info)
 

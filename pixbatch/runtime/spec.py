@@ -60,6 +60,7 @@ class ModelSpec:
     name: str | None = None
     scale: int | None = None
     task: str = "sr"
+    onnx: dict | None = None  # what an ONNX file without metadata cannot say: input_order, value_range, mean, std
 
 
 @dataclass(frozen=True)

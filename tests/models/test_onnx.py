@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -159,3 +160,36 @@ def test_eval_scores_an_onnx_model_as_its_original(exported, tmp_path):
         scores[str(model)] = json.loads(stdout)["mean"]["model"]["psnr_y"]
     a, b = scores.values()
     assert abs(a - b) < 0.01, scores
+
+
+def test_a_bgr_0_255_model_without_metadata_runs_with_the_options(tmp_path):
+    """A file that takes BGR in 0-255 and says nothing: --input-order bgr --value-range 255 make it the
+    original model (edsr_tiny_x2), and `pixbatch models` says which values came from where."""
+    from torch import nn
+
+    class BgrTimes255(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.flip(1) / 255).flip(1) * 255
+
+    inner = create_model("edsr_tiny_x2").module.eval()
+    x = torch.rand(1, 3, 32, 32)
+    dims = {0: torch.export.Dim("b"), 2: torch.export.Dim("h"), 3: torch.export.Dim("w")}
+    torch.onnx.export(BgrTimes255(inner), (x,), str(tmp_path / "bgr.onnx"), dynamo=True, dynamic_shapes=(dims,),
+                      verbose=False)
+    Image.fromarray(gradient_rgb(30, 40)).save(tmp_path / "a.png")
+    common = ["--device", "cpu", "upscale", tmp_path / "a.png"]
+    code, _, stderr = run(*common, tmp_path / "torch", "--model", "edsr_tiny_x2", "--precision", "fp32",
+                          "--backend", "torch")
+    assert code == 0, stderr
+    code, _, stderr = run(*common, tmp_path / "onnx", "--model", tmp_path / "bgr.onnx", "--input-order", "bgr",
+                          "--value-range", "255")
+    assert code == 0, stderr
+    a = np.asarray(Image.open(tmp_path / "torch" / "a.png")).astype(int)
+    b = np.asarray(Image.open(tmp_path / "onnx" / "a.png")).astype(int)
+    assert np.abs(a - b).max() <= 1
+    code, stdout, _ = run("models", tmp_path / "bgr.onnx")
+    assert code == 0 and "scale (probe)" in stdout and "task (probe)" in stdout
