@@ -17,6 +17,14 @@ TASK_COMMAND = {"sr": "pixbatch upscale", "seg": "pixbatch segment", "style": "p
 TASK_DEFAULTS = {"sr": UPSCALE, "seg": SEGMENT, "style": STYLIZE}
 
 
+def _onnx_fits(info, task: str) -> bool:
+    """Whether an ONNX file whose task was guessed (not in its metadata) can be run as ``task``."""
+    guessed = (info.training or {}).get("onnx", {}).get("found", {}).get("task") == "probe"
+    if task == "seg":
+        return guessed and info.scale == 1
+    return info.scale == 1 and info.out_channels == 3 and (guessed or info.task in ("sr", "style"))
+
+
 def load_model(spec: ModelSpec):
     """The model a command asked for (its task's default when it named none), checked against the task
     and the scale asked for; else StartupError."""
@@ -29,10 +37,13 @@ def load_model(spec: ModelSpec):
     except (UnknownModelError, UnsupportedModelError, NoDefaultModelError, FileNotFoundError) as exc:
         raise StartupError(str(exc)) from None
     info = loaded.info
-    if info.source == "onnx" and info.scale == 1 and info.out_channels == 3 and task in ("sr", "style"):
-        from dataclasses import replace  # image to image: a style net, or a 1x restoration model for upscale
+    if info.source == "onnx" and info.task != task and _onnx_fits(info, task):
+        # the command names the task of an ONNX file whose metadata does not: image to image at 1x is a style
+        # net for stylize and a restoration model for upscale; 3 channels at 1x are 3 classes for segment
+        from dataclasses import replace
 
         loaded.info = info = replace(info, task=task)
+        loaded.module.task = task
     if info.task != task:
         kind = {"sr": "a super-resolution", "seg": "a segmentation", "style": "a style transfer"}[info.task]
         raise StartupError(f"{info.name} is {kind} model; use `{TASK_COMMAND[info.task]}`")

@@ -193,3 +193,24 @@ def test_a_bgr_0_255_model_without_metadata_runs_with_the_options(tmp_path):
     assert np.abs(a - b).max() <= 1
     code, stdout, _ = run("models", tmp_path / "bgr.onnx")
     assert code == 0 and "scale (probe)" in stdout and "task (probe)" in stdout
+
+
+def test_the_command_names_the_task_where_the_file_cannot(tmp_path):
+    """An image-to-image file without metadata (3 channels at 1x): stylize runs it as a style net, upscale at
+    scale 1, and segment as 3 classes."""
+    from torch import nn
+
+    class Invert(nn.Module):
+        def forward(self, x):
+            return 1 - x
+
+    dims = {0: torch.export.Dim("b"), 2: torch.export.Dim("h"), 3: torch.export.Dim("w")}
+    torch.onnx.export(Invert(), (torch.rand(1, 3, 32, 32),), str(tmp_path / "invert.onnx"), dynamo=True,
+                      dynamic_shapes=(dims,), verbose=False)
+    Image.fromarray(gradient_rgb(20, 24)).save(tmp_path / "a.png")
+    for command, flag in (("stylize", "--style"), ("upscale", "--model"), ("segment", "--model")):
+        code, _, stderr = run("--device", "cpu", command, tmp_path / "a.png", tmp_path / command, flag,
+                              tmp_path / "invert.onnx")
+        assert code == 0, (command, stderr)
+    inverted = np.asarray(Image.open(tmp_path / "stylize" / "a.png")).astype(int)
+    assert np.abs(inverted - (255 - gradient_rgb(20, 24).astype(int))).max() <= 1
