@@ -194,6 +194,11 @@ video_options = _apply([
                  show_default=True,
                  help="Videos whose stream has no colour tags: the YCbCr matrix to read them with (auto: BT.709 "
                       "from 720 lines up, else BT.601, as players assume). The output is tagged with it."),
+    click.option("--start", "video_start", type=FiniteFloat(min=0), default=0.0, metavar="SECONDS",
+                 help="Videos: begin at this time (a preview); frames, audio and subtitle packets and chapters "
+                      "that start before it are left out, and the output's times start at 0."),
+    click.option("--duration", "video_duration", type=FiniteFloat(min=0, min_open=True), default=None,
+                 metavar="SECONDS", help="Videos: keep what starts within this many seconds after --start."),
     click.option("--segment-frames", type=click.IntRange(min=1), default=VideoEncoding.segment_frames,
                  show_default=True,
                  help="Video outputs are encoded in segments of this many frames, kept until the video is "
@@ -236,11 +241,13 @@ def onnx_input(input_order: str | None, value_range: float | None, mean: list[fl
 
 
 def video_encoding(codec: str | None, crf: int | None, bitrate: str | None, preset: str | None,
-                   pix_fmt: str | None, untagged_matrix: str, segment_frames: int) -> VideoEncoding:
+                   pix_fmt: str | None, untagged_matrix: str, video_start: float, video_duration: float | None,
+                   segment_frames: int) -> VideoEncoding:
     if crf is not None and bitrate is not None:
         raise click.UsageError("give --crf or --bitrate, not both")
     return VideoEncoding(codec=codec, crf=crf, bitrate=bitrate, preset=preset, pix_fmt=pix_fmt,
-                         segment_frames=segment_frames, untagged=untagged_matrix)
+                         segment_frames=segment_frames, untagged=untagged_matrix, start=video_start,
+                         duration=video_duration)
 
 
 kernels_option = click.option(

@@ -48,7 +48,7 @@ from pixbatch.tasks.defaults import SEGMENT
 @click.pass_obj
 def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, workers, writers, max_pixels,
             png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend, model_name, threshold,
-            probabilities, prob_format, ignore_index, overlay, overlay_alpha, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames, input_order, value_range, mean, std) -> None:
+            probabilities, prob_format, ignore_index, overlay, overlay_alpha, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration, segment_frames, input_order, value_range, mean, std) -> None:
     """Segment every image in SRC (files and/or folders, searched recursively) into DST.
 
     Each input gets a mask PNG: 0/255 for binary models, class indices with a palette for multi-class
@@ -67,7 +67,8 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
     """
     from pixbatch.io.regions import is_tiled_tiff
 
-    video = video_encoding(codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames)
+    video = video_encoding(codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration,
+                           segment_frames)
     plan, dst_root = app.plan(src, dst, one_output=False, suffix=suffix, glob=glob, overwrite=not skip_existing,
                               suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png", video=(True, video))
     from pixbatch.io.encode import EncodeOptions

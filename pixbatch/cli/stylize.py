@@ -48,7 +48,7 @@ from pixbatch.tasks.defaults import STYLIZE
 @click.pass_obj
 def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
             workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
-            style, max_side, strength, preserve_color, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames, input_order, value_range, mean, std) -> None:
+            style, max_side, strength, preserve_color, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration, segment_frames, input_order, value_range, mean, std) -> None:
     """Stylise every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree, with the same names, bit depth, alpha, ICC profile and EXIF.
@@ -69,7 +69,8 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
 
     # outputs too large for memory (as large as their inputs, unless --max-side) go to tiled BigTIFFs
     huge = app.huge_outputs(fmt, max_pixels, lambda: 1) if max_side is None else None
-    video = video_encoding(codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames)
+    video = video_encoding(codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration,
+                           segment_frames)
     plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
                               suffix_of=huge, video=(False, video))
     from pixbatch.io.encode import EncodeOptions

@@ -46,7 +46,7 @@ from pixbatch.tasks.defaults import UPSCALE
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
             workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
-            kernels, scale, outscale, model_name, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames, input_order, value_range, mean, std) -> None:
+            kernels, scale, outscale, model_name, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration, segment_frames, input_order, value_range, mean, std) -> None:
     """Upscale every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree. Existing outputs are skipped, so an interrupted run resumes
@@ -69,7 +69,8 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     # outputs too large for memory go to tiled BigTIFFs: the output size needs the model's scale, read
     # (once, and only if there are inputs to plan) from the spec, the registry or the checkpoint
     huge = app.huge_outputs(fmt, max_pixels, lambda: outscale or app.model_scale(model))
-    video = video_encoding(codec, crf, bitrate, preset, pix_fmt, untagged_matrix, segment_frames)
+    video = video_encoding(codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration,
+                           segment_frames)
     plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
                               suffix_of=huge, video=(False, video))
     from pixbatch.io.encode import EncodeOptions

@@ -88,6 +88,8 @@ class VideoEncoding:
     preset: str | None = None
     pix_fmt: str | None = None
     segment_frames: int = 250  # input frames per segment: what an interrupted run resumes after
+    start: float = 0.0  # --start: seconds of the input skipped (a preview); see ``in_window``
+    duration: float | None = None  # --duration: seconds kept from --start (None: to the end)
     untagged: str = "auto"  # the matrix of streams with no colour tags: auto (BT.709 from 720 lines), bt601, ...
 
 
@@ -100,6 +102,19 @@ def output_suffix(src_suffix: str, codec: str) -> str:
 def picture_codec(src_suffix: str, encoding: VideoEncoding) -> str:
     """The codec of a picture output: --codec, else H.264 (VP9 for WebM, whose containers take no H.264)."""
     return encoding.codec or ("vp9" if src_suffix.lower() == ".webm" else "h264")
+
+
+def in_window(ts: int, time_base: Fraction, encoding: VideoEncoding) -> bool:
+    """The cutting rule of --start/--duration, for video frames and for the packets of every other stream
+    alike: kept when its own start time t (pts x time base) has start <= t < start + duration."""
+    t = ts * time_base
+    start = Fraction(str(encoding.start))
+    return t >= start and (encoding.duration is None or t < start + Fraction(str(encoding.duration)))
+
+
+def shift(time_base: Fraction, encoding: VideoEncoding) -> int:
+    """Ticks (in ``time_base``) every kept timestamp moves back by, so the output starts at --start's 0."""
+    return round(Fraction(str(encoding.start)) / time_base) if encoding.start else 0
 
 
 def main_codec(mask: bool, src_suffix: str, encoding: VideoEncoding) -> str:
@@ -185,16 +200,27 @@ class VideoReader:
             self.container.close()
             raise
 
-    def frames(self, skip: int = 0, last_pts: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    def frames(self, skip: int = 0, last_pts: int | None = None,
+               window: VideoEncoding | None = None) -> Iterator[tuple[np.ndarray, int]]:
         """(RGB pixels, pts) of every frame in presentation order after the first ``skip`` (decoded, not
         converted; the last of them must have pts ``last_pts``, when given); VideoError on corrupt data, a
-        change of size or an interlaced frame (the frame number said)."""
+        change of size or an interlaced frame (the frame number said). With ``window`` (--start/--duration),
+        only the frames in it, their pts moved back by ``shift``."""
         av = require_av()
         info, n, last = self.info, 0, None
+        cut = window is not None and (window.start or window.duration is not None)
+        back = shift(info.time_base, window) if cut else 0
+        if cut and window.start:  # from the keyframe before --start, not from the beginning
+            self.container.seek(int(Fraction(str(window.start)) / info.time_base) + (self.stream.start_time or 0),
+                                stream=self.stream, backward=True)
         fmt = "rgb24" if info.bits == 8 else "rgb48le"
         src = MATRIX_NAMES[info.colour.matrix]
+        end = None if not cut or window.duration is None else (Fraction(str(window.start))
+                                                                + Fraction(str(window.duration)))
         try:
             for packet in self.container.demux(self.stream):
+                if end is not None and last is not None and last * info.time_base >= end:
+                    break  # past --duration: nothing later is kept
                 for frame in packet.decode():
                     if (frame.width, frame.height) != (info.width, info.height):
                         raise VideoError(f"frame {n} is {frame.width}x{frame.height}, not {info.width}x"
@@ -205,6 +231,10 @@ class VideoReader:
                         raise VideoError(f"frame {n} is interlaced: deinterlace it first (pixbatch does not)")
                     pts = frame.pts if frame.pts is not None else (last + 1 if last is not None else 0)
                     last = pts
+                    if cut:
+                        if not in_window(pts, info.time_base, window):
+                            continue
+                        pts -= back
                     n += 1
                     if n <= skip:
                         if n == skip and last_pts is not None and pts != last_pts:
@@ -215,8 +245,8 @@ class VideoReader:
         except av.FFmpegError as exc:
             raise VideoError(f"cannot decode frame {n} ({reason(exc)})") from None
         if n == 0:
-            raise VideoError("its video stream has no frames")
-        if info.frames and n < info.frames:  # the container's index counts frames the data did not hold
+            raise VideoError("no frames in --start/--duration's range" if cut else "its video stream has no frames")
+        if info.frames and n < info.frames and not cut:  # the container's index counts frames the data did not hold
             raise VideoError(f"only {n} of its {info.frames} frames could be decoded (damaged or cut short)")
 
     def close(self) -> None:

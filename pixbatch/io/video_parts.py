@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from pixbatch.io.atomic import write_bytes
-from pixbatch.io.video import VideoError, reason, require_av
+from pixbatch.io.video import VideoEncoding, VideoError, in_window, reason, require_av, shift
 
 MANIFEST = "manifest.json"
 
@@ -89,11 +89,15 @@ def _rotation(path: Path) -> int:
     return 0
 
 
-def assemble(parts: list[Path], source: Path, out: Path, fmt: str, *, frames: int) -> list[str]:
+def assemble(parts: list[Path], source: Path, out: Path, fmt: str, *, frames: int,
+             window: VideoEncoding | None = None) -> list[str]:
     """Write ``out`` (container ``fmt``): the encoded video of ``parts`` (segments of one stream, in order,
     ``frames`` frames together) in place of ``source``'s first video stream, and every other stream of
     ``source`` (audio, subtitles, data, other video) copied packet for packet, with the container's
-    metadata and chapters. Returns notes on streams the container cannot hold (left out)."""
+    metadata and chapters. With ``window`` (--start/--duration) the other streams' packets and the chapters
+    follow the frames' cutting rule (``in_window``) and move back as they do. Returns notes on streams the
+    container cannot hold (left out)."""
+    cut = window is not None and (window.start or window.duration is not None)
     av = require_av()
     notes: list[str] = []
     with av.open(str(parts[0])) as first, av.open(str(source), metadata_errors="ignore") as src, \
@@ -117,8 +121,12 @@ def assemble(parts: list[Path], source: Path, out: Path, fmt: str, *, frames: in
                 ost.set_display_rotation(rotation)  # a phone video shot upright stays upright
             mapping[st.index] = ost
         dst.metadata.update({k: v for k, v in src.metadata.items() if k.lower() != "encoder"})
-        if src.chapters():
-            dst.set_chapters(src.chapters())
+        chapters = [c for c in src.chapters() if not cut or in_window(c["start"], c["time_base"], window)]
+        if cut:
+            chapters = [dict(c, start=c["start"] - shift(c["time_base"], window),
+                             end=c["end"] - shift(c["time_base"], window)) for c in chapters]
+        if chapters:
+            dst.set_chapters(chapters)
         others = [s for s in src.streams if s.index != main.index and s.index in mapping]
         order = itertools.count()
         counted = [0]
@@ -131,17 +139,24 @@ def assemble(parts: list[Path], source: Path, out: Path, fmt: str, *, frames: in
                             counted[0] += 1
                             yield p
 
-        def timed(packets, stream_of):
+        def timed(packets, stream_of, cutting: bool = False):
             for p in packets:
                 if p.size == 0:  # the demuxer's end-of-stream markers
                     continue
+                if cutting:
+                    when = p.pts if p.pts is not None else p.dts
+                    if when is None or not in_window(when, p.time_base, window):
+                        continue
+                    back = shift(p.time_base, window)
+                    p.pts = None if p.pts is None else p.pts - back
+                    p.dts = None if p.dts is None else p.dts - back
                 ts = p.dts if p.dts is not None else p.pts
                 seconds = float(ts * p.time_base) if ts is not None else float("-inf")
                 yield seconds, next(order), p, stream_of(p)
 
         streams = [timed(encoded(), lambda p: mapping[main.index])]
         if others:
-            streams.append(timed(src.demux(others), lambda p: mapping[p.stream.index]))
+            streams.append(timed(src.demux(others), lambda p: mapping[p.stream.index], cutting=bool(cut)))
         for _, _, packet, stream in heapq.merge(*streams, key=lambda t: (t[0], t[1])):
             packet.stream = stream
             dst.mux(packet)

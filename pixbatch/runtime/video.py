@@ -150,7 +150,8 @@ class VideoSink:
                     continue
                 assembled[name] = temp_path(path)
                 self.notes += assemble(self.parts.files(name), self.job.src, assembled[name],
-                                       FORMATS.get(path.suffix.lower(), "matroska"), frames=self.parts.frames)
+                                       FORMATS.get(path.suffix.lower(), "matroska"), frames=self.parts.frames,
+                                       window=self.encoding)
             for name in [k for k in assembled if k != self.task.main] + [self.task.main]:
                 commit(assembled.pop(name), self.targets[name][0], self.overwrite)
         finally:
@@ -178,11 +179,11 @@ def _settings(task: Task, spec: JobSpec) -> dict:
 
 
 def _read_ahead(reader: VideoReader, out: queue.Queue, stop: threading.Event, skip: int,
-                last_pts: int | None) -> None:
+                last_pts: int | None, window: VideoEncoding) -> None:
     """Decode frames into ``out`` (then None), or put the exception that ended decoding; the first
     ``skip`` are decoded only to reach the rest."""
     try:
-        for item in reader.frames(skip, last_pts):
+        for item in reader.frames(skip, last_pts, window):
             while not stop.is_set():
                 try:
                     out.put(item, timeout=0.1)
@@ -226,7 +227,7 @@ def run_video(task: Task, job: Job, engine: WindowEngine, book: JobBook, spec: J
                       "finished by an earlier run)")
         sink = VideoSink(task, job, reader.info, spec.video, spec.encode.overwrite, parts)
         meta = ImageMeta("RGB", reader.info.bits, "VIDEO")
-        thread = threading.Thread(target=_read_ahead, args=(reader, frames, stop, resumed, parts.last_pts),
+        thread = threading.Thread(target=_read_ahead, args=(reader, frames, stop, resumed, parts.last_pts, spec.video),
                                   name="pixbatch-video-reader", daemon=True)
         thread.start()
         with tqdm(total=reader.info.frames or None, initial=resumed, unit="frame", desc=job.src.name, leave=False,

@@ -296,3 +296,22 @@ def test_stylizing_a_video_and_segment_probabilities_refused_for_it(tmp_path, st
     assert len(out["frames"]) == 5 and out["pts"] == streams(src)["pts"] and out["video"]["size"] == (64, 48)
     code, _, stderr = run("--device", "cpu", "segment", src, tmp_path / "seg", "--probabilities")
     assert code == 123 and "prob output is not written for videos" in stderr
+
+
+def test_start_and_duration_cut_every_stream_by_one_rule(tmp_path):
+    """--start 0.1 --duration 0.2 on a 30 fps-ish clip: the frames, audio and subtitle packets that start in
+    [0.1, 0.3) s, every time moved back by 0.1 s; the frames are the same pictures as the uncut run's."""
+    src = tmp_path / "clip.mkv"
+    pts = make_clip(src, frames=14, audio=True, subtitles=True)
+    code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / "cut", "--scale", "2", "--codec", "ffv1",
+                          "--start", "0.1", "--duration", "0.2")
+    assert code == 0, stderr
+    code, _, stderr = run("--device", "cpu", "upscale", src, tmp_path / "whole", "--scale", "2", "--codec", "ffv1")
+    assert code == 0, stderr
+    cut, whole, before = streams(tmp_path / "cut" / "clip.mkv"), streams(tmp_path / "whole" / "clip.mkv"), streams(src)
+    kept = [i for i, p in enumerate(pts) if 100 <= p < 300]
+    assert cut["pts"] == [round(pts[i] / 1000 - 0.1, 6) for i in kept]
+    assert all(np.array_equal(cut["frames"][k], whole["frames"][i]) for k, i in enumerate(kept))
+    for key, packets in before["packets"].items():
+        expected = [(h, round(t - 0.1, 6)) for h, t in packets if 0.1 <= t < 0.3]
+        assert cut["packets"].get(key, []) == expected, key
