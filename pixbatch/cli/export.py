@@ -22,7 +22,7 @@ def export(app, model_name: str, out: Path, scale: int | None, fp16: bool, opset
     height and width, and pixbatch's metadata (task, scale, size multiple, receptive field, classes, ignore
     label) as ``pixbatch.*`` metadata_props. The export is run by ONNX Runtime at two sizes other than the
     export's and at batch 2 against PyTorch; it is written only when they agree (max abs difference
-    <= 1e-4, 1e-2 with --fp16), and the difference is printed. Run it with `pixbatch upscale ... --model
+    <= 1e-3, a quarter of an 8-bit level; 1e-2 with --fp16), and the difference is printed. Run it with `pixbatch upscale ... --model
     OUT.onnx`.
 
     \b

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pixbatch.cli import cli
 from pixbatch.models import UnsupportedModelError, create_model
-from tests.conftest import gradient_rgb
+from tests.conftest import DATA, gradient_rgb, requires_data
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -214,3 +214,29 @@ def test_the_command_names_the_task_where_the_file_cannot(tmp_path):
         assert code == 0, (command, stderr)
     inverted = np.asarray(Image.open(tmp_path / "stylize" / "a.png")).astype(int)
     assert np.abs(inverted - (255 - gradient_rgb(20, 24).astype(int))).max() <= 1
+
+
+FAMILIES = ["carn_m_x2", "weights/imdn_x4.pth", "weights/realesr-animevideov3.pth",
+            "weights/efficient_sr/team18_bsrn.pth", "weights/efficient_sr/team38_span_ch28_slim.pth"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_families_export_within_tolerance(tmp_path, name):
+    """Built-in CARN-M and the foreign families in the shared data (IMDN, Real-ESRGAN compact through
+    spandrel, BSRN, SPAN): each export is run by ONNX Runtime at two other sizes and batch 2, within 1e-3."""
+    from pixbatch.models.onnx_export import export_onnx
+
+    if name.startswith("weights/"):
+        if not DATA.is_dir():
+            pytest.skip(f"needs the shared data at {DATA}")
+        name = DATA / name
+    result = export_onnx(create_model(name), tmp_path / "m.onnx")
+    assert result.max_abs_diff <= 1e-3 and (tmp_path / "m.onnx").is_file()
+
+
+@requires_data
+def test_an_export_that_the_exporter_fixes_to_one_size_is_refused(tmp_path):
+    """SAFMN pools to a size derived from the input: torch's exporter fixes the input at the export's size.
+    Such a file would take no other size, so it is refused, said in one line, and not written."""
+    code, _, stderr = run("export", DATA / "weights" / "efficient_sr" / "team15_SAFMN.pth", tmp_path / "s.onnx")
+    assert code == 1 and "fixed the input size" in stderr and not (tmp_path / "s.onnx").exists()
