@@ -47,8 +47,10 @@ from pixbatch.tasks.defaults import SEGMENT
               help="Opacity of the class colours over the input in NAME_overlay.png.")
 @click.pass_obj
 def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, workers, writers, max_pixels,
-            png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend, model_name, threshold,
-            probabilities, prob_format, ignore_index, overlay, overlay_alpha, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration, segment_frames, input_order, value_range, mean, std) -> None:
+            png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
+            model_name, threshold, probabilities, prob_format, ignore_index, overlay, overlay_alpha, codec,
+            crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration, segment_frames,
+            input_order, value_range, mean, std) -> None:
     """Segment every image in SRC (files and/or folders, searched recursively) into DST.
 
     Each input gets a mask PNG: 0/255 for binary models, class indices with a palette for multi-class
@@ -76,7 +78,8 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
     from pixbatch.tasks.segment import SegmentTask
 
     spec = JobSpec(
-        model=ModelSpec(model_name, task="seg", onnx=onnx_input(input_order, value_range, mean, std)), compute=compute_spec(app, precision, compile_, channels_last, backend),
+        model=ModelSpec(model_name, task="seg", onnx=onnx_input(input_order, value_range, mean, std)),
+        compute=compute_spec(app, precision, compile_, channels_last, backend),
         windowing=SegmentTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels, encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),
         video=video,

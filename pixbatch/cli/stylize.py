@@ -47,8 +47,10 @@ from pixbatch.tasks.defaults import STYLIZE
               help="Keep the input's colours: the net's luminance with the input's chroma (YCbCr).")
 @click.pass_obj
 def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
-            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
-            style, max_side, strength, preserve_color, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration, segment_frames, input_order, value_range, mean, std) -> None:
+            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_,
+            channels_last, backend, style, max_side, strength, preserve_color, codec, crf, bitrate, preset,
+            pix_fmt, untagged_matrix, video_start, video_duration, segment_frames, input_order, value_range,
+            mean, std) -> None:
     """Stylise every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree, with the same names, bit depth, alpha, ICC profile and EXIF.
@@ -78,7 +80,8 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     from pixbatch.tasks.stylize import StylizeTask
 
     spec = JobSpec(
-        model=ModelSpec(style, task="style", onnx=onnx_input(input_order, value_range, mean, std)), compute=compute_spec(app, precision, compile_, channels_last, backend),
+        model=ModelSpec(style, task="style", onnx=onnx_input(input_order, value_range, mean, std)),
+        compute=compute_spec(app, precision, compile_, channels_last, backend),
         windowing=StylizeTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),

@@ -45,8 +45,10 @@ from pixbatch.tasks.defaults import UPSCALE
                    "device, streamed row by row. Sizes are int(input x FACTOR), as in Real-ESRGAN.")
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
-            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
-            kernels, scale, outscale, model_name, codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration, segment_frames, input_order, value_range, mean, std) -> None:
+            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_,
+            channels_last, backend, kernels, scale, outscale, model_name, codec, crf, bitrate, preset,
+            pix_fmt, untagged_matrix, video_start, video_duration, segment_frames, input_order, value_range,
+            mean, std) -> None:
     """Upscale every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree. Existing outputs are skipped, so an interrupted run resumes
