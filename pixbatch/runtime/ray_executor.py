@@ -241,20 +241,24 @@ def _run(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, spe
                 num_gpus=gpus or None, num_cpus=actor_cpus,
                 fn_constructor_kwargs={"make_runner": make_runner, "make_task": make_task, "spec": spec,
                                        "owner": owner, "threads": threads})
-            for out in ds.iter_rows():
-                part = json.loads(out["report"])
-                for error in part["errors"]:  # paths as the user named them, as in one process
-                    given = str(given_paths.get(error["path"], error["path"]))
-                    report.failed.append((given, error["reason"]))
-                    log(error_line(given, error["reason"]))
-                report.done += part["done"]
-                report.skipped += part["skipped"]
-                report.input_mp += part["input_mp"]
-                report.output_mp += part["output_mp"]
-                for key in ("fp32_reruns", "oom_retries", "multi_frame", "big_outputs"):
-                    setattr(report, key, getattr(report, key) + part[key])
-                settings_seen = settings_seen or part["settings"]
-                bar.update(int(out["jobs"]))
+            results = iter(ds.iter_rows())  # a generator: closed below
+            try:
+                for out in results:
+                    part = json.loads(out["report"])
+                    for error in part["errors"]:  # paths as the user named them, as in one process
+                        given = str(given_paths.get(error["path"], error["path"]))
+                        report.failed.append((given, error["reason"]))
+                        log(error_line(given, error["reason"]))
+                    report.done += part["done"]
+                    report.skipped += part["skipped"]
+                    report.input_mp += part["input_mp"]
+                    report.output_mp += part["output_mp"]
+                    for key in ("fp32_reruns", "oom_retries", "multi_frame", "big_outputs"):
+                        setattr(report, key, getattr(report, key) + part[key])
+                    settings_seen = settings_seen or part["settings"]
+                    bar.update(int(out["jobs"]))
+            finally:  # interrupted: Ray's iterator is closed while the cluster is up (collected after
+                results.close()  # ray.shutdown, its clean-up printed a traceback and Ray's log lines)
     finally:
         bar.close()
         for job in plan.todo:
