@@ -77,10 +77,10 @@ class App:
         from pixbatch.runtime.jobs import Report, one_line
 
         if video is not None:
-            from pixbatch.io.video import main_codec, output_suffix
+            from pixbatch.io.video import main_suffix
 
             masks, encoding = video
-            kw["video_suffix"] = lambda p: output_suffix(p.suffix, main_codec(masks, p.suffix, encoding))
+            kw["video_suffix"] = lambda p: main_suffix(masks, p.suffix, encoding)
         dst_root, suffix_of = dst, kw.get("suffix_of")
         file_suffix = output_file_suffix(dst)
         if file_suffix is not None:

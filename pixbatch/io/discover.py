@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixbatch.io.atomic import FOREIGN_TEMP_TTL, HOST_ID, TEMP_MARK
-from pixbatch.io.video import VIDEO_SUFFIXES, sniff_video
-from pixbatch.io.video import output_suffix as video_output_suffix
+from pixbatch.io.video import VIDEO_SUFFIXES, VideoEncoding, main_suffix, sniff_video
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm",
                             ".pgm", ".pnm", ".tga"})
@@ -210,7 +209,7 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
     planned = []
     for src, rel in readable:
         if is_video_input(src):
-            ext = video_suffix(src) if video_suffix is not None else video_output_suffix(src.suffix, "h264")
+            ext = video_suffix(src) if video_suffix is not None else main_suffix(False, src.suffix, VideoEncoding())
         else:
             ext = suffix_of(src) if suffix_of is not None else output_suffix(src, fmt)
         planned.append((src, dst_root / rel.parent / (output_name or f"{rel.stem}{suffix}{ext}")))

@@ -122,6 +122,11 @@ def main_codec(mask: bool, src_suffix: str, encoding: VideoEncoding) -> str:
     return encoding.codec or ("ffv1" if mask else picture_codec(src_suffix, encoding))
 
 
+def main_suffix(mask: bool, src_suffix: str, encoding: VideoEncoding) -> str:
+    """The suffix planning gives a video job's main output: its codec's container."""
+    return output_suffix(src_suffix, main_codec(mask, src_suffix, encoding))
+
+
 @dataclass(frozen=True)
 class Colour:
     """The colour tags of a stream: matrix, range, primaries, transfer (FFmpeg's numbers)."""
