@@ -14,7 +14,9 @@ channels-last upsamplers) with and without those rewrites (kernels=torch), torch
 freezing (oneDNN weights pre-packed at compile time; compile seconds reported apart), ONNX Runtime fp32
 (all graph optimisations, one thread per core), and OpenVINO (converted from the PyTorch module; f32 and
 bf16 inference-precision hints, each with the latency hint and, batch 1, the throughput hint driving an
-async request queue; bf16 also converted at the exact input shape).
+async request queue; bf16 also converted at the exact input shape), and the model as `pixbatch export`
+writes it, run by pixbatch's ONNX backends (ONNX Runtime; OpenVINO f32 and bf16; auto, which measures the
+two; the auto row's setup includes the export and its verification).
 
 Per row: output MP/s, ratio to eager, PSNR of the output against the eager fp32 output (images
 clamped to [0, 1]; segmentation logits through sigmoid/softmax), and achieved GFLOP/s (conv/matmul
@@ -107,6 +109,41 @@ def variants(name: str, x: torch.Tensor, compile_models: bool):
             inductor.freezing = False
     yield from onnxruntime_variant(name, x)
     yield from openvino_variants(name, x)
+    yield from pixbatch_onnx_variants(name)
+
+
+def pixbatch_onnx_variants(name: str):
+    """The model as `pixbatch export` writes it, run by pixbatch's ONNX backends: --backend auto (for a job
+    of 64 MP: it measures ONNX Runtime against OpenVINO f32), onnxruntime, openvino, and --precision bf16
+    (OpenVINO)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return
+    import tempfile
+
+    from pixbatch.models import create_model
+    from pixbatch.models.onnx_export import export_onnx
+    from pixbatch.runtime.backends import OPENVINO_MIN_PIXELS
+    from pixbatch.runtime.prepare import prepare_model
+
+    cpu = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.onnx"
+        t0 = time.perf_counter()
+        try:
+            export_onnx(load(name), path)
+        except Exception as exc:  # pixbatch export refuses it (said in the row)
+            yield f"pixbatch ONNX (export refused: {str(exc)[:60]})", "fp32", None, 0.0
+            return
+        exported = time.perf_counter() - t0
+        for backend, dtype in (("auto", torch.float32), ("onnxruntime", torch.float32), ("openvino", torch.float32),
+                               ("openvino", torch.bfloat16)):
+            t0 = time.perf_counter()
+            runner = prepare_model(create_model(path), cpu, dtype, backend=backend, job_pixels=OPENVINO_MIN_PIXELS)
+            label = "bf16" if dtype == torch.bfloat16 else "fp32"
+            yield (f"pixbatch ONNX --backend {backend} {label} ({runner.backend})", label, runner,
+                   time.perf_counter() - t0 + (exported if backend == "auto" else 0.0))
 
 
 def onnxruntime_variant(name: str, x: torch.Tensor):
@@ -264,7 +301,7 @@ def main() -> None:
                         print(f"{name:<14} {size:>4} b{batch:<2} {label}", flush=True)
                         continue
                     # a job on OpenVINO runs with one PyTorch thread (prepare_model sets it); every other row with all
-                    on_openvino = isinstance(fn, Runner) and fn.backend_note
+                    on_openvino = isinstance(fn, Runner) and fn.backend.startswith("openvino")
                     torch.set_num_threads(1 if on_openvino else TORCH_THREADS)
                     with torch.no_grad():
                         y = fn(x)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pixbatch.cli._options import BACKENDS, PRECISIONS, TILE, FiniteFloat
+from pixbatch.cli._options import BACKENDS, PRECISIONS, TILE, FiniteFloat, onnx_input, onnx_options
 from pixbatch.runtime.spec import BackendChoice, ComputeSpec, KernelChoice, ModelSpec, Precision
 from pixbatch.tasks.defaults import SEGMENT
 
@@ -38,12 +38,15 @@ precision_option = click.option("--precision", type=click.Choice(PRECISIONS), de
                                      "they would use it); fp32 by default: published numbers are reproduced in fp32.")
 
 
-def eval_backend(model_name: str | None, backend: str) -> str:
-    """--backend as given; an ONNX model left at eval's default (torch) runs on ONNX Runtime, its only runtime."""
+def eval_backend(model_name: str | None, backend: str, precision: str) -> str:
+    """--backend as given; an ONNX model left at eval's default (torch) runs on ONNX Runtime, the reference
+    runtime for ONNX files, except in bf16, which OpenVINO computes (auto chooses it)."""
     ctx = click.get_current_context(silent=True)
     default = ctx is not None and ctx.get_parameter_source("backend") == click.core.ParameterSource.DEFAULT
     onnx = model_name is not None and str(model_name).lower().endswith(".onnx")
-    return BackendChoice.ONNXRUNTIME.value if onnx and default else backend
+    if not (onnx and default):
+        return backend
+    return (BackendChoice.ONNXRUNTIME if precision == Precision.FP32 else BackendChoice.AUTO).value
 
 
 def _renamed(old: str, new: str):
@@ -69,10 +72,12 @@ def _renamed(old: str, new: str):
               type=click.Path(exists=True, file_okay=False, path_type=Path))
 @precision_option
 @backend_option
+@onnx_options
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
 @click.pass_obj
-def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backend, out_json) -> None:
+def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backend, input_order, value_range, mean,
+            std, out_json) -> None:
     """Y-PSNR/SSIM (BT.601, SCALE pixels shaved) and RGB PSNR per image and on average, next to
     MATLAB-bicubic upsampling. LR images are made from HR exactly as MATLAB's imresize does.
 
@@ -89,8 +94,10 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backe
     from pixbatch.runtime.prepare import ModelFailedError
 
     try:
-        compute = replace(EVAL_COMPUTE, device=app.device, precision=precision, backend=eval_backend(model_name, backend))
-        runner = load_runner(ModelSpec(model_name, scale, task="sr"), compute, n_jobs=0, info=app.info)
+        compute = replace(EVAL_COMPUTE, device=app.device, precision=precision,
+                          backend=eval_backend(model_name, backend, precision))
+        model = ModelSpec(model_name, scale, task="sr", onnx=onnx_input(input_order, value_range, mean, std))
+        runner = load_runner(model, compute, n_jobs=0, info=app.info)
         precision = precision_name(runner.dtype)  # what it computed in (auto resolved)
         results = evaluate_sr(runner, hr_dir, lr_dir, on_error=app.file_error)
     except (StartupError, FileNotFoundError, ValueError, ModelFailedError) as exc:
@@ -154,11 +161,12 @@ MULTICLASS_COLUMNS = ("miou", "mean_accuracy", "accuracy")
               help="Context px on each side of a tile, as in `pixbatch segment`.")
 @precision_option
 @backend_option
+@onnx_options
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
 @click.pass_obj
 def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, class_names, plot, tile, overlap, precision,
-             backend, out_json) -> None:
+             backend, input_order, value_range, mean, std, out_json) -> None:
     """Per-image and pooled (all pixels together) Dice (= F1), IoU, pixel accuracy, precision,
     recall (sensitivity), specificity and, for binary models, AUC-ROC. Multi-class models: a confusion
     matrix of exact pixel counts over all images, per-class IoU, precision and recall, class-mean IoU
@@ -180,9 +188,10 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, class
 
     try:
         compute = replace(EVAL_COMPUTE, device=app.device, precision=precision,
-                          backend=eval_backend(model_name, backend),
+                          backend=eval_backend(model_name, backend, precision),
                           kernels=KernelChoice.TORCH)
-        runner = load_runner(ModelSpec(model_name, task="seg"), compute, n_jobs=0, info=app.info)
+        model = ModelSpec(model_name, task="seg", onnx=onnx_input(input_order, value_range, mean, std))
+        runner = load_runner(model, compute, n_jobs=0, info=app.info)
         precision = precision_name(runner.dtype)  # what it computed in (auto resolved)
         training = runner.info.training or {}
         if threshold is None:

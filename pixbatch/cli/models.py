@@ -61,13 +61,15 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
         rows = [
             ("file", str(checkpoint)), ("architecture", info.arch),
             ("origin", {"checkpoint": "pixbatch checkpoint", "builtin": "shipped with pixbatch",
-                        "untrained": "untrained (fresh weights)", "onnx": "ONNX file (run by ONNX Runtime)"}.get(
+                        "untrained": "untrained (fresh weights)", "onnx": "ONNX file (run by ONNX Runtime or OpenVINO)"}.get(
                 info.source, f"foreign (recognised by {info.recognised_by})")),
             ("task", {"sr": f"super-resolution x{info.scale}", "style": "style transfer (pixbatch stylize)"}.get(
                 info.task, f"segmentation, {info.out_channels} {'logit' if info.out_channels == 1 else 'classes'}")),
             ("parameters", f"{info.params:,}"),
             ("channels", f"{info.in_channels} -> {info.out_channels}"), ("dtypes", ", ".join(dtypes)),
             ("size multiple", str(info.size_multiple)),
+            *([("input size", f"{info.max_size} x {info.max_size} px only (larger images: windows of it)")]
+              if info.max_size else []),
             ("receptive field", f"{info.receptive_field} px" if info.receptive_field is not None else "unbounded"),
         ]
         onnx = (info.training or {}).get("onnx")

@@ -49,6 +49,7 @@ class ModelInfo:
     task: str = "sr"  # "sr" (image -> image x scale), "seg" (out_channels logits per pixel), "style" (image)
     builder: dict | None = None  # {"name": registered architecture, "kwargs": ...} when pixbatch implements it
     min_size: int = 1  # smaller inputs are padded up to this many px (pooling attention needs a few pixels)
+    max_size: int = 0  # larger inputs are tiled to fit (0: any size); an ONNX file of one fixed size has both
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -4,7 +4,8 @@ ONNX Runtime as a module the engine calls like any other.
 The convention is NCHW, RGB, float32 in [0, 1]. What a file's ``metadata_props`` say (the ``pixbatch.*``
 keys ``pixbatch export`` writes) wins; the rest is found by running the model on probe inputs:
 - layout: NHWC when the input's last dimension is 1 or 3 and its second is not;
-- a fixed input size: static height and width (the engine then tiles at exactly that size);
+- a fixed input size: static height and width, square (the engine then cuts windows that fit it and pads
+  each up to it);
 - fp16: the input's element type (it is then fed fp16);
 - scale and task: N x the probe's size (N >= 2) is upscaling; K != 3 channels at its size is
   segmentation with K classes (1: binary); 3 channels at its size is image to image;
@@ -15,6 +16,7 @@ of custom domains, absurd declared shapes and initialisers larger than ``MAX_WEI
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -86,15 +88,21 @@ class OnnxModule(nn.Module):
 
     task = "sr"
 
-    def __init__(self, session, *, nhwc: bool, fp16: bool, bgr: bool, value_range: float,
+    def __init__(self, session, path: Path, *, nhwc: bool, fp16: bool, bgr: bool, value_range: float,
                  mean: list[float] | None, std: list[float] | None, task: str, batch_fixed: bool) -> None:
         super().__init__()
-        self.session = session
+        self.session, self.path = session, path
         self.input = session.get_inputs()[0].name  # the one input that is not a weight
         self.nhwc, self.fp16, self.bgr, self.value_range = nhwc, fp16, bgr, value_range
         self.mean = None if mean is None else torch.tensor(mean).view(1, -1, 1, 1)
         self.std = None if std is None else torch.tensor(std).view(1, -1, 1, 1)
         self.task, self.batch_fixed = task, batch_fixed
+
+    def with_session(self, session) -> OnnxModule:
+        """This module (the same conversions) running another session with ONNX Runtime's ``run``."""
+        other = copy.copy(self)
+        other.session = session
+        return other
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.batch_fixed and x.shape[0] > 1:  # a file whose batch axis is static runs one image at a time
@@ -103,10 +111,11 @@ class OnnxModule(nn.Module):
         x = x.detach().float().cpu()
         if self.bgr:
             x = x.flip(1)
-        x = x * self.value_range
+        if self.value_range != 1:  # each conversion only where the file asks for it (a copy of the batch each)
+            x = x * self.value_range
         if self.mean is not None:
             x = (x - self.mean) / self.std
-        arr = x.numpy().astype(np.float16 if self.fp16 else np.float32)
+        arr = x.numpy().astype(np.float16 if self.fp16 else np.float32, copy=False)
         if self.nhwc:
             arr = arr.transpose(0, 2, 3, 1)
         y = self.session.run(None, {self.input: np.ascontiguousarray(arr)})[0]
@@ -116,7 +125,8 @@ class OnnxModule(nn.Module):
         if self.task != "seg":  # an image: back to the convention
             if self.mean is not None and y.shape[1] == self.mean.shape[1]:
                 y = y * self.std + self.mean
-            y = y / self.value_range
+            if self.value_range != 1:
+                y = y / self.value_range
             if self.bgr:
                 y = y.flip(1)
         return y.to(device)
@@ -148,6 +158,9 @@ def load_onnx(path: Path, options: dict | None = None) -> LoadedModel:
     in_channels = (last if nhwc else second) or 3
     fp16 = value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     fixed_h, fixed_w = _fixed_size(value, nhwc)
+    if fixed_h != fixed_w:
+        raise UnsupportedModelError(f"{path}: takes inputs of {fixed_w or 'any'} x {fixed_h or 'any'} px; of fixed "
+                                    "sizes only square ones are supported")
     batch_fixed = dims[0].HasField("dim_value") and dims[0].dim_value == 1
     try:
         session = ort.InferenceSession(str(path), providers=_providers(ort))
@@ -170,7 +183,7 @@ def load_onnx(path: Path, options: dict | None = None) -> LoadedModel:
     value_range = float(value("value_range", 1.0, float))
     mean = value("mean", None, json.loads)
     std = value("std", [1.0] * len(mean) if mean else None, json.loads)
-    module = OnnxModule(session, nhwc=nhwc, fp16=fp16, bgr=order == "bgr", value_range=value_range, mean=mean,
+    module = OnnxModule(session, path, nhwc=nhwc, fp16=fp16, bgr=order == "bgr", value_range=value_range, mean=mean,
                         std=std, task="sr", batch_fixed=batch_fixed)
     size = fixed_h or PROBE, fixed_w or PROBE
     try:
@@ -195,7 +208,7 @@ def load_onnx(path: Path, options: dict | None = None) -> LoadedModel:
     found["size_multiple"] = "metadata" if "size_multiple" in meta else "probe"
     rf = meta.get("receptive_field")
     receptive_field = (None if rf in (None, "", "none") else int(rf)) if "receptive_field" in meta else (
-        _impulse_radius(module, in_channels, scale, multiple) if fixed_h is None else None)
+        _impulse_radius(module, in_channels, scale, multiple, fixed=fixed_h))
     found["receptive_field"] = "metadata" if "receptive_field" in meta else "impulse probe"
     training = {k: json.loads(meta[k]) for k in ("classes", "ignore_index") if k in meta}
     training["onnx"] = {"input_order": order, "value_range": value_range, "mean": mean, "std": std,
@@ -205,9 +218,10 @@ def load_onnx(path: Path, options: dict | None = None) -> LoadedModel:
     info = ModelInfo(
         name=path.name, arch="onnx", source="onnx", scale=scale, in_channels=in_channels,
         out_channels=out_channels, params=sum(int(np.prod(t.dims)) for t in model.graph.initializer),
-        supports_fp16=False, supports_bf16=False, size_multiple=multiple, receptive_field=receptive_field,
+        # bf16 (asked for, never the default): OpenVINO computes a float32 file in it
+        supports_fp16=False, supports_bf16=not fp16, size_multiple=multiple, receptive_field=receptive_field,
         path=str(path), training=training, recognised_by="onnx", task=task,
-        min_size=fixed_h or 1)
+        min_size=fixed_h or 1, max_size=fixed_h or 0)
     return LoadedModel(module.eval(), info)
 
 
@@ -230,10 +244,13 @@ def _size_multiple(module: OnnxModule, channels: int, scale: int) -> int:
     return 64
 
 
-def _impulse_radius(module: OnnxModule, channels: int, scale: int, multiple: int, limit: int = 192) -> int | None:
+def _impulse_radius(module: OnnxModule, channels: int, scale: int, multiple: int, limit: int = 192, *,
+                    fixed: int | None = None) -> int | None:
     """How far (input px) one pixel's change reaches in the output: one pixel of a mid-grey image is
-    changed and the output compared; None when the change reaches the probe's edge even at ``limit``."""
-    size = 64
+    changed and the output compared; None when the change reaches the probe's edge even at ``limit``
+    (or at the model's ``fixed`` size, the one size probed then)."""
+    size = fixed or 64
+    limit = fixed or limit
     while size <= limit:
         n = -(-size // multiple) * multiple
         x = torch.full((1, channels, n, n), 0.5)

@@ -7,6 +7,7 @@ only code that reads a choice's name.
 - ``TorchCompiled``: torch.compile of the module; input sizes are padded up to multiples of
   ``COMPILE_BUCKET``, so a few graphs serve every image size instead of one per size.
 - ``OpenVINOModel`` (runtime/openvino_backend.py): converted once, compiled per exact NCHW input shape.
+- ``OnnxRuntime`` and ``OnnxOpenVINO``: an ONNX file's session, ONNX Runtime's or OpenVINO's.
 """
 
 from __future__ import annotations
@@ -65,14 +66,56 @@ class OnnxRuntime:
         return self.module(x)
 
 
-def attach_onnx(runner, choice: str, compile: bool) -> None:
-    """An ONNX model's backend: ONNX Runtime (the only runtime for ONNX files so far)."""
-    if choice in (BackendChoice.TORCH, BackendChoice.OPENVINO):
-        raise ValueError(f"{runner.info.name} is an ONNX model: it runs on ONNX Runtime (--backend auto or "
-                         "onnxruntime)")
+class OnnxOpenVINO(OnnxRuntime):
+    """An ONNX file on OpenVINO's CPU plugin: the same module, its session an ``OpenVINOSession``."""
+
+    def __init__(self, module: nn.Module, precision: str) -> None:
+        from pixbatch.runtime.openvino_backend import OpenVINOSession
+
+        self.module = module.with_session(OpenVINOSession(module.path, precision))
+        self.label = f"openvino ({precision})"
+
+
+def attach_onnx(runner, choice: str, compile: bool, job_pixels: int | None) -> None:
+    """An ONNX file's backend: ONNX Runtime; OpenVINO when asked for by name or for bf16 (which ONNX
+    Runtime cannot compute a float32 file in), and with "auto" for CPU jobs of at least
+    OPENVINO_MIN_PIXELS where it measures faster on a probe and agrees with ONNX Runtime."""
+    from pixbatch.runtime.openvino_backend import AGREEMENT_DB, agreement_db, openvino_available
+
+    if choice == BackendChoice.TORCH:
+        raise ValueError(f"{runner.info.name} is an ONNX model: it runs on ONNX Runtime or OpenVINO (--backend "
+                         "auto, onnxruntime or openvino)")
     if compile:
-        raise ValueError("--compile compiles PyTorch models; an ONNX model runs on ONNX Runtime")
-    runner.compiled = OnnxRuntime(runner.module)
+        raise ValueError("--compile compiles PyTorch models; an ONNX model runs on ONNX Runtime or OpenVINO")
+    bf16 = runner.dtype == torch.bfloat16
+    if choice == BackendChoice.ONNXRUNTIME and bf16:
+        raise ValueError("ONNX Runtime computes an ONNX file in the type the file declares; --precision bf16 "
+                         "runs it on OpenVINO (--backend auto or openvino)")
+    if choice == BackendChoice.OPENVINO or bf16:
+        if runner.device.type != "cpu" or not openvino_available():
+            raise ValueError(f"{'--precision bf16' if bf16 else '--backend openvino'} runs an ONNX file on "
+                             "OpenVINO, on the CPU: pip install 'pixbatch[openvino]' and use --device cpu")
+        runner.compiled = OnnxOpenVINO(runner.module, OPENVINO_PRECISION[runner.dtype])
+        torch.set_num_threads(1)
+        return
+    runner.compiled = ort = OnnxRuntime(runner.module)
+    if (choice == BackendChoice.ONNXRUNTIME or runner.device.type != "cpu"
+            or (job_pixels or 0) < OPENVINO_MIN_PIXELS or not openvino_available()):
+        return
+    probe, size = probe_input(runner)
+    torch.set_num_threads(TORCH_THREADS)
+    ort_ms, ort_out = median_ms(runner, probe)
+    try:
+        runner.compiled = candidate = OnnxOpenVINO(runner.module, "f32")
+        torch.set_num_threads(1)
+        ov_ms, ov_out = median_ms(runner, probe)
+    except Exception:  # a file OpenVINO cannot read or compile: ONNX Runtime runs it
+        ov_ms, ov_out = float("inf"), None
+    if ov_ms < ort_ms and agreement_db(ov_out, ort_out, runner.info.task) >= AGREEMENT_DB:
+        candidate.label = f"openvino (f32; {ort_ms / ov_ms:.2f}x ONNX Runtime's speed at {size} px)"
+    else:
+        runner.compiled = ort
+        torch.set_num_threads(TORCH_THREADS)
 
 
 class TorchCompiled(TorchEager):
@@ -128,9 +171,7 @@ def attach_backend(runner, choice: str, compile: bool, source: nn.Module | None)
         return
     if not backend.converted():
         return
-    m = runner.info.size_multiple
-    size = -(-max(256, runner.info.min_size) // m) * m
-    probe = torch.rand(1, runner.info.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    probe, size = probe_input(runner)
     torch.set_num_threads(TORCH_THREADS)  # as PyTorch would run the job (another runner may have set one)
     torch_ms, _ = median_ms(runner, probe)
     runner.compiled = backend
@@ -141,6 +182,13 @@ def attach_backend(runner, choice: str, compile: bool, source: nn.Module | None)
     else:
         runner.compiled = None
         torch.set_num_threads(TORCH_THREADS)
+
+
+def probe_input(runner) -> tuple[torch.Tensor, int]:
+    """The input the fast paths are timed on: one 256 px image (the model's fixed size, if it has one)."""
+    m = runner.info.size_multiple
+    size = runner.info.max_size or -(-max(256, runner.info.min_size) // m) * m
+    return torch.rand(1, runner.info.in_channels, size, size, generator=torch.Generator().manual_seed(0)), size
 
 
 def median_ms(runner, x: torch.Tensor, repeats: int = 7) -> tuple[float, torch.Tensor]:

@@ -56,7 +56,8 @@ def device_pixel_budget(runner: Runner) -> int:
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     base = torch.cuda.memory_allocated(dev)
-    probe = torch.rand(1, runner.info.in_channels, 128, 128, device=dev)
+    size = min(128, runner.info.max_size or 128)
+    probe = torch.rand(1, runner.info.in_channels, size, size, device=dev)
     runner.run_eager(probe)  # eager: no compilation for a throw-away shape
     per_px = max((torch.cuda.max_memory_allocated(dev) - base) / probe[0, 0].numel(), 1.0)
     free, _ = torch.cuda.mem_get_info(dev)
@@ -92,15 +93,23 @@ class WindowEngine:
         cpu = runner.device.type != "cuda"
         self.whole = windowing.whole_pixels if cpu and windowing.whole_pixels else self.budget
         self.tile = windowing.tile or max(4 * MIN_TILE, (int(math.sqrt(self.budget)) - 2 * self.context) // 8 * 8)
+        self.fixed = info.max_size  # a model of one input size: every window fits in it (the runner pads up)
+        if self.fixed:
+            self.context = min(self.context, self.fixed // 4)  # at least half of each window is its core
+            self.border = min(self.border, self.context)
+            self.tile = min(self.tile, self.fixed - 2 * self.context - (self.multiple - 1))
         self.batch_size = windowing.batch_size
         self.max_planes = windowing.batch_size or 64
         self.queues: OrderedDict[tuple, deque[_Unit]] = OrderedDict()
         self.queued = 0  # input pixels waiting (all planes)
 
     def plan(self, height: int, width: int) -> WindowPlan:
-        tile = 0 if self.auto and height * width <= self.whole else self.tile
+        whole = self.auto and height * width <= self.whole
+        if self.fixed and max(height, width) + 2 * self.border > self.fixed:
+            whole = False
+        tile = 0 if whole else self.tile
         return plan_windows(height, width, tile, self.context, multiple=self.multiple, border=self.border,
-                            blend=self.blend)
+                            blend=self.blend, fit=self.fixed)
 
     def _batch_limit(self, h: int, w: int) -> int:
         if self.batch_size:

@@ -59,9 +59,11 @@ def training_amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | 
 
 
 def resolve_precision(spec: str, device: torch.device, info: ModelInfo) -> torch.dtype:
-    """``auto``: on a GPU, bf16 when device and model support it, then fp16, else fp32; on the CPU,
+    """``auto``: an ONNX file in float32 (fed the type it declares); on a GPU, bf16 when device and model support it, then fp16, else fp32; on the CPU,
     bf16 when the CPU computes it natively and the model supports it, else fp32."""
     if spec == "auto":
+        if info.source == "onnx":  # an ONNX file computes in the type it declares unless asked otherwise
+            return torch.float32
         if device.type != "cuda":
             return torch.bfloat16 if info.supports_bf16 and cpu_has_native_bf16() else torch.float32
         if info.supports_bf16 and torch.cuda.is_bf16_supported():

@@ -26,7 +26,8 @@ What this module adds to a plain ``openvino.convert_model`` + ``compile_model``:
   PyTorch's CPU threads to one when it hands a job to OpenVINO.
 
 Used by ``prepare_model`` (backend "openvino", or "auto" where it measures faster); OpenVINO is the
-optional ``openvino`` extra (pip install 'pixbatch[openvino]').
+optional ``openvino`` extra (pip install 'pixbatch[openvino]'). ONNX files need none of the above: OpenVINO
+reads them as they are (``OpenVINOSession``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,20 @@ def openvino_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+_cores: list = []
+
+
+def shared_core():
+    """The process's one ``openvino.Core``, never destroyed: a Core finalised while models it compiled are
+    being finalised too (garbage collected in one pass, as before a decode worker forks) crashed the
+    process, about one time in three in the test suite; one Core is also what OpenVINO recommends."""
+    if not _cores:
+        import openvino as ov
+
+        _cores.append(ov.Core())
+    return _cores[0]
 
 
 def split_concat_convolutions(model) -> int:
@@ -104,7 +119,7 @@ class OpenVINOModel(nn.Module):
         self.label = label or f"openvino ({precision})"  # what the report says (the factory adds its speed)
         import openvino as ov
 
-        self._ov, self._core = ov, ov.Core()
+        self._ov, self._core = ov, shared_core()
         self.source, self.fallback = module, fallback
         self.precision, self.task, self.in_channels, self.max_shapes = precision, task, in_channels, max_shapes
         self._model = None  # the converted model; False when conversion failed
@@ -268,3 +283,36 @@ class _Compiled:
     def _bind(self, request, data: np.ndarray, out: torch.Tensor) -> None:
         request.set_input_tensor(self._ov.Tensor(data, shared_memory=True))
         request.set_output_tensor(self._ov.Tensor(out.numpy(), shared_memory=True))
+
+
+class OpenVINOSession:
+    """An ONNX file run by OpenVINO's CPU plugin, called like an ONNX Runtime session (``run``), so the
+    module that feeds a session (models/onnx_model.py) runs it unchanged. The file is read once (no
+    tracing: ONNX is OpenVINO's own input) and compiled for each input shape it meets (the ``max_shapes``
+    most recent are kept), latency-hinted: one request computes a whole batch over every core."""
+
+    def __init__(self, path, precision: str, max_shapes: int = MAX_SHAPES) -> None:
+        self._core, self.precision, self.max_shapes = shared_core(), precision, max_shapes
+        self._model = self._core.read_model(str(path))
+        self._requests: OrderedDict[tuple[int, ...], object] = OrderedDict()
+
+    def run(self, _names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import openvino as ov
+
+        (data,) = feeds.values()
+        if data.shape not in self._requests:
+            model = self._model.clone()
+            model.reshape({0: list(data.shape)})
+            compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
+                                                               "PERFORMANCE_HINT": "LATENCY"})
+            output = compiled.output(0)
+            self._requests[data.shape] = (compiled.create_infer_request(), tuple(output.get_shape()),
+                                          output.get_element_type().to_dtype())
+            if len(self._requests) > self.max_shapes:
+                self._requests.popitem(last=False)
+        self._requests.move_to_end(data.shape)
+        request, shape, dtype = self._requests[data.shape]
+        out = np.empty(shape, dtype)  # the request writes the output here: no copy out of its own buffer
+        request.set_output_tensor(ov.Tensor(out, shared_memory=True))
+        request.infer({0: data}, share_inputs=True)
+        return [out]

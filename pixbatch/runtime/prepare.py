@@ -88,13 +88,10 @@ def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
     "auto" does so for jobs of ``job_pixels`` >= OPENVINO_MIN_PIXELS when openvino is installed and it
     measures faster than the prepared PyTorch model with outputs that agree (PSNR >= 45 dB); "torch"
     never does. ``attach_backend`` (runtime/backends.py) decides, once the module is prepared. An ONNX
-    file's module is an ONNX Runtime session: nothing is rewritten, and it runs on ONNX Runtime."""
+    file's module is a session: nothing is rewritten, and it runs on ONNX Runtime or OpenVINO (``attach_onnx``)."""
     if loaded.info.source == "onnx":
-        if loaded.info.min_size > 1:
-            raise ValueError(f"{loaded.info.name} takes one fixed input size ({loaded.info.min_size} px): not "
-                             "supported yet; export it with dynamic height and width")
         runner = Runner(loaded.module.eval(), loaded.info, device, dtype, False)
-        attach_onnx(runner, backend, compile)
+        attach_onnx(runner, backend, compile, job_pixels)
         return runner
     # one conversion for device and layout (a second pass would copy every weight again)
     module = loaded.module.eval().to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)

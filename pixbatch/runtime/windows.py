@@ -70,9 +70,10 @@ def _rise(d: np.ndarray, r: int) -> np.ndarray:
 
 
 def plan_axis(size: int, tile: int, context: int, *, multiple: int = 1, border: int = 0,
-              blend: bool = False) -> Axis:
+              blend: bool = False, fit: int = 0) -> Axis:
     """Windows along one axis of ``size`` real pixels: cores of at most about ``tile`` pixels (<= 0:
-    one core), each inside a window with ``context`` more pixels on both sides."""
+    one core), each inside a window with ``context`` more pixels on both sides; ``fit``: windows are
+    this many pixels where the frame has them (a model of one input size; ``tile`` leaves room)."""
     m = max(1, multiple)
     border = round_up(border, m)
     frame = round_up(size + 2 * border, m)
@@ -80,6 +81,8 @@ def plan_axis(size: int, tile: int, context: int, *, multiple: int = 1, border: 
     cuts = [border + round(i * size / n) for i in range(n + 1)]
     cores = [b - a for a, b in zip(cuts, cuts[1:])]
     window = round_up(max(cores) + 2 * context + (m - 1), m)
+    if fit:
+        window = max(window, min(fit, frame))
     if n == 1 or window >= frame:
         return Axis(size, border, frame, frame, (0,), (border, border + size), 0)
     starts = tuple(min(max((c - context) // m * m, 0), frame - window) for c in cuts[:-1])
@@ -103,9 +106,9 @@ class WindowPlan:
 
 
 def plan_windows(height: int, width: int, tile: int, context: int, *, multiple: int = 1, border: int = 0,
-                 blend: bool = False) -> WindowPlan:
-    return WindowPlan(plan_axis(height, tile, context, multiple=multiple, border=border, blend=blend),
-                      plan_axis(width, tile, context, multiple=multiple, border=border, blend=blend))
+                 blend: bool = False, fit: int = 0) -> WindowPlan:
+    return WindowPlan(plan_axis(height, tile, context, multiple=multiple, border=border, blend=blend, fit=fit),
+                      plan_axis(width, tile, context, multiple=multiple, border=border, blend=blend, fit=fit))
 
 
 def extra_pixels(plan: WindowPlan) -> float:

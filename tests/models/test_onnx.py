@@ -3,6 +3,7 @@ files refused in one line."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -90,11 +91,100 @@ def test_backend_choices_for_onnx_and_pytorch_models(exported, tmp_path):
     assert code == 1 and "pixbatch export" in stderr
     code, _, stderr = run("--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "o2", "--model",
                           exported / "edsr_tiny_x2.onnx", "--backend", "torch")
-    assert code == 1 and "runs on ONNX Runtime" in stderr
+    assert code == 1 and "runs on ONNX Runtime or OpenVINO" in stderr
     code, stdout, stderr = run("--json", "--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "o3",
                                "--model", exported / "edsr_tiny_x2.onnx")
     assert code == 0, stderr
     assert json.loads(stdout)["settings"]["backend"] == "onnxruntime (CPU)"
+
+
+def fixed_size_copy(exported, tmp_path, height: int, width: int):
+    """The exported edsr_tiny_x2 declaring one input size (ONNX Runtime then refuses any other)."""
+    model = onnx.load(str(exported / "edsr_tiny_x2.onnx"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value, dims[3].dim_value = height, width
+    path = tmp_path / f"fixed_{height}x{width}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_fixed_size_file_runs_in_windows_of_its_size(exported, tmp_path):
+    """Images larger than a fixed-size file's input are cut into windows of exactly that size (context
+    capped at a quarter of it): the outputs are the dynamic model's, seams and borders included."""
+    path = fixed_size_copy(exported, tmp_path, 48, 48)
+    info = create_model(path).info
+    assert (info.min_size, info.max_size, info.scale) == (48, 48, 2)
+    assert "48 x 48 px only" in run("models", path)[1]
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, size in enumerate(((60, 100), (48, 48), (130, 49))):
+        Image.fromarray(gradient_rgb(*size)).save(src / f"{i}.png")
+    common = ["--device", "cpu", "upscale", src]
+    code, _, stderr = run(*common, tmp_path / "torch", "--model", "edsr_tiny_x2", "--precision", "fp32",
+                          "--backend", "torch")
+    assert code == 0, stderr
+    code, stdout, stderr = run("--json", *common, tmp_path / "onnx", "--model", path)
+    assert code == 0, stderr
+    settings = json.loads(stdout)["settings"]
+    assert settings["tile"] + 2 * settings["overlap"] <= 48 and settings["overlap"] == 12
+    for png in sorted((tmp_path / "torch").iterdir()):
+        a = np.asarray(Image.open(png)).astype(int)
+        b = np.asarray(Image.open(tmp_path / "onnx" / png.name)).astype(int)
+        assert np.abs(a - b).max() <= 1, png.name
+
+
+def test_a_fixed_size_that_is_not_square_is_refused(exported, tmp_path):
+    path = fixed_size_copy(exported, tmp_path, 48, 64)
+    Image.fromarray(gradient_rgb(16, 16)).save(tmp_path / "a.png")
+    code, _, stderr = run("--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "out", "--model", path)
+    assert code == 1 and stderr.count("\n") == 1 and "only square ones" in stderr, stderr
+
+
+def test_openvino_runs_onnx_files_when_asked(exported, tmp_path):
+    """--backend openvino computes the file as ONNX Runtime does (fp32); --precision bf16 runs it on OpenVINO
+    in bf16; ONNX Runtime cannot compute a float32 file in bf16 (one line)."""
+    pytest.importorskip("openvino")
+    Image.fromarray(gradient_rgb(40, 56)).save(tmp_path / "a.png")
+    model = exported / "edsr_tiny_x2.onnx"
+    outputs = {}
+    for name, options, label in (("ort", [], "onnxruntime (CPU)"), ("ov", ["--backend", "openvino"], "openvino (f32)"),
+                                 ("bf16", ["--precision", "bf16"], "openvino (bf16)")):
+        code, stdout, stderr = run("--json", "--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / name,
+                                   "--model", model, *options)
+        assert code == 0, stderr
+        assert json.loads(stdout)["settings"]["backend"] == label
+        outputs[name] = np.asarray(Image.open(tmp_path / name / "a.png")).astype(int)
+    assert np.abs(outputs["ov"] - outputs["ort"]).max() <= 1
+    assert 0 < np.abs(outputs["bf16"] - outputs["ort"]).max() <= 8
+    code, _, stderr = run("--device", "cpu", "upscale", tmp_path / "a.png", tmp_path / "x", "--model", model,
+                          "--backend", "onnxruntime", "--precision", "bf16")
+    assert code == 1 and stderr.count("\n") == 1 and "OpenVINO" in stderr, stderr
+
+
+@pytest.mark.parametrize("faster", ["openvino", "onnxruntime"])
+def test_auto_picks_the_onnx_runtime_that_measures_faster(exported, monkeypatch, faster):
+    """backend auto, on a large CPU job, times both runtimes on a probe and keeps the faster (the timings
+    stand in for the machine's here, so that both outcomes are tested)."""
+    pytest.importorskip("openvino")
+    import pixbatch.runtime.backends as backends
+    from pixbatch.runtime.prepare import prepare_model
+
+    def timed(runner, x):
+        label = runner.compiled.label
+        return (1.0 if label.startswith(faster) else 2.0), runner(x)
+
+    monkeypatch.setattr(backends, "median_ms", timed)
+    runner = prepare_model(create_model(exported / "edsr_tiny_x2.onnx"), torch.device("cpu"), torch.float32,
+                           backend="auto", job_pixels=backends.OPENVINO_MIN_PIXELS)
+    if faster == "openvino":
+        assert runner.backend == "openvino (f32; 2.00x ONNX Runtime's speed at 256 px)"
+        assert torch.get_num_threads() == 1
+    else:
+        assert runner.backend == "onnxruntime (CPU)"
+    torch.set_num_threads(backends.TORCH_THREADS)
+    small = prepare_model(create_model(exported / "edsr_tiny_x2.onnx"), torch.device("cpu"), torch.float32,
+                          backend="auto", job_pixels=backends.OPENVINO_MIN_PIXELS - 1)
+    assert small.backend == "onnxruntime (CPU)"  # a small job is not worth the measurement
 
 
 def hostile(tmp_path, name: str) -> object:
@@ -160,6 +250,11 @@ def test_eval_scores_an_onnx_model_as_its_original(exported, tmp_path):
         scores[str(model)] = json.loads(stdout)["mean"]["model"]["psnr_y"]
     a, b = scores.values()
     assert abs(a - b) < 0.01, scores
+    if importlib.util.find_spec("openvino") is not None:  # bf16: OpenVINO computes it, close to fp32's score
+        code, stdout, stderr = run("--json", "--device", "cpu", "eval", "sr", "--model", exported / "edsr_tiny_x2.onnx",
+                                   "--hr", hr, "--precision", "bf16")
+        assert code == 0, stderr
+        assert abs(json.loads(stdout)["mean"]["model"]["psnr_y"] - a) < 0.1
 
 
 def test_a_bgr_0_255_model_without_metadata_runs_with_the_options(tmp_path):
@@ -193,6 +288,15 @@ def test_a_bgr_0_255_model_without_metadata_runs_with_the_options(tmp_path):
     assert np.abs(a - b).max() <= 1
     code, stdout, _ = run("models", tmp_path / "bgr.onnx")
     assert code == 0 and "scale (probe)" in stdout and "task (probe)" in stdout
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(gradient_rgb(48, 64)).save(hr / "a.png")
+    scores = []
+    for model, options in (("edsr_tiny_x2", []), (tmp_path / "bgr.onnx", ["--input-order", "bgr", "--value-range", "255"])):
+        code, stdout, stderr = run("--json", "--device", "cpu", "eval", "sr", "--model", model, "--hr", hr, *options)
+        assert code == 0, stderr
+        scores.append(json.loads(stdout)["mean"]["model"]["psnr_y"])
+    assert abs(scores[0] - scores[1]) < 0.01, scores  # eval takes the same options
 
 
 def test_the_command_names_the_task_where_the_file_cannot(tmp_path):
