@@ -9,6 +9,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar
 
 import click
@@ -17,6 +18,28 @@ EXIT_OK, EXIT_STARTUP, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 123
 
 
 EXIT_INTERRUPTED = 130
+
+
+def video_file_name(src, dst: Path, one_output: bool, masks: bool, encoding) -> str:
+    """The name of a DST that names a video file (``out.mkv``): the output of one video given directly, in
+    the container its suffix says, when the codec fits that container; else a usage error."""
+    import os
+
+    from pixbatch.io.discover import is_video_input
+    from pixbatch.io.video import FITS, main_codec
+
+    ctx = click.get_current_context(silent=True)
+    if not one_output:
+        raise click.UsageError(f"DST {dst} names a file, but this command writes several files per video: give a "
+                               "folder", ctx)
+    if len(src) != 1 or os.path.isdir(src[0]) or not is_video_input(Path(src[0])):
+        raise click.UsageError(f"DST {dst} names a video file: give one video as SRC, or a folder as DST", ctx)
+    codec, fits = main_codec(masks, Path(src[0]).suffix, encoding), FITS.get(dst.suffix.lower(), set())
+    if codec not in fits:
+        fix = f"choose --codec {' or '.join(sorted(fits))}" if fits else f"pixbatch writes {', '.join(sorted(FITS))}"
+        raise click.UsageError(f"DST {dst}: a {dst.suffix} file cannot hold {codec} video; name a .mkv file or {fix}",
+                               ctx)
+    return dst.name
 
 
 @dataclass
@@ -74,6 +97,7 @@ class App:
         import os
 
         from pixbatch.io.discover import OUTPUT_SUFFIX, output_file_suffix, plan_jobs
+        from pixbatch.io.video import VIDEO_SUFFIXES
         from pixbatch.runtime.jobs import Report, one_line
 
         if video is not None:
@@ -98,6 +122,8 @@ class App:
             if fmt != "same" and OUTPUT_SUFFIX[fmt] != writes:
                 raise click.UsageError(f"--format {fmt} does not match DST {dst}", ctx)
             dst_root, kw["output_name"] = dst.parent, dst.name
+        elif video is not None and dst.suffix.lower() in VIDEO_SUFFIXES and not os.path.isdir(dst):
+            dst_root, kw["output_name"] = dst.parent, video_file_name(src, dst, one_output, *video)
         elif os.path.lexists(dst) and not os.path.isdir(dst):
             raise click.UsageError(f"DST {dst} is a file, not a folder", click.get_current_context(silent=True))
         try:

@@ -9,6 +9,8 @@ base, so variable frame rates stay variable and the other streams stay in sync."
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -165,6 +167,51 @@ def _colour(cc, height: int, untagged: str) -> Colour:
     return Colour(matrix, cc.color_range if cc.color_range in (LIMITED, FULL) else LIMITED, primaries, transfer)
 
 
+class _FFmpegErrors(logging.Handler):
+    """FFmpeg's error messages (from every thread, decoder threads included), numbered, so that a reader can
+    ask which of its demuxer's and decoder's arrived since it started. FFmpeg conceals much damage (a
+    checksum mismatch, a file that ends early) and says so only in its log: these messages are how a
+    damaged input is told from a whole one. Nothing reaches the user's stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[tuple[str, str]] = []  # (FFmpeg's component, message), the last KEEP of them
+        self.count = 0  # messages ever seen
+
+    KEEP = 256
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.lock:
+            self.seen.append((record.name.removeprefix("libav."), record.getMessage().strip()))
+            del self.seen[:-self.KEEP]
+            self.count += 1
+
+    def since(self, mark: int, sources: set[str]) -> str | None:
+        """The first message of ``sources`` among those after the ``mark``-th; None when there is none."""
+        with self.lock:
+            new = self.seen[max(0, len(self.seen) - (self.count - mark)):]
+        return next((f"{who}: {text}" for who, text in new if who in sources and text), None)
+
+
+_errors: _FFmpegErrors | None = None
+_errors_lock = threading.Lock()
+
+
+def ffmpeg_errors() -> _FFmpegErrors:
+    """The one handler of FFmpeg's log (installed on first use)."""
+    global _errors
+    with _errors_lock:
+        if _errors is None:
+            import av.logging
+
+            _errors = _FFmpegErrors()
+            logger = logging.getLogger("libav")
+            logger.addHandler(_errors)
+            logger.propagate = False
+            av.logging.set_level(av.logging.ERROR)
+    return _errors
+
+
 def reason(exc: BaseException) -> str:
     """FFmpeg's own words for an error, without the file name PyAV appends."""
     text = getattr(exc, "strerror", None) or str(exc)
@@ -178,6 +225,8 @@ class VideoReader:
     def __init__(self, path: Path, untagged: str = "auto") -> None:
         av = require_av()
         self.path = path
+        self.log = ffmpeg_errors()
+        self.mark = self.log.count
         try:
             self.container = av.open(str(path), metadata_errors="ignore")
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
@@ -232,6 +281,8 @@ class VideoReader:
                                          f"{info.height}: resolution changes are not supported")
                     if frame.is_corrupt:
                         raise VideoError(f"frame {n} is damaged (its data could not be decoded whole)")
+                    if self.log.count != self.mark:
+                        self._check_log(n)
                     if frame.interlaced_frame:
                         raise VideoError(f"frame {n} is interlaced: deinterlace it first (pixbatch does not)")
                     pts = frame.pts if frame.pts is not None else (last + 1 if last is not None else 0)
@@ -249,10 +300,37 @@ class VideoReader:
                     yield frame.to_ndarray(format=fmt, src_colorspace=src, src_color_range=info.colour.range), pts
         except av.FFmpegError as exc:
             raise VideoError(f"cannot decode frame {n} ({reason(exc)})") from None
+        self._check_log(n)
         if n == 0:
             raise VideoError("no frames in --start/--duration's range" if cut else "its video stream has no frames")
         if info.frames and n < info.frames and not cut:  # the container's index counts frames the data did not hold
             raise VideoError(f"only {n} of its {info.frames} frames could be decoded (damaged or cut short)")
+        if not info.frames and not cut and last is not None:
+            self._check_duration(n, last)
+
+    def _check_log(self, n: int) -> None:
+        """VideoError when the demuxer or the decoder logged an error since this reader opened the file."""
+        sources = {self.container.format.name, self.stream.codec_context.name}
+        if (message := self.log.since(self.mark, sources)) is not None:
+            raise VideoError(f"damaged data by frame {n} ({message[:160]})")
+
+    def _check_duration(self, n: int, last: int) -> None:
+        """VideoError when the frames end well before the duration the container states (a file cut short
+        at a cluster boundary, which FFmpeg reads without a word): the video stream's own duration, or the
+        file's when the video is its only stream; "well" is three frame intervals."""
+        info, stream = self.info, self.stream
+        start = (stream.start_time or 0) * info.time_base
+        if stream.duration:
+            stated = stream.duration * info.time_base
+        elif len(self.container.streams) == 1 and self.container.duration:
+            stated = Fraction(self.container.duration, 1_000_000) - start
+        else:
+            return
+        interval = 1 / info.rate if info.rate else Fraction(1, 30)
+        ended = last * info.time_base - start + interval
+        if stated - ended > 3 * interval:
+            raise VideoError(f"its frames end at {float(ended):.3f} s, before the {float(stated):.3f} s it states "
+                             f"(cut short after frame {n - 1})")
 
     def close(self) -> None:
         self.container.close()

@@ -247,8 +247,9 @@ main()
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_an_interrupted_or_killed_video_resumes_after_its_last_segment(tmp_path, signal_name):
-    """Ctrl-C, SIGTERM and kill -9 at frame 16 of 24 (segments of 3 frames): the rerun resumes after a
-    finished segment and its output holds exactly the frames of an uninterrupted run (FFV1: deterministic)."""
+    """Ctrl-C, SIGTERM and kill -9 at frame 20 of 24 (segments of 3 frames; with up to 9 frames queued for the
+    encoder, at least two segments are then finished): the rerun resumes after a finished segment and its
+    output holds exactly the frames of an uninterrupted run (FFV1: deterministic)."""
     import subprocess
     import sys
 
@@ -256,7 +257,7 @@ def test_an_interrupted_or_killed_video_resumes_after_its_last_segment(tmp_path,
     make_clip(src, frames=24, audio=True)
     args = ["--device", "cpu", "-v", "upscale", str(src), str(tmp_path / "out"), "--scale", "2", "--codec", "ffv1",
             "--segment-frames", "3", "--batch-size", "1"]
-    proc = subprocess.run([sys.executable, "-c", DIE_AT_FRAME.format(frame=16, signal=signal_name), *args],
+    proc = subprocess.run([sys.executable, "-c", DIE_AT_FRAME.format(frame=20, signal=signal_name), *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and not (tmp_path / "out" / "clip.mkv").exists(), proc.stderr
     parts = tmp_path / "out" / ".clip.mkv.pixbatch-parts"
@@ -315,3 +316,20 @@ def test_start_and_duration_cut_every_stream_by_one_rule(tmp_path):
     for key, packets in before["packets"].items():
         expected = [(h, round(t - 0.1, 6)) for h, t in packets if 0.1 <= t < 0.3]
         assert cut["packets"].get(key, []) == expected, key
+
+
+def test_a_dst_that_names_a_video_file_is_the_output(tmp_path, tiny_checkpoint):
+    """`upscale clip.mp4 out/named.mkv` writes that file, in Matroska; a container that cannot hold the codec,
+    several inputs, and a command that writes several files per video are usage errors (exit 2)."""
+    src = tmp_path / "clip.mp4"
+    make_clip(src, frames=6)
+    code, _, stderr = run("upscale", src, tmp_path / "out" / "named.mkv", "--model", tiny_checkpoint)
+    assert code == 0, stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["named.mkv"]
+    with av.open(str(tmp_path / "out" / "named.mkv")) as c:
+        assert c.format.name.startswith("matroska") and sum(1 for _ in c.decode(video=0)) == 6
+    for args, says in ((["upscale", src, tmp_path / "o.webm"], "cannot hold h264 video"),
+                       (["upscale", src, src, tmp_path / "o.mp4"], "give one video as SRC"),
+                       (["segment", src, tmp_path / "o.mkv"], "writes several files per video")):
+        code, _, stderr = run(*args, "--model", tiny_checkpoint)
+        assert code == 2 and says in stderr, (args, stderr)

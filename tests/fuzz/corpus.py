@@ -1,4 +1,5 @@
-"""A seeded generator of hostile image files (nothing binary is kept in git).
+"""A seeded generator of hostile image files (nothing binary is kept in git), and of damaged ONNX models
+and videos.
 
 ``make_corpus(folder, n, seed)`` writes at least ``n`` files into ``folder``: small valid seeds of every
 format pixbatch reads (PNG, JPEG, WebP, TIFF, GIF, BMP) in many modes, then damaged and lying variants:
@@ -109,21 +110,9 @@ def specials() -> dict[str, tuple[bytes, str]]:
     return out
 
 
-def make_corpus(folder: Path, n: int = 300, seed: int = 0) -> dict[str, str]:
-    """Write at least ``n`` hostile files (seeded) into ``folder``; {name: what}."""
-    rng = np.random.default_rng(seed)
-    pick = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    files: dict[str, tuple[bytes, str]] = {**seeds(rng), **specials()}
-    valid = [k for k in files if k.startswith(("seed.", "gray", "rgba", "la.", "cmyk", "orientation_1"))]
-    # swapped headers: one format's first bytes on another's body
-    for i, (a, b) in enumerate((a, b) for a in valid[:6] for b in valid[:6] if a != b):
-        head, body = files[a][0][:16], files[b][0]
-        files[f"swap_{i:02d}{Path(b).suffix}"] = (head + body[16:], f"{a}'s header on {b}")
-    # garbage with image extensions
-    for i, ext in enumerate([".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".gif", ".bmp"] * 3):
-        files[f"garbage_{i:02d}{ext}"] = (rng.bytes(pick.randrange(1, 4096)), "random bytes")
-    # truncations and byte flips of every seed, until there are enough
+def damage(files: dict[str, tuple[bytes, str]], valid: list[str], n: int, pick: random.Random) -> None:
+    """Add truncations and bit flips of ``valid`` files (and, every third, of any file made so far) to
+    ``files`` until it holds ``n``."""
     i = 0
     while len(files) < n:
         name = valid[i % len(valid)] if i % 3 else pick.choice(list(files))
@@ -142,9 +131,53 @@ def make_corpus(folder: Path, n: int = 300, seed: int = 0) -> dict[str, str]:
                 buf[pick.randrange(len(buf))] ^= 1 << pick.randrange(8)
             files[f"flip_{i:03d}_{stem}{ext}"] = (bytes(buf), f"{name} with {flips} bit flips")
         i += 1
+
+
+def write(folder: Path, files: dict[str, tuple[bytes, str]]) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
     for name, (data, _) in files.items():
         (folder / name).write_bytes(data)
     return {name: what for name, (_, what) in files.items()}
+
+
+def make_corpus(folder: Path, n: int = 300, seed: int = 0) -> dict[str, str]:
+    """Write at least ``n`` hostile files (seeded) into ``folder``; {name: what}."""
+    rng = np.random.default_rng(seed)
+    pick = random.Random(seed)
+    files: dict[str, tuple[bytes, str]] = {**seeds(rng), **specials()}
+    valid = [k for k in files if k.startswith(("seed.", "gray", "rgba", "la.", "cmyk", "orientation_1"))]
+    # swapped headers: one format's first bytes on another's body
+    for i, (a, b) in enumerate((a, b) for a in valid[:6] for b in valid[:6] if a != b):
+        head, body = files[a][0][:16], files[b][0]
+        files[f"swap_{i:02d}{Path(b).suffix}"] = (head + body[16:], f"{a}'s header on {b}")
+    # garbage with image extensions
+    for i, ext in enumerate([".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".gif", ".bmp"] * 3):
+        files[f"garbage_{i:02d}{ext}"] = (rng.bytes(pick.randrange(1, 4096)), "random bytes")
+    # truncations and byte flips of every seed, until there are enough
+    damage(files, valid, n, pick)
+    return write(folder, files)
+
+
+def make_onnx_corpus(folder: Path, valid: bytes, n: int = 40, seed: int = 0) -> dict[str, str]:
+    """At least ``n`` damaged copies of ``valid`` (a working ONNX model's bytes), and garbage named .onnx."""
+    rng, pick = np.random.default_rng(seed), random.Random(seed)
+    files = {"valid.onnx": (valid, "a working model"), "empty.onnx": (b"", "empty file")}
+    for i in range(4):
+        files[f"garbage_{i}.onnx"] = (rng.bytes(pick.randrange(1, 4096)), "random bytes")
+    damage(files, ["valid.onnx"], n, pick)
+    return write(folder, files)
+
+
+def make_video_corpus(folder: Path, clips: dict[str, bytes], n: int = 30, seed: int = 0) -> dict[str, str]:
+    """At least ``n`` files: ``clips`` (working videos' bytes by name), garbage with video extensions, and
+    truncations and bit flips of the clips."""
+    rng, pick = np.random.default_rng(seed), random.Random(seed)
+    files = {name: (data, "a working clip") for name, data in clips.items()}
+    for i, ext in enumerate((".mp4", ".mkv", ".mov", ".webm")):
+        files[f"garbage_{i}{ext}"] = (rng.bytes(pick.randrange(1, 8192)), "random bytes")
+    files["empty.mp4"] = (b"", "empty file")
+    damage(files, list(clips), n, pick)
+    return write(folder, files)
 
 
 if __name__ == "__main__":

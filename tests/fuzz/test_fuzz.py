@@ -175,3 +175,97 @@ def test_models_on_files_that_are_not_checkpoints(corpus, tmp_path):
         target.unlink()
         assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, (name, result.stderr)
         assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def tiny_onnx() -> bytes:
+    """A working x2 ONNX model: a 3x3 conv to 12 channels and a depth-to-space."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.1, (12, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("DepthToSpace", ["c"], ["y"], blocksize=2, mode="CRD")]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h2", "w2"])],
+                              initializer=[w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+# one process loads every file (a native crash fails the test instead of the suite); per file, what
+# `pixbatch models FILE` and `pixbatch upscale IMAGE OUT --model FILE` did
+ONNX_LOOP = """
+import json, sys
+from pathlib import Path
+from click.testing import CliRunner
+from pixbatch.cli import cli
+folder, image, out = map(Path, sys.argv[1:4])
+for path in sorted(folder.iterdir()):
+    seen = {"file": path.name}
+    for name, args in (("models", ["models", str(path)]),
+                       ("upscale", ["--device", "cpu", "upscale", str(image), str(out / path.stem), "--model", str(path)])):
+        result = CliRunner().invoke(cli, args)
+        seen[name] = [result.exit_code, result.stderr, (out / path.stem / image.name).is_file()]
+    print(json.dumps(seen), flush=True)
+"""
+
+
+def test_damaged_onnx_models(tmp_path):
+    """Truncated, bit-flipped and garbage .onnx files: each loads (exit 0) or is one `error:` line and exit 1
+    with nothing written, from `pixbatch models` and `--model` alike."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from tests.conftest import gradient_rgb
+    from tests.fuzz.corpus import make_onnx_corpus
+
+    made = make_onnx_corpus(tmp_path / "models", tiny_onnx(), n=40)
+    Image.fromarray(gradient_rgb(20, 24)).save(tmp_path / "a.png")
+    proc = subprocess.run([sys.executable, "-c", ONNX_LOOP, tmp_path / "models", tmp_path / "a.png", tmp_path / "out"],
+                          capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seen = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(seen) == len(made)
+    for row in seen:
+        for command in ("models", "upscale"):
+            code, stderr, written = row[command]
+            if code:
+                assert code == 1 and stderr.count("\n") == 1 and stderr.startswith("error: "), (row["file"], stderr)
+                assert not written or command == "models", row["file"]
+            else:
+                assert command == "models" or written, row["file"]
+    refused = sum(1 for row in seen if row["models"][0])
+    assert seen[-1]["file"] == "valid.onnx" and seen[-1]["models"][0] == 0 and refused >= 20, refused
+
+
+def test_upscale_over_damaged_videos(tmp_path, tiny_checkpoint):
+    """Working clips (H.264 MP4 with audio, VP9 WebM, FFV1 MKV), their truncations and bit flips, garbage
+    with video extensions: exit 0 or 123, one `error:` line per rejected file (damage FFmpeg conceals, such
+    as FFV1's checksum mismatches and a Matroska file cut short, included), every output whole (all the
+    clip's frames), nothing half-written left."""
+    av = pytest.importorskip("av")
+    from tests.conftest import make_clip
+    from tests.fuzz.corpus import make_video_corpus
+
+    clips = {}
+    for name, codec, extra in (("clip.mp4", "libx264", {"audio": True}), ("clip.webm", "libvpx-vp9", {}),
+                               ("clip.mkv", "ffv1", {})):
+        make_clip(tmp_path / name, frames=8, size=(32, 48), **extra, **({"codec": codec} if codec != "libx264" else {}))
+        clips[name] = (tmp_path / name).read_bytes()
+    folder = tmp_path / "in"
+    made = make_video_corpus(folder, clips, n=30)
+    out = tmp_path / "out"
+    code, stdout, stderr = pixbatch("--json", "upscale", folder, out, "--model", tiny_checkpoint, cwd=tmp_path)
+    assert code in (0, 123), stderr[-2000:]
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert all(line.startswith("error: ") for line in lines), [x for x in lines if not x.startswith("error: ")][:5]
+    summary = json.loads(stdout)
+    assert summary["done"] + summary["failed"] + summary["skipped"] == len(made)
+    assert len(lines) == summary["failed"] >= 5
+    outputs = [p for p in out.rglob("*") if p.is_file()]
+    assert len(outputs) == summary["done"] >= 3
+    for path in outputs:
+        with av.open(str(path)) as container:
+            sizes = [(f.width, f.height) for f in container.decode(video=0)]
+        assert sizes == [(96, 64)] * 8, (path.name, sizes)  # a file accepted is whole: all 8 frames
+    assert not [p.name for p in out.rglob(".*")]
