@@ -108,7 +108,8 @@ png_compression_option = click.option(
 
 format_options = _apply([
     click.option("-f", "--format", "fmt", type=click.Choice(["same", "png", "jpg", "webp", "tiff"]), default="same",
-                 show_default=True, help="Output format; 'same' keeps PNG/JPEG/WebP/TIFF and writes others as PNG."),
+                 show_default=True, help="Output format; 'same' keeps PNG/JPEG/WebP/TIFF and writes others as PNG. A "
+                      "video's output is then a folder of its frames in that format instead of a video."),
     click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG/WebP quality."),
     png_compression_option,
 ])
@@ -242,12 +243,19 @@ def onnx_input(input_order: str | None, value_range: float | None, mean: list[fl
 
 def video_encoding(codec: str | None, crf: int | None, bitrate: str | None, preset: str | None,
                    pix_fmt: str | None, untagged_matrix: str, video_start: float, video_duration: float | None,
-                   segment_frames: int) -> VideoEncoding:
+                   segment_frames: int, fmt: str = "same") -> VideoEncoding:
+    """The video options as one VideoEncoding; ``fmt`` (--format) other than same: frames as images."""
+    from pixbatch.io.discover import OUTPUT_SUFFIX
+
     if crf is not None and bitrate is not None:
         raise click.UsageError("give --crf or --bitrate, not both")
+    frames = OUTPUT_SUFFIX.get(fmt, "")
+    if frames and any(v is not None for v in (codec, crf, bitrate, preset, pix_fmt)):
+        raise click.UsageError(f"--format {fmt} writes a video's frames as images: --codec, --crf, --bitrate, "
+                               "--preset and --pix-fmt encode videos")
     return VideoEncoding(codec=codec, crf=crf, bitrate=bitrate, preset=preset, pix_fmt=pix_fmt,
                          segment_frames=segment_frames, untagged=untagged_matrix, start=video_start,
-                         duration=video_duration)
+                         duration=video_duration, frames=frames)
 
 
 kernels_option = click.option(

@@ -32,6 +32,9 @@ def video_file_name(src, dst: Path, one_output: bool, masks: bool, encoding) -> 
     if not one_output:
         raise click.UsageError(f"DST {dst} names a file, but this command writes several files per video: give a "
                                "folder", ctx)
+    if encoding.frames:
+        raise click.UsageError(f"DST {dst} names a video file, but --format writes a video's frames as images: "
+                               "give a folder", ctx)
     if len(src) != 1 or os.path.isdir(src[0]) or not is_video_input(Path(src[0])):
         raise click.UsageError(f"DST {dst} names a video file: give one video as SRC, or a folder as DST", ctx)
     codec, fits = main_codec(masks, Path(src[0]).suffix, encoding), FITS.get(dst.suffix.lower(), set())

@@ -72,7 +72,7 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     # outputs too large for memory (as large as their inputs, unless --max-side) go to tiled BigTIFFs
     huge = app.huge_outputs(fmt, max_pixels, lambda: 1) if max_side is None else None
     video = video_encoding(codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration,
-                           segment_frames)
+                           segment_frames, fmt)
     plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
                               suffix_of=huge, video=(False, video))
     from pixbatch.io.encode import EncodeOptions

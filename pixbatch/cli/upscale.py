@@ -72,7 +72,7 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
     # (once, and only if there are inputs to plan) from the spec, the registry or the checkpoint
     huge = app.huge_outputs(fmt, max_pixels, lambda: outscale or app.model_scale(model))
     video = video_encoding(codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration,
-                           segment_frames)
+                           segment_frames, fmt)
     plan, dst_root = app.plan(src, dst, fmt=fmt, suffix=suffix, glob=glob, overwrite=not skip_existing,
                               suffix_of=huge, video=(False, video))
     from pixbatch.io.encode import EncodeOptions

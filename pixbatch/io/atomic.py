@@ -58,6 +58,25 @@ def commit(tmp: Path, dst: Path, overwrite: bool) -> None:
         os.replace(tmp, dst)
 
 
+def commit_folder(tmp: Path, dst: Path, overwrite: bool) -> None:
+    """Move a finished temporary folder into place in one rename; an existing ``dst`` is replaced only with
+    ``overwrite`` (moved aside, the new folder renamed in, the old one removed)."""
+    import shutil
+
+    if not os.path.lexists(dst):
+        os.rename(tmp, dst)
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{dst} already exists (use --overwrite to replace it)")
+    old = temp_path(dst)
+    os.rename(dst, old)
+    os.rename(tmp, dst)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(dst: Path, overwrite: bool) -> Iterator[Path]:
     """A temporary path beside ``dst``; when the block completes it becomes ``dst`` in one step

@@ -6,6 +6,7 @@ import errno
 import fnmatch
 import functools
 import os
+import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -206,13 +207,15 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
                               "name the file itself to process it")
         else:
             readable.append((src, rel))
-    planned = []
+    planned, folders = [], set()  # folders: outputs that are folders (a video's frames as images)
     for src, rel in readable:
         if is_video_input(src):
             ext = video_suffix(src) if video_suffix is not None else main_suffix(False, src.suffix, VideoEncoding())
         else:
             ext = suffix_of(src) if suffix_of is not None else output_suffix(src, fmt)
         planned.append((src, dst_root / rel.parent / (output_name or f"{rel.stem}{suffix}{ext}")))
+        if not ext:
+            folders.add(planned[-1][1])
     # An input that is the planned output of another input (and is not mapped onto itself) is this
     # job's own earlier output: ``a_x2.png`` beside ``a.png`` with --suffix _x2.
     outputs = {os.path.realpath(dst): src for src, dst in planned}
@@ -238,7 +241,7 @@ def plan_jobs(sources: list[Path], dst_root: Path, *, fmt: str = "same", suffix:
         elif os.path.islink(dst) and not os.path.exists(dst) and not overwrite:
             plan.problems.append(Problem(src, f"output {dst} is a broken symbolic link; remove it "
                                               "(or --overwrite replaces the link)"))
-        elif os.path.isdir(dst):
+        elif os.path.isdir(dst) and dst not in folders:
             plan.problems.append(Problem(src, f"output {dst} is a folder"))
         else:
             claimed[key] = src
@@ -263,7 +266,10 @@ def remove_stale_temps(folders: set[Path]) -> int:
                 continue
             if host == HOST_ID and pid.isdigit() and _alive(int(pid)):
                 continue
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():  # a folder of video frames being assembled
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed += 1
     return removed
 

@@ -93,6 +93,7 @@ class VideoEncoding:
     start: float = 0.0  # --start: seconds of the input skipped (a preview); see ``in_window``
     duration: float | None = None  # --duration: seconds kept from --start (None: to the end)
     untagged: str = "auto"  # the matrix of streams with no colour tags: auto (BT.709 from 720 lines), bt601, ...
+    frames: str = ""  # --format png|tiff|jpg|webp: the frames as image files of this suffix in a folder, not a video
 
 
 def output_suffix(src_suffix: str, codec: str) -> str:
@@ -125,8 +126,9 @@ def main_codec(mask: bool, src_suffix: str, encoding: VideoEncoding) -> str:
 
 
 def main_suffix(mask: bool, src_suffix: str, encoding: VideoEncoding) -> str:
-    """The suffix planning gives a video job's main output: its codec's container."""
-    return output_suffix(src_suffix, main_codec(mask, src_suffix, encoding))
+    """The suffix planning gives a video job's main output: its codec's container (none for a folder of
+    frames)."""
+    return "" if encoding.frames else output_suffix(src_suffix, main_codec(mask, src_suffix, encoding))
 
 
 @dataclass(frozen=True)

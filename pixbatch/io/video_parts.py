@@ -19,6 +19,8 @@ import shutil
 from pathlib import Path
 
 from pixbatch.io.atomic import write_bytes
+from pixbatch.io.decode import ImageMeta
+from pixbatch.io.encode import FORMATS, encode_image
 from pixbatch.io.video import VideoEncoding, VideoError, in_window, reason, require_av, shift
 
 MANIFEST = "manifest.json"
@@ -39,13 +41,17 @@ class Parts:
         except (OSError, ValueError):
             manifest = None
         if not isinstance(manifest, dict) or manifest.get("key") != self.key or not all(
-                (self.folder / f).is_file() for s in manifest.get("segments", []) for f in s["files"].values()):
+                (self.folder / f).exists() for s in manifest.get("segments", []) for f in s["files"].values()):
             self.remove()
             return 0
         self.segments = manifest["segments"]
         listed = {f for s in self.segments for f in s["files"].values()} | {MANIFEST}
         for path in self.folder.iterdir():  # a segment the killed run had not finished
-            if path.name not in listed:
+            if path.name in listed:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
                 path.unlink(missing_ok=True)
         return self.frames
 
@@ -74,6 +80,39 @@ class Parts:
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.segments = []
+
+
+class FramesWriter:
+    """A segment of frames written as image files (--format png|tiff|jpg|webp) into a folder of its own,
+    named ``STEM_NNNNNN.png`` by frame number; the interface of ``VideoWriter``."""
+
+    def __init__(self, path: Path, stem: str, first: int, suffix: str, options) -> None:
+        self.path, self.stem, self.index, self.suffix, self.options = path, stem, first, suffix, options
+        path.mkdir(parents=True)
+
+    def write(self, pixels, pts: int) -> None:
+        mode = {1: "L", 3: "RGB"}[pixels.shape[2]]
+        meta = ImageMeta(mode, 8 if pixels.dtype.itemsize == 1 else 16, "VIDEO")
+        data = encode_image(pixels, meta, FORMATS[self.suffix], self.options)
+        write_bytes(data, self.path / f"{self.stem}_{self.index:06d}{self.suffix}", overwrite=True)
+        self.index += 1
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def join_frames(parts: list[Path], out: Path, *, frames: int) -> None:
+    """Move the frames of ``parts`` (segment folders, in order) into the new folder ``out``; VideoError unless
+    it then holds ``frames`` files."""
+    out.mkdir(parents=True)
+    for part in parts:
+        for path in sorted(part.iterdir()):
+            os.rename(path, out / path.name)
+    if (n := sum(1 for _ in out.iterdir())) != frames:
+        raise VideoError(f"its frames folder holds {n} files, not its {frames} frames")
 
 
 def _rotation(path: Path) -> int:

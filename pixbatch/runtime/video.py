@@ -5,21 +5,23 @@ through the WindowEngine as an image of its own (frames batch together; a frame 
 memory budget is tiled with the usual windows and out-of-memory back-off), and handed in order to an
 encoder thread. Each output is encoded into a temporary video-only file, assembled with the input's other
 streams (stream copy) into a temporary file of its own container, and committed (renamed into place)
-only when whole: the main output last. A frame that fails fails the video, saying its number, and
-nothing of that video remains."""
+only when whole: the main output last. With --format png|tiff|jpg|webp the frames are written as images
+instead, a folder per segment, joined into one folder that is renamed into place when whole. A frame that
+fails fails the video, saying its number, and nothing of that video remains."""
 
 from __future__ import annotations
 
 import json
 import os
 import queue
+import shutil
 import threading
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from pixbatch.io.atomic import OutputExistsError, commit, temp_path
+from pixbatch.io.atomic import OutputExistsError, commit, commit_folder, temp_path
 from pixbatch.io.decode import ImageMeta
 from pixbatch.io.discover import Job
 from pixbatch.io.encode import EncodeOptions
@@ -35,7 +37,7 @@ from pixbatch.io.video import (
     output_suffix,
     picture_codec,
 )
-from pixbatch.io.video_parts import Parts, assemble
+from pixbatch.io.video_parts import FramesWriter, Parts, assemble, join_frames
 from pixbatch.runtime.batcher import WindowEngine
 from pixbatch.runtime.canvas import Canvas
 from pixbatch.runtime.jobs import JobBook
@@ -44,6 +46,7 @@ from pixbatch.runtime.spec import JobSpec
 from pixbatch.runtime.task import Task
 
 READ_AHEAD = 8  # decoded frames waiting for the model (memory: a few batches of frames)
+FRAMES = "frames"  # the "codec" of an output written as a folder of images (--format png|tiff|jpg|webp)
 ENCODE_QUEUE = 8  # finished frames waiting for the encoder
 
 
@@ -52,7 +55,9 @@ def video_outputs(task: Task, dst: Path, src_suffix: str, encoding: VideoEncodin
     (an overlay) as videos beside it, in the picture codec's container."""
     out = {}
     for name, path in task.outputs(dst, False).items():
-        if name == task.main:
+        if encoding.frames:  # folders of frames as images (dst has no suffix then)
+            out[name] = (dst if name == task.main else path.with_suffix(""), FRAMES)
+        elif name == task.main:
             out[name] = (dst, main_codec(task.main == "mask", src_suffix, encoding))
         else:
             codec = picture_codec(src_suffix, encoding)
@@ -66,9 +71,10 @@ class VideoSink:
     complete (io/video_parts.py); ``commit`` assembles the segments into the files, atomically;
     ``discard`` removes the segment in progress (the complete ones stay for a resumed run)."""
 
-    def __init__(self, task: Task, job: Job, info: VideoInfo, encoding: VideoEncoding, overwrite: bool,
+    def __init__(self, task: Task, job: Job, info: VideoInfo, encoding: VideoEncoding, image_options: EncodeOptions,
                  parts: Parts) -> None:
-        self.task, self.job, self.info, self.encoding, self.overwrite = task, job, info, encoding, overwrite
+        self.task, self.job, self.info, self.encoding = task, job, info, encoding
+        self.image_options, self.overwrite = image_options, image_options.overwrite  # frames as images: as images are
         self.targets = video_outputs(task, job.dst, job.src.suffix, encoding)
         self.parts = parts
         self.writers: dict[str, VideoWriter] = {}
@@ -105,8 +111,11 @@ class VideoSink:
             except Exception as exc:
                 self.error = exc
 
-    def _writer(self, name: str, arr: np.ndarray) -> VideoWriter:
+    def _writer(self, name: str, arr: np.ndarray) -> VideoWriter | FramesWriter:
         path, codec = self.targets[name]
+        if codec == FRAMES:
+            final = self.parts.path(name, len(self.parts.segments), "")
+            return FramesWriter(temp_path(final), path.name, self.parts.frames, self.encoding.frames, self.image_options)
         if arr.dtype not in (np.uint8, np.uint16) or arr.shape[2] not in (1, 3, 4):
             raise VideoError(f"its {name} output ({arr.shape[2]} channel(s) of {arr.dtype}) cannot be a video")
         if arr.shape[2] == 4:
@@ -145,18 +154,25 @@ class VideoSink:
         self._close_segment()
         assembled: dict[str, Path] = {}
         try:
-            for name, (path, _) in self.targets.items():
+            for name, (path, codec) in self.targets.items():
                 if not self.parts.files(name):
                     continue
                 assembled[name] = temp_path(path)
+                if codec == FRAMES:
+                    join_frames(self.parts.files(name), assembled[name], frames=self.parts.frames)
+                    continue
                 self.notes += assemble(self.parts.files(name), self.job.src, assembled[name],
                                        FORMATS.get(path.suffix.lower(), "matroska"), frames=self.parts.frames,
                                        window=self.encoding)
             for name in [k for k in assembled if k != self.task.main] + [self.task.main]:
-                commit(assembled.pop(name), self.targets[name][0], self.overwrite)
+                place = commit_folder if self.targets[name][1] == FRAMES else commit
+                place(assembled.pop(name), self.targets[name][0], self.overwrite)
         finally:
             for tmp in assembled.values():
-                tmp.unlink(missing_ok=True)
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
             self.discard()
         self.parts.remove()
         return self.input_mp, self.output_mp
@@ -225,7 +241,7 @@ def run_video(task: Task, job: Job, engine: WindowEngine, book: JobBook, spec: J
         if resumed:
             book.info(f"note: {job.src}: resuming after frame {resumed - 1} ({len(parts.segments)} segment(s) "
                       "finished by an earlier run)")
-        sink = VideoSink(task, job, reader.info, spec.video, spec.encode.overwrite, parts)
+        sink = VideoSink(task, job, reader.info, spec.video, spec.encode, parts)
         meta = ImageMeta("RGB", reader.info.bits, "VIDEO")
         thread = threading.Thread(target=_read_ahead, args=(reader, frames, stop, resumed, parts.last_pts, spec.video),
                                   name="pixbatch-video-reader", daemon=True)

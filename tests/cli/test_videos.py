@@ -333,3 +333,56 @@ def test_a_dst_that_names_a_video_file_is_the_output(tmp_path, tiny_checkpoint):
                        (["segment", src, tmp_path / "o.mkv"], "writes several files per video")):
         code, _, stderr = run(*args, "--model", tiny_checkpoint)
         assert code == 2 and says in stderr, (args, stderr)
+
+
+def test_frames_as_images_are_the_frames_the_image_path_computes(tmp_path):
+    """--format png: a folder `clip/` of `clip_000000.png`... holding each frame as `pixbatch upscale` computes
+    the same frame given as an image; 10-bit frames are 16-bit PNGs; --codec with it is a usage error."""
+    src = tmp_path / "clip.mp4"
+    make_clip(src, frames=7, audio=True)
+    common = ["--device", "cpu", "upscale", "--scale", "2", "--precision", "fp32"]
+    code, _, stderr = run(*common[:3], src, tmp_path / "out", *common[3:], "--format", "png", "--segment-frames", "3")
+    assert code == 0, stderr
+    names = sorted(p.name for p in (tmp_path / "out" / "clip").iterdir())
+    assert names == [f"clip_{i:06d}.png" for i in range(7)] and list((tmp_path / "out").iterdir()) == [
+        tmp_path / "out" / "clip"]
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, pixels in enumerate(streams(src)["frames"]):
+        Image.fromarray(pixels).save(frames / f"clip_{i:06d}.png")
+    code, _, stderr = run(*common[:3], frames, tmp_path / "images", *common[3:])
+    assert code == 0, stderr
+    for name in names:
+        a = np.asarray(Image.open(tmp_path / "out" / "clip" / name)).astype(int)
+        b = np.asarray(Image.open(tmp_path / "images" / name)).astype(int)
+        assert a.shape == (96, 128, 3) and np.abs(a - b).max() <= 1, name
+    deep = tmp_path / "deep.mkv"
+    make_clip(deep, frames=3, bits=10, codec="libx265")
+    code, _, stderr = run(*common[:3], deep, tmp_path / "deep", *common[3:], "--format", "png")
+    assert code == 0, stderr
+    assert (tmp_path / "deep" / "deep" / "deep_000002.png").read_bytes()[24] == 16  # IHDR bit depth
+    code, _, stderr = run(*common[:3], src, tmp_path / "x", *common[3:], "--format", "png", "--codec", "h265")
+    assert code == 2 and "--format png writes a video's frames as images" in stderr
+
+
+def test_frames_as_images_resume_after_a_kill(tmp_path):
+    """kill -9 at frame 20 of 24 with --format tiff: the rerun resumes after a finished segment, and the folder
+    holds the 24 frames of an uninterrupted run, byte for byte."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "clip.mp4"
+    make_clip(src, frames=24)
+    args = ["--device", "cpu", "upscale", str(src), str(tmp_path / "out"), "--scale", "2", "--format", "tiff",
+            "--segment-frames", "3", "--batch-size", "1", "-v"]
+    proc = subprocess.run([sys.executable, "-c", DIE_AT_FRAME.format(frame=20, signal="SIGKILL"), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and not (tmp_path / "out" / "clip").exists(), proc.stderr
+    code, _, stderr = run(*args)
+    assert code == 0 and "resuming after frame" in stderr, stderr
+    code, _, stderr = run(*args[:4], str(tmp_path / "whole"), *args[5:])
+    assert code == 0, stderr
+    resumed, whole = sorted((tmp_path / "out" / "clip").iterdir()), sorted((tmp_path / "whole" / "clip").iterdir())
+    assert [p.name for p in resumed] == [p.name for p in whole] and len(whole) == 24
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(resumed, whole))
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["clip"]
