@@ -2,11 +2,18 @@
 float32 in [0, 1]; the model's own normalisation is inside its graph) with dynamic batch, height and width,
 pixbatch's metadata in ``metadata_props``, and verified before it is kept: ONNX Runtime runs it at two
 sizes other than the export's and at batch 2, against PyTorch (pixel shuffle orderings are a known
-exporter pitfall), and the file is written only when the largest difference is within ``TOLERANCE``."""
+exporter pitfall), and the file is written only when the largest difference is within ``TOLERANCE``.
+
+A model whose operations depend on the input size (SAFMN's adaptive pooling to 1/16 of it) makes torch's
+exporter fix the size. Its export is then tried again with height and width declared multiples of 8, 16,
+32 or 64 (from its minimum size up): pooling to 1/k of a multiple of k is plain k x k pooling, which the
+exporter keeps dynamic. The file's ``size_multiple`` says so, and the engine pads inputs up to it."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2}  # max abs difference from PyTorch, out
 # quarter of an 8-bit level; a wrong pixel-shuffle ordering moves pixels by whole levels
 EXPORT_SIZE = 64  # the traced input; the checks use other sizes
 CHECK_SHAPES = ((1, 56, 72), (2, 48, 40))  # (batch, height, width), multiples of 8 (bigger multiples are padded)
+SIZE_STEPS = (8, 16, 32, 64)  # the size multiples a second export may declare (see above)
 
 
 class ExportError(RuntimeError):
@@ -52,23 +60,31 @@ def export_onnx(loaded: LoadedModel, out: Path, *, fp16: bool = False, opset: in
     module = loaded.module.eval().float()
     multiple = max(info.size_multiple, 8)
     size = _round(max(EXPORT_SIZE, info.min_size), multiple)
-    x = torch.rand(1, info.in_channels, size, size)
+    size = _round(size, max(SIZE_STEPS, default=1))  # a multiple of every step a second export may declare
+    x = torch.rand(2, info.in_channels, size, size)  # batch 2: torch.export would fix a dimension of 1
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
-        batch, height, width = (torch.export.Dim(n) for n in ("batch", "height", "width"))
-        try:
-            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module, (x,), str(raw), dynamo=True, opset_version=opset, external_data=False,
-                                  input_names=["image"], output_names=["output"],
-                                  dynamic_shapes=({0: batch, 2: height, 3: width},), verbose=False)
-        except Exception as exc:
-            raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:300]})") from None
-        model = onnx.load(str(raw))
+        steps = [1] + [k for k in SIZE_STEPS if k >= min(info.min_size, max(SIZE_STEPS, default=1))]
+        failure = None
+        for step in steps:
+            try:
+                _export(module, x, raw, opset, step)
+            except ExportError as exc:  # a guard on the size, which a declared multiple may satisfy
+                failure = failure or exc
+                continue
+            model = onnx.load(str(raw))
+            if not _fixed(model):
+                break
+        else:
+            if failure is not None and not raw.exists():
+                raise failure
+            raise ExportError(f"torch's exporter fixed the input size at {size}x{size} (an operation of the model "
+                              f"depends on the size), even with sizes declared multiples of up to {steps[-1]}; "
+                              "not written")
+        multiple = math.lcm(info.size_multiple, step)
         if fp16:
             model = _to_fp16(model)
-        meta = {"task": info.task, "scale": str(info.scale), "size_multiple": str(info.size_multiple),
+        meta = {"task": info.task, "scale": str(info.scale), "size_multiple": str(multiple),
                 "receptive_field": "none" if info.receptive_field is None else str(info.receptive_field),
                 "value_range": "1", "input_order": "rgb", "source": info.name, "arch": info.arch}
         training = info.training or {}
@@ -80,11 +96,6 @@ def export_onnx(loaded: LoadedModel, out: Path, *, fp16: bool = False, opset: in
         for key, value in meta.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = META + key, value
-        fixed = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[2:] if d.HasField("dim_value")]
-        if fixed:
-            raise ExportError(f"torch's exporter fixed the input size at {size}x{size} (an operation of the model "
-                              "depends on the size, e.g. adaptive pooling), so the file would take no other size; "
-                              "not written")
         data = model.SerializeToString()
         try:
             session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -92,7 +103,7 @@ def export_onnx(loaded: LoadedModel, out: Path, *, fp16: bool = False, opset: in
             raise ExportError(f"ONNX Runtime cannot load the export ({str(exc).splitlines()[0][:200]})") from None
         worst, checks = 0.0, []
         for n, h, w in CHECK_SHAPES:
-            h, w = _round(h, info.size_multiple), _round(w, info.size_multiple)
+            h, w = _round(h, multiple), _round(w, multiple)
             xi = torch.rand(n, info.in_channels, h, w, generator=torch.Generator().manual_seed(h * w + n))
             with torch.no_grad():
                 expected = module(xi).float().numpy()
@@ -112,6 +123,30 @@ def export_onnx(loaded: LoadedModel, out: Path, *, fp16: bool = False, opset: in
                           f"in {precision}); not written")
     write_bytes(data, out, overwrite=True)
     return ExportResult(out, opset, precision, worst, checks)
+
+
+def _export(module, x: torch.Tensor, path: Path, opset: int, step: int) -> None:
+    """torch's dynamo exporter, batch, height and width dynamic (the sizes multiples of ``step``)."""
+    batch = torch.export.Dim("batch")
+    height, width = ((torch.export.Dim(n) for n in ("height", "width")) if step == 1 else
+                     (torch.export.Dim(n, min=1) * step for n in ("height_steps", "width_steps")))
+    quiet = logging.getLogger("torch")
+    level, quiet.level = quiet.level, logging.CRITICAL  # torch.export logs its guard failures as errors
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x,), str(path), dynamo=True, opset_version=opset, external_data=False,
+                              input_names=["image"], output_names=["output"],
+                              dynamic_shapes=({0: batch, 2: height, 3: width},), verbose=False)
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _fixed(model) -> bool:
+    """Whether the exporter fixed the input's height or width."""
+    return any(d.HasField("dim_value") for d in model.graph.input[0].type.tensor_type.shape.dim[2:])
 
 
 def _to_fp16(model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,13 +322,16 @@ def test_the_command_names_the_task_where_the_file_cannot(tmp_path):
 
 
 FAMILIES = ["carn_m_x2", "weights/imdn_x4.pth", "weights/realesr-animevideov3.pth",
-            "weights/efficient_sr/team18_bsrn.pth", "weights/efficient_sr/team38_span_ch28_slim.pth"]
+            "weights/efficient_sr/team18_bsrn.pth", "weights/efficient_sr/team38_span_ch28_slim.pth",
+            "weights/efficient_sr/team15_SAFMN.pth", "weights/efficient_sr/team24_smfan.pth", "johnson_style"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_families_export_within_tolerance(tmp_path, name):
     """Built-in CARN-M and the foreign families in the shared data (IMDN, Real-ESRGAN compact through
-    spandrel, BSRN, SPAN): each export is run by ONNX Runtime at two other sizes and batch 2, within 1e-3."""
+    spandrel, BSRN, SPAN, and SAFMN and SMFAN, whose pooling to a fraction of the input size exports with
+    sizes declared multiples of 16 and 8), and the Johnson style net (traced at batch 2, which torch.export
+    would otherwise fix at 1): each export is run by ONNX Runtime at two other sizes and batch 2, within 1e-3."""
     from pixbatch.models.onnx_export import export_onnx
 
     if name.startswith("weights/"):
@@ -336,11 +340,22 @@ def test_families_export_within_tolerance(tmp_path, name):
         name = DATA / name
     result = export_onnx(create_model(name), tmp_path / "m.onnx")
     assert result.max_abs_diff <= 1e-3 and (tmp_path / "m.onnx").is_file()
+    multiple = {"team15_SAFMN.pth": 16, "team24_smfan.pth": 8}.get(Path(str(name)).name)
+    if multiple:  # the file says so; the engine pads inputs up to it
+        assert create_model(tmp_path / "m.onnx").info.size_multiple == multiple
 
 
 @requires_data
-def test_an_export_that_the_exporter_fixes_to_one_size_is_refused(tmp_path):
+def test_an_export_that_the_exporter_fixes_to_one_size_is_refused(tmp_path, monkeypatch):
     """SAFMN pools to a size derived from the input: torch's exporter fixes the input at the export's size.
-    Such a file would take no other size, so it is refused, said in one line, and not written."""
+    Without the second export (sizes declared multiples of 16, which SAFMN takes), such a file would take no
+    other size, so it is refused, said in one line, and not written; SAFMN++'s export computes something
+    else (ONNX Runtime and OpenVINO agree on it), which the verification refuses."""
+    import pixbatch.models.onnx_export as export
+
+    monkeypatch.setattr(export, "SIZE_STEPS", ())
     code, _, stderr = run("export", DATA / "weights" / "efficient_sr" / "team15_SAFMN.pth", tmp_path / "s.onnx")
     assert code == 1 and "fixed the input size" in stderr and not (tmp_path / "s.onnx").exists()
+    monkeypatch.undo()
+    code, _, stderr = run("export", DATA / "weights" / "efficient_sr" / "team23_safmnpp.pth", tmp_path / "p.onnx")
+    assert code == 1 and "differs from PyTorch" in stderr and not (tmp_path / "p.onnx").exists()

@@ -221,3 +221,26 @@ def test_a_video_on_ray_has_the_frames_of_one_process(cluster, tmp_path, tiny_ch
             outs[where] = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(c.streams.video[0])]
     assert len(outs["ray"]) == 8
     assert all(a[0] == b[0] and (a[1] == b[1]).all() for a, b in zip(outs["local"], outs["ray"]))
+
+
+def test_an_onnx_model_on_ray_gives_the_bytes_of_one_process(cluster, tmp_path):
+    """--model file.onnx with its options (an input order the file's metadata does not state): the workers load
+    the file as the driver does."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnx
+
+    from pixbatch.models import create_model
+    from pixbatch.models.onnx_export import export_onnx
+
+    export_onnx(create_model("edsr_tiny_x2"), tmp_path / "m.onnx")
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    del model.metadata_props[:]  # what the file does not say, the options do
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    src = folder(tmp_path, n=3)
+    common = ["--json", "upscale", src]
+    options = ["--model", tmp_path / "m.onnx", "--input-order", "bgr", "--backend", "onnxruntime"]
+    code1, _, _ = run(*common, tmp_path / "local", *options)
+    code2, out2, _ = run(*common, tmp_path / "ray", *options, "--ray", "auto")
+    assert code1 == code2 == 123 and json.loads(out2)["settings"]["executor"] == "ray"
+    assert files(tmp_path / "local") == files(tmp_path / "ray") and len(files(tmp_path / "ray")) == 4
