@@ -45,12 +45,15 @@ from pixbatch.tasks.defaults import SEGMENT
 @click.option("--overlay", is_flag=True, help="Also write NAME_overlay.png: the classes in colour over the input.")
 @click.option("--overlay-alpha", type=FiniteFloat(0, 1), default=0.5, show_default=True,
               help="Opacity of the class colours over the input in NAME_overlay.png.")
+@click.option("-f", "--format", "fmt", type=click.Choice(["same", "png"]), default="same", show_default=True,
+              help="Videos: same writes the mask as a lossless FFV1 video; png, a folder of its frames' masks as "
+                   "PNGs. Images get PNG masks either way.")
 @click.pass_obj
 def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, workers, writers, max_pixels,
             png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
             model_name, threshold, probabilities, prob_format, ignore_index, overlay, overlay_alpha, codec,
             crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration, segment_frames,
-            input_order, value_range, mean, std) -> None:
+            input_order, value_range, mean, std, fmt) -> None:
     """Segment every image in SRC (files and/or folders, searched recursively) into DST.
 
     Each input gets a mask PNG: 0/255 for binary models, class indices with a palette for multi-class
@@ -70,7 +73,7 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
     from pixbatch.io.regions import is_tiled_tiff
 
     video = video_encoding(codec, crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration,
-                           segment_frames)
+                           segment_frames, fmt)
     plan, dst_root = app.plan(src, dst, one_output=False, suffix=suffix, glob=glob, overwrite=not skip_existing,
                               suffix_of=lambda p: ".tif" if is_tiled_tiff(p) else ".png", video=(True, video))
     from pixbatch.io.encode import EncodeOptions

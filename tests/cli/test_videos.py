@@ -386,3 +386,25 @@ def test_frames_as_images_resume_after_a_kill(tmp_path):
     assert [p.name for p in resumed] == [p.name for p in whole] and len(whole) == 24
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(resumed, whole))
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["clip"]
+
+
+def test_segment_writes_mask_frames_as_pngs(tmp_path):
+    """segment --format png: folders of mask PNGs (and of overlays), each mask the one the frame gets as an
+    image."""
+    src = tmp_path / "clip.mkv"
+    make_clip(src, frames=4)
+    code, _, stderr = run("--device", "cpu", "segment", src, tmp_path / "out", "--format", "png", "--overlay",
+                          "--precision", "fp32")
+    assert code == 0, stderr
+    masks = sorted((tmp_path / "out" / "clip").iterdir())
+    overlays = sorted((tmp_path / "out" / "clip_overlay").iterdir())
+    assert [p.name for p in masks] == [f"clip_{i:06d}.png" for i in range(4)] and len(overlays) == 4
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, pixels in enumerate(streams(src)["frames"]):
+        Image.fromarray(pixels).save(frames / f"clip_{i:06d}.png")
+    code, _, stderr = run("--device", "cpu", "segment", frames, tmp_path / "images", "--precision", "fp32")
+    assert code == 0, stderr
+    for path in masks:
+        a, b = np.asarray(Image.open(path)), np.asarray(Image.open(tmp_path / "images" / path.name))
+        assert a.shape == b.shape == (48, 64) and (a != b).mean() < 0.005, path.name
