@@ -60,18 +60,25 @@ def opened_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
-def check_engine_run(command: str, corpus, tmp_path, args, scale: int, suffix_of=None):
-    from pixbatch.io.discover import plan_jobs
-
-    folder, made = corpus
-    out = tmp_path / "out"
-    code, stdout, stderr = pixbatch("--json", command, folder, out, *args, cwd=tmp_path)
+def run_over(command: str, folder: Path, out: Path, args, made: dict, cwd: Path) -> tuple[dict, list[str]]:
+    """A command over a corpus folder: exit 0 or 123, no traceback, nothing but `error:` lines on stderr,
+    every file done, failed or skipped. Its summary and its error lines."""
+    code, stdout, stderr = pixbatch("--json", command, folder, out, *args, cwd=cwd)
     assert code in (0, 123), stderr[-2000:]
     assert "Traceback" not in stderr
     lines = stderr.splitlines()
     assert all(line.startswith("error: ") for line in lines), [x for x in lines if not x.startswith("error: ")][:5]
     summary = json.loads(stdout)
     assert summary["done"] + summary["failed"] + summary["skipped"] == len(made)
+    return summary, lines
+
+
+def check_engine_run(command: str, corpus, tmp_path, args, scale: int, suffix_of=None):
+    from pixbatch.io.discover import plan_jobs
+
+    folder, made = corpus
+    out = tmp_path / "out"
+    summary, lines = run_over(command, folder, out, args, made, tmp_path)
     assert len(lines) == summary["failed"] == len({e["path"] for e in summary["errors"]})
     rejected = {e["path"] for e in summary["errors"]}
     plan = plan_jobs([folder], out, suffix_of=suffix_of, overwrite=True)  # every job, done or not
@@ -249,18 +256,12 @@ def test_upscale_over_damaged_videos(tmp_path, tiny_checkpoint):
     clips = {}
     for name, codec, extra in (("clip.mp4", "libx264", {"audio": True}), ("clip.webm", "libvpx-vp9", {}),
                                ("clip.mkv", "ffv1", {})):
-        make_clip(tmp_path / name, frames=8, size=(32, 48), **extra, **({"codec": codec} if codec != "libx264" else {}))
+        make_clip(tmp_path / name, frames=8, size=(32, 48), codec=codec, **extra)
         clips[name] = (tmp_path / name).read_bytes()
     folder = tmp_path / "in"
     made = make_video_corpus(folder, clips, n=30)
     out = tmp_path / "out"
-    code, stdout, stderr = pixbatch("--json", "upscale", folder, out, "--model", tiny_checkpoint, cwd=tmp_path)
-    assert code in (0, 123), stderr[-2000:]
-    assert "Traceback" not in stderr
-    lines = stderr.splitlines()
-    assert all(line.startswith("error: ") for line in lines), [x for x in lines if not x.startswith("error: ")][:5]
-    summary = json.loads(stdout)
-    assert summary["done"] + summary["failed"] + summary["skipped"] == len(made)
+    summary, lines = run_over("upscale", folder, out, ["--model", tiny_checkpoint], made, tmp_path)
     assert len(lines) == summary["failed"] >= 5
     outputs = [p for p in out.rglob("*") if p.is_file()]
     assert len(outputs) == summary["done"] >= 3
