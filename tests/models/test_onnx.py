@@ -210,6 +210,10 @@ def hostile(tmp_path, name: str) -> object:
             entry.key, entry.value = key, value
         node = helper.make_node("Mul", ["x", "w"], ["y"])
         graph = helper.make_graph([node], "g", [x], [y], initializer=[w])
+    elif name == "huge_weights":  # declares 8 GiB of weights (and holds none)
+        w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1 << 31])
+        node = helper.make_node("Mul", ["x", "w"], ["y"])
+        graph = helper.make_graph([node], "g", [x], [y], initializer=[w])
     elif name == "absurd_shape":
         big = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 10**9, 10**9])
         graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [big], [y])
@@ -217,7 +221,7 @@ def hostile(tmp_path, name: str) -> object:
     return path
 
 
-@pytest.mark.parametrize("name", ["garbage", "custom_op", "outside_data", "absurd_shape"])
+@pytest.mark.parametrize("name", ["garbage", "custom_op", "outside_data", "absurd_shape", "huge_weights"])
 def test_hostile_onnx_files_are_one_error_line_and_exit_1(tmp_path, name):
     path = hostile(tmp_path, name)
     with pytest.raises(UnsupportedModelError):
