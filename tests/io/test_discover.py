@@ -70,8 +70,10 @@ def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
     dead = touch(tmp_path / ".a.png.pixbatch-999999999-abcd.tmp")
     alive = touch(tmp_path / f".b.png.pixbatch-{os.getpid()}-abcd.tmp")
     other = touch(tmp_path / "c.png")
-    assert remove_stale_temps({tmp_path}) == 1
-    assert not dead.exists() and alive.exists() and other.exists()
+    dead_folder = tmp_path / ".clip.pixbatch-999999999-abcd.tmp"  # a video's frames being joined
+    touch(dead_folder / "clip_000000.png")
+    assert remove_stale_temps({tmp_path}) == 2
+    assert not dead.exists() and not dead_folder.exists() and alive.exists() and other.exists()
 
 
 def test_temp_files_of_other_hosts_are_left_until_they_are_old(tmp_path):
