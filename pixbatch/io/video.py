@@ -10,6 +10,7 @@ base, so variable frame rates stay variable and the other streams stay in sync."
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -200,7 +201,9 @@ _errors_lock = threading.Lock()
 
 
 def ffmpeg_errors() -> _FFmpegErrors:
-    """The one handler of FFmpeg's log (installed on first use)."""
+    """The one handler of FFmpeg's log (installed on first use). PIXBATCH_FFMPEG_LOG=off leaves PyAV's log
+    callback off (it has had deadlock reports: PyAV #751, #1133); damage is then found by the frame count and
+    duration checks only."""
     global _errors
     with _errors_lock:
         if _errors is None:
@@ -210,7 +213,8 @@ def ffmpeg_errors() -> _FFmpegErrors:
             logger = logging.getLogger("libav")
             logger.addHandler(_errors)
             logger.propagate = False
-            av.logging.set_level(av.logging.ERROR)
+            if os.environ.get("PIXBATCH_FFMPEG_LOG", "on").lower() not in ("off", "0", "no"):
+                av.logging.set_level(av.logging.ERROR)
     return _errors
 
 

@@ -95,3 +95,35 @@ def test_hdr_is_refused_in_one_line(tmp_path):
     encode(tmp_path / "pq.mkv", "libx265", "yuv420p10le", tags=(9, 1, 9, 16))
     with pytest.raises(VideoError, match=r"is HDR \(PQ\)"):
         VideoReader(tmp_path / "pq.mkv")
+
+
+def test_damage_ffmpeg_only_logs_fails_the_video_unless_the_log_is_off(tmp_path):
+    """Bytes of an FFV1 frame's slice changed: FFmpeg decodes every frame and says so only in its log (slice CRC
+    mismatch). That fails the video; with PIXBATCH_FFMPEG_LOG=off (PyAV's log callback left off) it does not."""
+    import os
+    import subprocess
+    import sys
+
+    import av
+
+    from tests.conftest import REPO
+
+    clip = tmp_path / "clip.mkv"
+    make_clip(clip, frames=6, codec="ffv1")
+    with av.open(str(clip)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
+    pos, size = packets[3]
+    data = bytearray(clip.read_bytes())
+    for i in range(pos + size // 2, pos + size // 2 + 8):
+        data[i] ^= 0x5A
+    clip.write_bytes(bytes(data))
+    read = ("import sys; from pathlib import Path; from pixbatch.io.video import VideoReader, VideoError\n"
+            "try:\n    print(sum(1 for _ in VideoReader(Path(sys.argv[1])).frames()))\n"
+            "except VideoError as exc:\n    print('error:', exc)")
+    seen = {}
+    for log in ("on", "off"):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PIXBATCH_FFMPEG_LOG": log}
+        seen[log] = subprocess.run([sys.executable, "-c", read, str(clip)], capture_output=True, text=True,
+                                   env=env, timeout=120).stdout.strip()
+    assert seen["on"].startswith("error: damaged data by frame") and "ffv1" in seen["on"], seen
+    assert seen["off"] == "6", seen
