@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -80,7 +81,7 @@ def attach_onnx(runner, choice: str, compile: bool, job_pixels: int | None) -> N
     """An ONNX file's backend: ONNX Runtime; OpenVINO when asked for by name or for bf16 (which ONNX
     Runtime cannot compute a float32 file in), and with "auto" for CPU jobs of at least
     OPENVINO_MIN_PIXELS where it measures faster on a probe and agrees with ONNX Runtime."""
-    from pixbatch.runtime.openvino_backend import AGREEMENT_DB, agreement_db, openvino_available
+    from pixbatch.runtime.openvino_backend import openvino_available
 
     if choice == BackendChoice.TORCH:
         raise ValueError(f"{runner.info.name} is an ONNX model: it runs on ONNX Runtime or OpenVINO (--backend "
@@ -98,24 +99,15 @@ def attach_onnx(runner, choice: str, compile: bool, job_pixels: int | None) -> N
         runner.compiled = OnnxOpenVINO(runner.module, OPENVINO_PRECISION[runner.dtype])
         torch.set_num_threads(1)
         return
-    runner.compiled = ort = OnnxRuntime(runner.module)
+    runner.compiled = OnnxRuntime(runner.module)
     if (choice == BackendChoice.ONNXRUNTIME or runner.device.type != "cpu"
             or (job_pixels or 0) < OPENVINO_MIN_PIXELS or not openvino_available()):
         return
-    probe, size = probe_input(runner)
-    torch.set_num_threads(TORCH_THREADS)
-    ort_ms, ort_out = median_ms(runner, probe)
     try:
-        runner.compiled = candidate = OnnxOpenVINO(runner.module, "f32")
-        torch.set_num_threads(1)
-        ov_ms, ov_out = median_ms(runner, probe)
-    except Exception:  # a file OpenVINO cannot read or compile: ONNX Runtime runs it
-        ov_ms, ov_out = float("inf"), None
-    if ov_ms < ort_ms and agreement_db(ov_out, ort_out, runner.info.task) >= AGREEMENT_DB:
-        candidate.label = f"openvino (f32; {ort_ms / ov_ms:.2f}x ONNX Runtime's speed at {size} px)"
-    else:
-        runner.compiled = ort
-        torch.set_num_threads(TORCH_THREADS)
+        candidate = OnnxOpenVINO(runner.module, "f32")
+    except Exception:  # a file OpenVINO cannot read: ONNX Runtime runs it
+        return
+    keep_openvino_if_faster(runner, candidate, "f32", "ONNX Runtime")
 
 
 class TorchCompiled(TorchEager):
@@ -160,7 +152,7 @@ def attach_backend(runner, choice: str, compile: bool, source: nn.Module | None)
         runner.compiled = TorchCompiled(runner.module)
     if source is None:
         return
-    from pixbatch.runtime.openvino_backend import AGREEMENT_DB, OpenVINOModel, agreement_db
+    from pixbatch.runtime.openvino_backend import OpenVINOModel
 
     precision = OPENVINO_PRECISION[runner.dtype]
     backend = OpenVINOModel(source, runner.module, precision, task=runner.info.task,
@@ -169,18 +161,33 @@ def attach_backend(runner, choice: str, compile: bool, source: nn.Module | None)
         runner.compiled = backend
         torch.set_num_threads(1)
         return
-    if not backend.converted():
-        return
+    if backend.converted():
+        keep_openvino_if_faster(runner, backend, precision, "PyTorch", reference=runner.run_fp32)
+
+
+def keep_openvino_if_faster(runner, candidate: Backend, precision: str, first_name: str,
+                            reference: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    """Time the runner's backend (with PyTorch's own threads), then ``candidate`` (an OpenVINO backend, with
+    one PyTorch thread) on the probe image; keep the candidate when it is faster and agrees (AGREEMENT_DB)
+    with ``reference(probe)`` (default: the first backend's output), its label saying by how much; else put
+    the first back."""
+    from pixbatch.runtime.openvino_backend import AGREEMENT_DB, agreement_db
+
     probe, size = probe_input(runner)
-    torch.set_num_threads(TORCH_THREADS)  # as PyTorch would run the job (another runner may have set one)
-    torch_ms, _ = median_ms(runner, probe)
-    runner.compiled = backend
+    first = runner.compiled
+    torch.set_num_threads(TORCH_THREADS)  # as the first would run the job (another runner may have set one)
+    first_ms, first_out = median_ms(runner, probe)
+    runner.compiled = candidate
     torch.set_num_threads(1)
-    ov_ms, ov_out = median_ms(runner, probe)
-    if ov_ms < torch_ms and agreement_db(ov_out, runner.run_fp32(probe), runner.info.task) >= AGREEMENT_DB:
-        backend.label = f"openvino ({precision}; {torch_ms / ov_ms:.2f}x PyTorch's speed at {size} px)"
+    try:
+        ov_ms, ov_out = median_ms(runner, probe)
+    except Exception:  # a model OpenVINO cannot compile or run: the first backend keeps it
+        ov_ms, ov_out = float("inf"), None
+    want = first_out if reference is None else reference(probe)
+    if ov_ms < first_ms and agreement_db(ov_out, want, runner.info.task) >= AGREEMENT_DB:
+        candidate.label = f"openvino ({precision}; {first_ms / ov_ms:.2f}x {first_name}'s speed at {size} px)"
     else:
-        runner.compiled = None
+        runner.compiled = first
         torch.set_num_threads(TORCH_THREADS)
 
 
