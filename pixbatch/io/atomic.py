@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,11 +59,17 @@ def commit(tmp: Path, dst: Path, overwrite: bool) -> None:
         os.replace(tmp, dst)
 
 
+def remove(path: Path) -> None:
+    """Delete a file, a link or a folder with what it holds; nothing when it is not there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def commit_folder(tmp: Path, dst: Path, overwrite: bool) -> None:
     """Move a finished temporary folder into place in one rename; an existing ``dst`` is replaced only with
     ``overwrite`` (moved aside, the new folder renamed in, the old one removed)."""
-    import shutil
-
     if not os.path.lexists(dst):
         os.rename(tmp, dst)
         return
@@ -71,10 +78,7 @@ def commit_folder(tmp: Path, dst: Path, overwrite: bool) -> None:
     old = temp_path(dst)
     os.rename(dst, old)
     os.rename(tmp, dst)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
+    remove(old)
 
 
 @contextlib.contextmanager

@@ -6,14 +6,13 @@ import errno
 import fnmatch
 import functools
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pixbatch.io.atomic import FOREIGN_TEMP_TTL, HOST_ID, TEMP_MARK
+from pixbatch.io.atomic import FOREIGN_TEMP_TTL, HOST_ID, TEMP_MARK, remove
 from pixbatch.io.video import VIDEO_SUFFIXES, VideoEncoding, main_suffix, sniff_video
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm",
@@ -266,10 +265,7 @@ def remove_stale_temps(folders: set[Path]) -> int:
                 continue
             if host == HOST_ID and pid.isdigit() and _alive(int(pid)):
                 continue
-            if path.is_dir() and not path.is_symlink():  # a folder of video frames being assembled
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            remove(path)  # a file, or a folder of video frames being joined
             removed += 1
     return removed
 

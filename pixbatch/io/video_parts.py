@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pixbatch.io.atomic import write_bytes
+from pixbatch.io.atomic import remove, write_bytes
 from pixbatch.io.decode import ImageMeta
 from pixbatch.io.encode import FORMATS, encode_image
 from pixbatch.io.video import VideoEncoding, VideoError, in_window, reason, require_av, shift
@@ -47,12 +47,8 @@ class Parts:
         self.segments = manifest["segments"]
         listed = {f for s in self.segments for f in s["files"].values()} | {MANIFEST}
         for path in self.folder.iterdir():  # a segment the killed run had not finished
-            if path.name in listed:
-                continue
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            if path.name not in listed:
+                remove(path)
         return self.frames
 
     @property

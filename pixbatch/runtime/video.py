@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import threading
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from pixbatch.io.atomic import OutputExistsError, commit, commit_folder, temp_path
+from pixbatch.io.atomic import OutputExistsError, commit, commit_folder, remove, temp_path
 from pixbatch.io.decode import ImageMeta
 from pixbatch.io.discover import Job
 from pixbatch.io.encode import EncodeOptions
@@ -169,10 +168,7 @@ class VideoSink:
                 place(assembled.pop(name), self.targets[name][0], self.overwrite)
         finally:
             for tmp in assembled.values():
-                if tmp.is_dir():
-                    shutil.rmtree(tmp, ignore_errors=True)
-                else:
-                    tmp.unlink(missing_ok=True)
+                remove(tmp)
             self.discard()
         self.parts.remove()
         return self.input_mp, self.output_mp
