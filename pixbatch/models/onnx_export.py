@@ -58,9 +58,8 @@ def export_onnx(loaded: LoadedModel, out: Path, *, fp16: bool = False, opset: in
     if info.source == "onnx":
         raise ExportError(f"{info.name} is an ONNX model already")
     module = loaded.module.eval().float()
-    multiple = max(info.size_multiple, 8)
-    size = _round(max(EXPORT_SIZE, info.min_size), multiple)
-    size = _round(size, max(SIZE_STEPS, default=1))  # a multiple of every step a second export may declare
+    # a multiple of the model's own, of 8, and of every step a second export may declare
+    size = _round(max(EXPORT_SIZE, info.min_size), math.lcm(info.size_multiple, 8, max(SIZE_STEPS, default=1)))
     x = torch.rand(2, info.in_channels, size, size)  # batch 2: torch.export would fix a dimension of 1
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "model.onnx"
