@@ -10,6 +10,14 @@ import torch
 # before any kernel module is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# int8 models made by the tests (and the commands they run) are cached here, never in the user's cache
+if "PIXBATCH_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["PIXBATCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="pixbatch-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["PIXBATCH_CACHE_DIR"], True)
 
 import functools  # noqa: E402
 import io  # noqa: E402

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixbatch.runtime.spec import ComputeSpec, JobSpec
+from pixbatch.runtime.spec import ComputeSpec, JobSpec, Precision
 
 
 def cpu_name() -> str:
@@ -223,10 +223,17 @@ def bench_upscale(model: str, photos: list[Path], *, images: int = 24, size: int
         out_mp = images * (size * s) ** 2 / 1e6
         opts = JobSpec(compute=compute)
         compile_ = compute.compile if compute.compile is not None else compile_by_default(dev, images)
-        runner = prepare_model(copy.deepcopy(loaded), dev, resolve_precision(compute.precision, dev, loaded.info),
-                               channels_last=compute.channels_last, compile=compile_, kernels=compute.kernels,
-                               backend=compute.backend,
-                               job_pixels=images * size * size)
+        dtype = resolve_precision(compute.precision, dev, loaded.info)
+        int8 = None
+        if compute.precision == Precision.INT8:  # the job's int8 model, from the cache or made now
+            from pixbatch.runtime.int8 import summary_line
+            from pixbatch.tasks.calibration import int8_for
+
+            int8 = int8_for(loaded, (), dtype, log=log)
+            say(summary_line(int8.entry))
+        runner = prepare_model(copy.deepcopy(loaded), dev, dtype, channels_last=compute.channels_last,
+                               compile=compile_, kernels=compute.kernels, backend=compute.backend,
+                               job_pixels=images * size * size, int8=int8)
         if runner.backend_note:
             say(runner.backend_note)
         log("measuring each stage alone ...")

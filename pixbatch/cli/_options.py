@@ -136,7 +136,13 @@ io_options = _apply([
 precision_options = _apply([
     click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
                  show_default=True, help="auto: bf16/fp16 on a GPU (bf16 on CPUs with native bf16) when the model "
-                                         "supports it, else fp32."),
+                                         "supports it, else fp32. int8 (CPU, opt-in; pip install 'pixbatch[int8]'): "
+                                         "quantized by NNCF with its loss measured and bounded (super-resolution "
+                                         "0.05 dB), layers that int8 would damage kept in bf16/fp32, refused beyond "
+                                         "the bound; made once, then cached."),
+    click.option("--calibrate-on-input", is_flag=True, default=False,
+                 help="With --precision int8: calibrate on the job's first images instead of the set shipped with "
+                      "pixbatch (for images unlike photos, or a segmentation model for other than retinal images)."),
     click.option("--compile/--no-compile", "compile_", default=None,
                  help="torch.compile the model (default: on a GPU for jobs of 32+ images)."),
     click.option("--channels-last/--no-channels-last", default=True, show_default=True,
@@ -171,10 +177,19 @@ def window_options(defaults: TaskDefaults):
 
 
 def compute_spec(app, precision: str, compile_: bool | None, channels_last: bool, backend: str,
-                 kernels: str = KernelChoice.AUTO) -> ComputeSpec:
-    """The compute half of a job spec, from ``precision_options`` (and ``--kernels``) and the global --device."""
+                 calibrate_on_input: bool = False, kernels: str = KernelChoice.AUTO) -> ComputeSpec:
+    """The compute half of a job spec, from ``precision_options`` (and ``--kernels``) and the global --device;
+    a usage error for what int8 cannot be combined with."""
+    if precision == Precision.INT8:
+        if backend in (BackendChoice.TORCH, BackendChoice.ONNXRUNTIME):
+            raise click.UsageError(f"--precision int8 runs on OpenVINO, not with --backend {backend} (leave --backend "
+                                   "auto, or openvino)")
+        if compile_:
+            raise click.UsageError("--precision int8 runs on OpenVINO; --compile compiles PyTorch models")
+    elif calibrate_on_input:
+        raise click.UsageError("--calibrate-on-input calibrates --precision int8; add it, or leave the flag out")
     return ComputeSpec(device=app.device, precision=precision, compile=compile_, channels_last=channels_last,
-                       backend=backend, kernels=kernels)
+                       backend=backend, kernels=kernels, calibrate_on_input=calibrate_on_input)
 
 
 video_options = _apply([

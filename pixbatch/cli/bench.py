@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from pixbatch.cli._options import BACKENDS
-from pixbatch.runtime.spec import ComputeSpec
+from pixbatch.cli._options import BACKENDS, PRECISIONS, compute_spec
 
 
 def shipped_examples() -> Path | None:
@@ -35,10 +34,13 @@ def shipped_examples() -> Path | None:
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="What computes on the CPU, as in `pixbatch upscale` (auto chooses for a job of IMAGES x SIZE^2 "
                    "input pixels).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="As in `pixbatch upscale` (int8: the model quantized on the shipped calibration set, from the "
+                   "cache or made first).")
 @click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the figures as JSON to this file.")
 @click.pass_obj
-def bench(app, model_name, photos, images, size, backend, out_json) -> None:
+def bench(app, model_name, photos, images, size, backend, precision, out_json) -> None:
     """Cut IMAGES crops of SIZE px from real photos (JPEG and PNG), then time each pipeline stage alone
     (decode, host->device, compute, device->host, encode), the pipeline as `pixbatch upscale` runs it, and
     a plain eager loop (PIL -> tensor -> fp32 model -> PIL, one image at a time) and, on the CPU with
@@ -59,7 +61,7 @@ def bench(app, model_name, photos, images, size, backend, out_json) -> None:
         app.fail_start("the example photos are missing from this installation: pass --photos FOLDER")
     try:
         result = bench_upscale(model_name, sources, images=images, size=size,
-                               compute=ComputeSpec(device=app.device, backend=backend),
+                               compute=compute_spec(app, precision, None, True, backend),
                                log=app.info,
                                on_line=None if app.as_json else click.echo)  # each line as it is measured
     except (FileNotFoundError, ValueError) as exc:

@@ -98,7 +98,7 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backe
                           backend=eval_backend(model_name, backend, precision))
         model = ModelSpec(model_name, scale, task="sr", onnx=onnx_input(input_order, value_range, mean, std))
         runner = load_runner(model, compute, n_jobs=0, info=app.info)
-        precision = precision_name(runner.dtype)  # what it computed in (auto resolved)
+        precision = "int8" if runner.int8 else precision_name(runner.dtype)  # what it computed in (auto resolved)
         results = evaluate_sr(runner, hr_dir, lr_dir, on_error=app.file_error)
     except (StartupError, FileNotFoundError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
@@ -192,7 +192,7 @@ def eval_seg(app, model_name, images, masks, roi, threshold, ignore_index, class
                           kernels=KernelChoice.TORCH)
         model = ModelSpec(model_name, task="seg", onnx=onnx_input(input_order, value_range, mean, std))
         runner = load_runner(model, compute, n_jobs=0, info=app.info)
-        precision = precision_name(runner.dtype)  # what it computed in (auto resolved)
+        precision = "int8" if runner.int8 else precision_name(runner.dtype)  # what it computed in (auto resolved)
         training = runner.info.training or {}
         if threshold is None:
             threshold = float(training.get("threshold", 0.5))

@@ -19,9 +19,11 @@ from pixbatch.cli._options import STYLE_NETS_HINT
 @click.option("--source", "origin", default=None, metavar="TEXT",
               help="With --save: where CHECKPOINT comes from (repository @ commit : path), kept in the metadata.")
 @click.option("--licence", default=None, metavar="TEXT", help="With --save: the weights' licence, kept in the metadata.")
+@click.option("--precision", type=click.Choice(["int8"]), default=None,
+              help="With CHECKPOINT (a file or a built-in name): its cached int8 models, their measured loss and speed.")
 @click.pass_obj
 def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin: str | None,
-           licence: str | None) -> None:
+           licence: str | None, precision: str | None) -> None:
     """Without an argument, list the built-in models; with CHECKPOINT, describe that file
     (architecture, scale, parameters, channels, supported dtypes, receptive field).
 
@@ -30,6 +32,7 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
       pixbatch models
       pixbatch models --pattern 'edsr*'
       pixbatch models realesr-animevideov3.pth
+      pixbatch models rlfn_x4 --precision int8
       pixbatch models style_weights/udnie/ --save udnie.safetensors
     """
     from pixbatch.models import (
@@ -44,6 +47,8 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
         raise click.UsageError("--save needs a CHECKPOINT to convert")
     if (origin or licence) and save is None:
         raise click.UsageError("--source and --licence describe a file written with --save")
+    if precision is not None and (checkpoint is None or save is not None):
+        raise click.UsageError("--precision int8 lists the int8 models cached for one CHECKPOINT (a file or a name)")
     if checkpoint is not None:
         try:
             loaded = create_model(checkpoint)
@@ -52,6 +57,9 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
         info = loaded.info
         if save is not None:
             _convert(app, loaded, checkpoint, save, origin, licence)
+            return
+        if precision == "int8":
+            _int8_entries(app, info.name)
             return
         d = info.as_dict()
         if app.as_json:
@@ -140,3 +148,26 @@ def _convert(app, loaded, source: Path, out: Path, origin: str | None, licence: 
     training.update({k: v for k, v in (("source", origin), ("licence", licence)) if v})
     save_checkpoint(loaded.module, out, name=info.builder["name"], kwargs=info.builder["kwargs"], training=training)
     click.echo(f"saved {out}: {info.arch}, {info.params:,} parameters (from {source})")
+
+
+def _int8_entries(app, name: str) -> None:
+    """The int8 models cached for ``name`` (runtime/int8.py), one paragraph each."""
+    from pixbatch.runtime.int8 import cache_root, cached_entries, quality_line
+
+    entries = cached_entries(name)
+    if app.as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        click.echo(f"no int8 model of {name} cached in {cache_root()}: the first run with --precision int8 makes one")
+        return
+    for e in entries:
+        kept = e["float_convolutions"]
+        click.echo(f"{e['path']}  ({e['created']}, {e['seconds']:g} s to make)")
+        click.echo(f"  {'kept' if e['accepted'] else 'REFUSED'}: {quality_line(e)}")
+        click.echo(f"  calibrated on {e['calibration']}")
+        if e["accepted"]:
+            click.echo(f"  {len(kept)} of {e['convolutions']} convolutions in {e['precision']}"
+                       + (f": {', '.join(kept)}" if kept else "")
+                       + f"; {e['float_ms'] / e['int8_ms']:.2f}x the speed of {e['precision']} at {e['probe']} px "
+                       f"({e['int8_ms']:g} against {e['float_ms']:g} ms)")

@@ -67,6 +67,11 @@ class App:
         """An error or note on stderr, shown even with -q."""
         click.echo(message, err=True)
 
+    def notice(self, message: str) -> None:
+        """A line on stderr unless -q (before a long wait, say)."""
+        if self.verbosity >= 0:
+            click.echo(message, err=True)
+
     def info(self, message: str) -> None:
         if self.verbosity >= 1:
             click.echo(message, err=True)
@@ -194,14 +199,23 @@ class App:
             raise click.UsageError("--ray-workers and --ray-gpus-per-worker need --ray")
         # input pixels, from headers planning has read already
         sizing = {"n_jobs": len(plan.todo), "job_pixels": sum(header_pixels(j.src) or 0 for j in plan.todo)}
-        self.make_runner = partial(load_runner, spec.model, spec.compute, **sizing)
+        compute = spec.compute
+        if compute.calibrate_on_input:  # int8 calibrated on the job's first images (Ray's workers too)
+            from dataclasses import replace
+
+            from pixbatch.io.discover import is_video_input
+            from pixbatch.tasks.calibration import MAX_INPUTS
+
+            images = [str(j.src) for j in plan.todo[: 4 * MAX_INPUTS] if not is_video_input(j.src)]
+            compute = replace(compute, calibrate_on=tuple(images[:MAX_INPUTS]))
+        self.make_runner = partial(load_runner, spec.model, compute, **sizing)
         try:
             if self.ray:  # before the model loads: a missing extra is an instant error
                 from pixbatch.runtime.ray_executor import require_ray
 
                 require_ray()
             loaded, self.loaded = self.loaded, None
-            runner = load_runner(spec.model, spec.compute, **sizing, info=self.info, loaded=loaded)
+            runner = load_runner(spec.model, compute, **sizing, info=self.info, loaded=loaded, notice=self.notice)
             check_destination(dst)
         except StartupError as exc:
             self.fail_start(str(exc))

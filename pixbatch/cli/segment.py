@@ -50,7 +50,7 @@ from pixbatch.tasks.defaults import SEGMENT
                    "PNGs. Images get PNG masks either way.")
 @click.pass_obj
 def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, workers, writers, max_pixels,
-            png_compression, tile, overlap, blend, batch_size, precision, compile_, channels_last, backend,
+            png_compression, tile, overlap, blend, batch_size, precision, calibrate_on_input, compile_, channels_last, backend,
             model_name, threshold, probabilities, prob_format, ignore_index, overlay, overlay_alpha, codec,
             crf, bitrate, preset, pix_fmt, untagged_matrix, video_start, video_duration, segment_frames,
             input_order, value_range, mean, std, fmt) -> None:
@@ -82,7 +82,7 @@ def segment(app, src: tuple[Path, ...], dst: Path, glob, suffix, skip_existing, 
 
     spec = JobSpec(
         model=ModelSpec(model_name, task="seg", onnx=onnx_input(input_order, value_range, mean, std)),
-        compute=compute_spec(app, precision, compile_, channels_last, backend),
+        compute=compute_spec(app, precision, compile_, channels_last, backend, calibrate_on_input),
         windowing=SegmentTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels, encode=EncodeOptions(png_compression=png_compression, overwrite=not skip_existing),
         video=video,

@@ -10,7 +10,7 @@ import torch
 from pixbatch.models import LoadedModel
 from pixbatch.runtime.device import StartupError, compile_by_default, resolve_device, resolve_precision
 from pixbatch.runtime.prepare import Runner, prepare_model
-from pixbatch.runtime.spec import ComputeSpec, ModelSpec, NoDefaultModelError
+from pixbatch.runtime.spec import ComputeSpec, ModelSpec, NoDefaultModelError, Precision
 from pixbatch.tasks.defaults import SEGMENT, STYLIZE, UPSCALE
 
 TASK_COMMAND = {"sr": "pixbatch upscale", "seg": "pixbatch segment", "style": "pixbatch stylize"}
@@ -57,8 +57,10 @@ def load_model(spec: ModelSpec):
 
 
 def load_runner(model: ModelSpec, compute: ComputeSpec, *, n_jobs: int, job_pixels: int | None = None,
-                info: Callable[[str], None] | None = None, loaded: LoadedModel | None = None) -> Runner:
-    """The prepared model of a command, or StartupError; ``info`` receives one line describing it.
+                info: Callable[[str], None] | None = None, loaded: LoadedModel | None = None,
+                notice: Callable[[str], None] | None = None) -> Runner:
+    """The prepared model of a command, or StartupError; ``info`` receives one line describing it, ``notice``
+    a line before a long wait (int8's quantization).
     ``n_jobs`` and ``job_pixels`` (input pixels) size the job for the choices that depend on it;
     ``loaded``: ``model`` as ``load_model`` already loaded it."""
     device = resolve_device(compute.device)
@@ -71,11 +73,38 @@ def load_runner(model: ModelSpec, compute: ComputeSpec, *, n_jobs: int, job_pixe
                                                            f"{loaded.info.out_channels} output channel(s)")
     (info or (lambda message: None))(f"model {loaded.info.name} ({loaded.info.arch}, {what}, {loaded.info.params:,} "
              f"parameters) on {device}, {str(dtype).removeprefix('torch.')}, compile={compile_}")
+    int8 = quantized(loaded, compute, device, dtype, info, notice) if compute.precision == Precision.INT8 else None
     try:
         runner = prepare_model(loaded, device, dtype, channels_last=compute.channels_last, compile=compile_,
-                               kernels=compute.kernels, backend=compute.backend, job_pixels=job_pixels)
+                               kernels=compute.kernels, backend=compute.backend, job_pixels=job_pixels, int8=int8)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     if runner.backend_note:
         (info or (lambda message: None))(runner.backend_note)
     return runner
+
+
+def quantized(loaded: LoadedModel, compute: ComputeSpec, device: torch.device, dtype: torch.dtype,
+              info: Callable[[str], None] | None = None, notice: Callable[[str], None] | None = None):
+    """The int8 model of ``--precision int8`` (runtime/int8.py), calibrated on the shipped set or on the
+    job's images (``compute.calibrate_on``), from the cache or made now; else StartupError, with the
+    measured loss when int8 is beyond its bound."""
+    from pixbatch.runtime.int8 import INT8_NEEDS, int8_available, summary_line
+    from pixbatch.tasks.calibration import int8_for
+
+    if device.type != "cpu":
+        raise StartupError("--precision int8 runs on the CPU, through OpenVINO: use --device cpu")
+    if loaded.info.source == "onnx":
+        raise StartupError("--precision int8 quantizes PyTorch models; for an ONNX file use --precision bf16 or fp32")
+    if not int8_available():
+        raise StartupError(INT8_NEEDS)
+    if compute.calibrate_on_input and not compute.calibrate_on:
+        raise StartupError("--calibrate-on-input found no images among the inputs to do (it reads no video frames); "
+                           "leave it out to calibrate on the set shipped with pixbatch")
+    say = info or (lambda message: None)
+    try:
+        made = int8_for(loaded, compute.calibrate_on, dtype, log=notice or say)
+    except ValueError as exc:  # Int8Refused included: the measured loss, in one line
+        raise StartupError(str(exc)) from None
+    say(summary_line(made.entry))
+    return made

@@ -47,7 +47,7 @@ from pixbatch.tasks.defaults import STYLIZE
               help="Keep the input's colours: the net's luminance with the input's chroma (YCbCr).")
 @click.pass_obj
 def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
-            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_,
+            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, calibrate_on_input, compile_,
             channels_last, backend, style, max_side, strength, preserve_color, codec, crf, bitrate, preset,
             pix_fmt, untagged_matrix, video_start, video_duration, segment_frames, input_order, value_range,
             mean, std) -> None:
@@ -81,7 +81,7 @@ def stylize(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
 
     spec = JobSpec(
         model=ModelSpec(style, task="style", onnx=onnx_input(input_order, value_range, mean, std)),
-        compute=compute_spec(app, precision, compile_, channels_last, backend),
+        compute=compute_spec(app, precision, compile_, channels_last, backend, calibrate_on_input),
         windowing=StylizeTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),

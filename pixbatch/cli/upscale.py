@@ -45,7 +45,7 @@ from pixbatch.tasks.defaults import UPSCALE
                    "device, streamed row by row. Sizes are int(input x FACTOR), as in Real-ESRGAN.")
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
-            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, compile_,
+            workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, calibrate_on_input, compile_,
             channels_last, backend, kernels, scale, outscale, model_name, codec, crf, bitrate, preset,
             pix_fmt, untagged_matrix, video_start, video_duration, segment_frames, input_order, value_range,
             mean, std) -> None:
@@ -81,7 +81,7 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
 
     spec = JobSpec(
         model=model,
-        compute=compute_spec(app, precision, compile_, channels_last, backend, kernels),
+        compute=compute_spec(app, precision, compile_, channels_last, backend, calibrate_on_input, kernels),
         windowing=UpscaleTask.windowing(tile, overlap, batch_size, blend=blend), workers=workers, writers=writers,
         max_pixels=max_pixels,
         encode=EncodeOptions(quality=quality, png_compression=png_compression, overwrite=not skip_existing),

@@ -13,13 +13,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from pixbatch.ops.psnr import psnr, shave_border  # psnr is shared with the engine's accuracy probe
-
-
-def rgb_to_y(img: np.ndarray) -> np.ndarray:
-    """Y of BT.601 YCbCr in [16, 235] from RGB in [0, 255] (HWC), float64."""
-    x = img.astype(np.float64)
-    return 16.0 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
+# shared with the engine's accuracy probe and int8's loss measurement
+from pixbatch.ops.psnr import psnr, rgb_to_y, shave_border  # noqa: F401  (rgb_to_y: this module's API)
 
 
 @functools.cache

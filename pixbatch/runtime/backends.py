@@ -26,6 +26,9 @@ COMPILE_BUCKET = 64  # compiled runs pad (mirror, bottom/right) to multiples of 
 # backend "auto" tries OpenVINO for CPU jobs of at least this many input pixels: its conversion (about
 # 1 s per input shape) and the measurement that decides (a few more) are then a small share of the job
 OPENVINO_MIN_PIXELS = 64 * 2**20
+# an int8 model's first batch of each shape against PyTorch's: far below int8's own loss (its bound is
+# checked on held-out images when it is made), far above what a size branch frozen by the trace gives
+INT8_AGREEMENT_DB = 25.0
 OPENVINO_PRECISION = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 TORCH_THREADS = torch.get_num_threads()  # PyTorch's own count, before a job on OpenVINO sets it to one
 
@@ -143,11 +146,11 @@ def openvino_source(module: nn.Module, device: torch.device, dtype: torch.dtype,
     return fuse_upsamplers(source, cpu_path=True)[0]
 
 
-def attach_backend(runner, choice: str, compile: bool, source: nn.Module | None) -> None:
+def attach_backend(runner, choice: str, compile: bool, source: nn.Module | None, int8=None) -> None:
     """Give ``runner`` its fast path: torch.compile when asked; OpenVINO when ``source`` was made for it
     (``openvino_source``), always when asked for by name, else only if it measures faster than the
-    PyTorch path on a probe image and agrees with it. When OpenVINO is chosen PyTorch's CPU threads are
-    set to one (runtime/openvino_backend.py says why)."""
+    PyTorch path on a probe image and agrees with it; OpenVINO running ``int8`` (an ``Int8Model``) when
+    given. When OpenVINO is chosen PyTorch's CPU threads are set to one (runtime/openvino_backend.py says why)."""
     if compile:
         runner.compiled = TorchCompiled(runner.module)
     if source is None:
@@ -155,6 +158,15 @@ def attach_backend(runner, choice: str, compile: bool, source: nn.Module | None)
     from pixbatch.runtime.openvino_backend import OpenVINOModel
 
     precision = OPENVINO_PRECISION[runner.dtype]
+    if int8 is not None:
+        kept = len(int8.entry["float_convolutions"])
+        runner.compiled = OpenVINOModel(source, runner.module, precision, task=runner.info.task,
+                                        in_channels=runner.info.in_channels, model=int8.model,
+                                        agreement=INT8_AGREEMENT_DB, label=f"openvino (int8; {kept} of "
+                                        f"{int8.entry['convolutions']} convolutions in {precision})")
+        runner.int8 = True
+        torch.set_num_threads(1)
+        return
     backend = OpenVINOModel(source, runner.module, precision, task=runner.info.task,
                             in_channels=runner.info.in_channels, label=f"openvino ({precision})")
     if choice == BackendChoice.OPENVINO:

@@ -59,7 +59,8 @@ def training_amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | 
 
 
 def resolve_precision(spec: str, device: torch.device, info: ModelInfo) -> torch.dtype:
-    """``auto``: an ONNX file in float32 (fed the type it declares); on a GPU, bf16 when device and model support it, then fp16, else fp32; on the CPU,
+    """``int8``: bf16 or fp32 as auto picks on the CPU, for what int8 leaves in floating point.
+    ``auto``: an ONNX file in float32 (fed the type it declares); on a GPU, bf16 when device and model support it, then fp16, else fp32; on the CPU,
     bf16 when the CPU computes it natively and the model supports it, else fp32."""
     if spec == "auto":
         if info.source == "onnx":  # an ONNX file computes in the type it declares unless asked otherwise
@@ -69,6 +70,8 @@ def resolve_precision(spec: str, device: torch.device, info: ModelInfo) -> torch
         if info.supports_bf16 and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float16 if info.supports_fp16 else torch.float32
+    if spec == "int8":  # what the layers int8 leaves in floating point (and PyTorch's fallbacks) compute in
+        return torch.bfloat16 if info.supports_bf16 and cpu_has_native_bf16() else torch.float32
     dtype = PRECISIONS[spec]
     if dtype is torch.float16 and not info.supports_fp16:
         raise StartupError(f"{info.name} does not support fp16; use --precision fp32 or auto")

@@ -68,7 +68,7 @@ def run_job(task: Task, plan: Plan, spec: JobSpec, *, progress: bool = False,
     engine = WindowEngine(runner, spec.windowing, report)
     report.settings = {
         "task": task.name, "model": runner.info.name, "arch": runner.info.arch, "scale": runner.info.scale,
-        "device": str(runner.device), "precision": str(runner.dtype).removeprefix("torch."),
+        "device": str(runner.device), "precision": runner.precision,
         "channels_last": runner.channels_last, "compile": runner.compiled is not None and runner.compiled.graph_compiled, "kernels": runner.kernels,
         "backend": runner.backend,
         "tile": engine.tile, "overlap": engine.context, "blend": engine.blend, **task.settings(),

@@ -109,12 +109,14 @@ class OpenVINOModel(nn.Module):
     batch of each shape also runs through ``fallback`` (the prepared PyTorch model): if the two disagree
     (a size branch in the model's Python that the conversion froze, such as TensorFlow-style "same"
     padding computed from the input size), the model is converted again at that shape (about 1 s), and
-    if that still disagrees or fails, the shape stays with PyTorch."""
+    if that still disagrees or fails, the shape stays with PyTorch. A ``model`` given converted already (an
+    int8 model: runtime/int8.py) is only compiled, and checked at ``agreement`` dB, never converted again."""
 
     size_bucket, nchw, graph_compiled = 1, True, False  # a Backend (runtime/backends.py): exact sizes, NCHW
 
     def __init__(self, module: nn.Module, fallback: nn.Module, precision: str, *, task: str, in_channels: int,
-                 max_shapes: int = MAX_SHAPES, label: str | None = None) -> None:
+                 max_shapes: int = MAX_SHAPES, label: str | None = None, model=None,
+                 agreement: float = AGREEMENT_DB) -> None:
         super().__init__()
         self.label = label or f"openvino ({precision})"  # what the report says (the factory adds its speed)
         import openvino as ov
@@ -122,7 +124,9 @@ class OpenVINOModel(nn.Module):
         self._ov, self._core = ov, shared_core()
         self.source, self.fallback = module, fallback
         self.precision, self.task, self.in_channels, self.max_shapes = precision, task, in_channels, max_shapes
-        self._model = None  # the converted model; False when conversion failed
+        # the converted model (``model``: converted already, e.g. quantized to int8); False when conversion failed
+        self._model, self._given = model, model is not None
+        self.agreement = agreement  # dB against PyTorch's output below which a shape stays with PyTorch
         self._shapes: OrderedDict[tuple[int, ...], _Compiled | None] = OrderedDict()
         self.splits = 0  # concat convs rewritten in the conversion
 
@@ -143,11 +147,7 @@ class OpenVINOModel(nn.Module):
 
     def _convert(self, example: torch.Tensor, *, dynamic: bool):
         """The source traced on ``example`` and converted, with dynamic sizes or at the example's shape."""
-        shape = [-1, self.in_channels, -1, -1] if dynamic else list(example.shape)
-        # traced outside any caller's autocast: OpenVINO applies the precision itself
-        with warnings.catch_warnings(), torch.no_grad(), torch.autocast("cpu", enabled=False):
-            warnings.simplefilter("ignore")  # tracer warnings about size branches: checked per shape
-            model = self._ov.convert_model(self.source, example_input=example, input=shape)
+        model = convert_module(self.source, example, dynamic=dynamic)
         self.splits = split_concat_convolutions(model)
         return model
 
@@ -163,7 +163,7 @@ class OpenVINOModel(nn.Module):
         # the dynamic model compiled at this shape; where a size branch in the model's Python was frozen
         # by the trace (it runs but computes another function), the model traced again at this shape
         y, compiled, reason = None, None, ""
-        for dynamic in (True, False):
+        for dynamic in (True,) if self._given else (True, False):  # a given model is never converted again
             try:
                 if dynamic:
                     model = self._model.clone()
@@ -175,7 +175,7 @@ class OpenVINOModel(nn.Module):
             except Exception as exc:  # a size the converted model cannot take
                 compiled, reason = None, f"cannot run it ({type(exc).__name__}: {exc})"
                 continue
-            if y.shape[1:] == want.shape[1:] and agreement_db(y[:1], want, self.task) >= AGREEMENT_DB:
+            if y.shape[1:] == want.shape[1:] and agreement_db(y[:1], want, self.task) >= self.agreement:
                 break
             compiled, reason = None, "differs from PyTorch's"
         if compiled is None:
@@ -196,6 +196,18 @@ class OpenVINOModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"precision={self.precision}, shapes={self.compiled_shapes()}"
+
+
+def convert_module(module: nn.Module, example: torch.Tensor, *, dynamic: bool = True):
+    """``module`` traced on ``example`` (NCHW) and converted to an ``openvino.Model`` whose input has dynamic
+    batch, height and width (or the example's shape)."""
+    import openvino as ov
+
+    shape = [-1, example.shape[1], -1, -1] if dynamic else list(example.shape)
+    # traced outside any caller's autocast: OpenVINO applies the precision itself
+    with warnings.catch_warnings(), torch.no_grad(), torch.autocast("cpu", enabled=False):
+        warnings.simplefilter("ignore")  # tracer warnings about size branches: checked per shape
+        return ov.convert_model(module, example_input=example, input=shape)
 
 
 def agreement_db(a: torch.Tensor, b: torch.Tensor, task: str) -> float:

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from pixbatch.models import LoadedModel, ModelInfo
 from pixbatch.runtime.backends import Backend, TorchEager, attach_backend, attach_onnx, openvino_source
+from pixbatch.runtime.spec import BackendChoice
 
 NON_FINITE = "model output is NaN or Inf even in fp32 (a damaged or diverged model)"
 
@@ -38,10 +39,16 @@ class Runner:
     channels_last: bool
     compiled: Backend | None = None
     kernels: str = "torch"  # what runs the upsamplers: "torch", or "triton (N fused)"
+    int8: bool = False  # the backend runs an int8 model (its layers in floating point compute in ``dtype``)
 
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def precision(self) -> str:
+        """What the report says it computes in: "int8", or the dtype ("bfloat16")."""
+        return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
     @property
     def backend(self) -> str:
@@ -78,7 +85,7 @@ class Runner:
 
 def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype, *,
                   channels_last: bool = True, compile: bool = False, kernels: str = "auto",
-                  backend: str = "torch", job_pixels: int | None = None) -> Runner:
+                  backend: str = "torch", job_pixels: int | None = None, int8=None) -> Runner:
     """Move the model to the device and layout, substitute fused kernels, and compile if asked.
 
     ``kernels``: "torch" keeps the model's own layers; "triton" fuses every conv -> PixelShuffle;
@@ -88,7 +95,8 @@ def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
     "auto" does so for jobs of ``job_pixels`` >= OPENVINO_MIN_PIXELS when openvino is installed and it
     measures faster than the prepared PyTorch model with outputs that agree (PSNR >= 45 dB); "torch"
     never does. ``attach_backend`` (runtime/backends.py) decides, once the module is prepared. An ONNX
-    file's module is a session: nothing is rewritten, and it runs on ONNX Runtime or OpenVINO (``attach_onnx``)."""
+    file's module is a session: nothing is rewritten, and it runs on ONNX Runtime or OpenVINO (``attach_onnx``).
+    ``int8`` (an ``Int8Model``, runtime/int8.py): OpenVINO runs that quantized model instead."""
     if loaded.info.source == "onnx":
         runner = Runner(loaded.module.eval(), loaded.info, device, dtype, False)
         attach_onnx(runner, backend, compile, job_pixels)
@@ -97,6 +105,8 @@ def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
     module = loaded.module.eval().to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     for p in module.parameters():
         p.requires_grad_(False)
+    if int8 is not None:
+        backend = BackendChoice.OPENVINO
     source = openvino_source(module, device, dtype, compile, backend, job_pixels)  # before the rewrites below
     label = "torch"
     if kernels != "torch":
@@ -113,7 +123,7 @@ def prepare_model(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
             if n and (kernels == "triton" or _measured_faster(fused, module, device, dtype)):
                 module, label = fused, f"triton ({n} fused)"
     runner = Runner(module, loaded.info, device, dtype, channels_last, kernels=label)
-    attach_backend(runner, backend, compile, source)
+    attach_backend(runner, backend, compile, source, int8)
     return runner
 
 

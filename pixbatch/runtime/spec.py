@@ -27,12 +27,14 @@ class Choice(str, Enum):
 
 
 class Precision(Choice):
-    """--precision: auto picks bf16/fp16 where device and model support it (runtime/device.py)."""
+    """--precision: auto picks bf16/fp16 where device and model support it (runtime/device.py); int8 is
+    opt-in, on the CPU through OpenVINO (runtime/int8.py)."""
 
     AUTO = "auto"
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+    INT8 = "int8"
 
 
 class BackendChoice(Choice):
@@ -73,6 +75,8 @@ class ComputeSpec:
     channels_last: bool = True
     backend: BackendChoice = BackendChoice.AUTO
     kernels: KernelChoice = KernelChoice.AUTO
+    calibrate_on_input: bool = False  # int8: calibrate on the job's own first images (``calibrate_on``)
+    calibrate_on: tuple[str, ...] = ()  # those images' paths, filled in once the job is planned
 
     def __post_init__(self) -> None:  # words from the command line become members (or ValueError)
         object.__setattr__(self, "precision", Precision(self.precision))

@@ -185,7 +185,7 @@ def _settings(task: Task, spec: JobSpec) -> dict:
     """What decides a video's output frames: a resumed run continues only when these are the same."""
     info, runner = task.runner.info, task.runner
     settings = {"model": info.name, "arch": info.arch, "path": info.path, "dtype": str(runner.dtype),
-                "task": task.name, "task_settings": task.settings(), "windowing": asdict(spec.windowing),
+                **({"int8": True} if runner.int8 else {}), "task": task.name, "task_settings": task.settings(), "windowing": asdict(spec.windowing),
                 "encoding": asdict(spec.video)}
     return json.loads(json.dumps(settings, default=str))  # as the manifest will read back
 

@@ -91,6 +91,9 @@ def test_every_command_speaks_one_precision_and_backend_vocabulary():
     assert {path for path, _ in seen} >= {"pixbatch upscale", "pixbatch segment", "pixbatch stylize",
                                           "pixbatch eval sr", "pixbatch eval seg", "pixbatch bench"}
     for (path, name), (choices, default) in seen.items():
+        if path == "pixbatch models":  # --precision int8: which cached models to describe
+            assert choices == (Precision.INT8,)
+            continue
         assert choices == (PRECISIONS if name == "precision" else BACKENDS), (path, name)
         if path.startswith("pixbatch eval"):
             assert default == {"precision": "fp32", "backend": "torch"}[name]

@@ -1,0 +1,82 @@
+"""The images an int8 model is calibrated and judged on (runtime/int8.py), as a task's model planes.
+
+By default the set shipped in pixbatch/calibration (its README says what each file is, and its licence):
+photos for super-resolution and style models, retinal fundus crops for segmentation models. With
+``--calibrate-on-input``, the job's own first images instead (a centre crop of at most ``CROP`` px each).
+Every ``HELD_OUT_EVERY``-th image (the last of fewer) is held out to measure the loss; the rest calibrate. A super-resolution
+model is judged as the papers judge it: each held-out crop is the reference, its bicubic downscale
+(MATLAB's) the input; the shipped crops calibrate downscaled too, the job's own images as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixbatch.io.decode import decode_rgb8
+from pixbatch.models import LoadedModel, ModelInfo
+from pixbatch.ops.imresize import imresize_uint8
+from pixbatch.runtime.int8 import Int8Data, Int8Model, int8_model
+from pixbatch.tasks.planes import model_planes
+
+SHIPPED = Path(__file__).resolve().parent.parent / "calibration"
+SETS = {"sr": "photos", "style": "photos", "seg": "fundus"}
+HELD_OUT_EVERY = 4
+CROP = 256
+MAX_INPUTS = 12  # --calibrate-on-input reads at most this many of the job's images
+
+
+def int8_for(loaded: LoadedModel, calibrate_on: tuple[str, ...], dtype: torch.dtype, *,
+             log=lambda message: None) -> Int8Model:
+    """The int8 model of ``loaded`` (runtime/int8.py), calibrated on the images ``calibrate_on`` names, else on
+    the shipped set; its floating-point layers in ``dtype`` (bf16 or fp32). ValueError (Int8Refused among
+    them) when it cannot be made or measures beyond its bound."""
+    data = calibration_data(loaded.info, [Path(p) for p in calibrate_on] or None)
+    source = loaded.module.eval().float().cpu()
+    return int8_model(source, loaded.info, data, "bf16" if dtype == torch.bfloat16 else "f32", log=log)
+
+
+def shipped_images(task: str) -> list[Path]:
+    return sorted((SHIPPED / SETS[task]).glob("*.jpg"))
+
+
+def calibration_data(info: ModelInfo, inputs: list[Path] | None = None) -> Int8Data:
+    """The calibration and held-out samples for ``info``'s model: from ``inputs`` (the job's images) when
+    given, else from the shipped set. ValueError when fewer than two images can be read."""
+    paths = inputs[:MAX_INPUTS] if inputs else shipped_images(info.task)
+    crops = []
+    for path in paths:
+        try:
+            crops.append(centre_crop(decode_rgb8(path), CROP))
+        except Exception:  # an input the job will report itself: calibrate on the others
+            continue
+    if len(crops) < 2:
+        raise ValueError("--calibrate-on-input needs at least two readable images among the job's first "
+                         f"{MAX_INPUTS}" if inputs else f"the calibration set in {SHIPPED} is missing")
+    m = info.size_multiple * (info.scale if info.task == "sr" else 1)  # sizes the model takes (as references)
+    crops = [c[: c.shape[0] // m * m, : c.shape[1] // m * m] for c in crops]
+    held_out = {i for i in range(len(crops)) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1} or {len(crops) - 1}
+    held = [c for i, c in enumerate(crops) if i in held_out]
+    calib = [c for i, c in enumerate(crops) if i not in held_out]
+    where = f"{len(crops)} of your images" if inputs else f"the {SETS[info.task]} shipped with pixbatch"
+    where += f" ({len(calib)} calibrate, {len(held)} held out)"
+    if info.task != "sr":
+        return Int8Data([planes(c, info) for c in calib], [planes(c, info) for c in held], [None] * len(held),
+                        where, from_input=bool(inputs))
+    s = info.scale
+    calib = calib if inputs else [imresize_uint8(c, 1 / s) for c in calib]
+    return Int8Data([planes(c, info) for c in calib], [planes(imresize_uint8(c, 1 / s), info) for c in held],
+                    held, where, from_input=bool(inputs))
+
+
+def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return np.ascontiguousarray(img[top : top + size, left : left + size])
+
+
+def planes(img: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """(h, w, 3) uint8 -> the model's (1, C, h, w) float32 input, as the task feeds it."""
+    return model_planes(img, torch.device("cpu"), info.in_channels).numpy()
