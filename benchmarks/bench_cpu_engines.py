@@ -110,6 +110,34 @@ def variants(name: str, x: torch.Tensor, compile_models: bool):
     yield from onnxruntime_variant(name, x)
     yield from openvino_variants(name, x)
     yield from pixbatch_onnx_variants(name)
+    yield from int8_variants(name, dtype)
+
+
+def int8_variants(name: str, dtype: torch.dtype):
+    """`--precision int8` (NNCF under accuracy control, on the shipped calibration set; made once per run and
+    cached, its making time as the setup) and plain NNCF default int8 on the same calibration inputs. Their
+    quality on held-out public data (Set5, DRIVE) is benchmarks/bench_int8.py's."""
+    from pixbatch.runtime.int8 import Int8Refused, int8_available
+    from pixbatch.runtime.prepare import prepare_model
+    from pixbatch.tasks.calibration import int8_for
+
+    if not int8_available():
+        return
+    from bench_int8 import nncf_default
+
+    cpu = torch.device("cpu")
+    t0 = time.perf_counter()
+    try:
+        made = int8_for(load(name), (), dtype)
+    except Int8Refused as exc:
+        yield f"pixbatch int8 (refused: {str(exc)[:70]})", "int8", None, 0.0
+    else:
+        kept = len(made.entry["float_convolutions"])
+        yield (f"pixbatch int8 ({kept} of {made.entry['convolutions']} convs in floating point)", "int8",
+               prepare_model(load(name), cpu, dtype, int8=made), time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    plain = nncf_default(load(name), dtype)
+    yield "NNCF default int8", "int8", prepare_model(load(name), cpu, dtype, int8=plain), time.perf_counter() - t0
 
 
 def pixbatch_onnx_variants(name: str):

@@ -190,6 +190,10 @@ class OpenVINOModel(nn.Module):
         """The input shapes OpenVINO runs (one image each), oldest first."""
         return [s for s, c in self._shapes.items() if c is not None]
 
+    def pytorch_shapes(self) -> list[tuple[int, ...]]:
+        """The input shapes left to PyTorch (OpenVINO could not run them, or disagreed), oldest first."""
+        return [s for s, c in self._shapes.items() if c is None]
+
     def batch_ways(self) -> dict[tuple[int, ...], dict[int, str]]:
         """Per input shape, how each batch size met so far runs: "batched" (one request) or "queue"."""
         return {s: dict(c.choices) for s, c in self._shapes.items() if c is not None and c.choices}

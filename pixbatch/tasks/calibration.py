@@ -3,9 +3,8 @@
 By default the set shipped in pixbatch/calibration (its README says what each file is, and its licence):
 photos for super-resolution and style models, retinal fundus crops for segmentation models. With
 ``--calibrate-on-input``, the job's own first images instead (a centre crop of at most ``CROP`` px each).
-Every ``HELD_OUT_EVERY``-th image (the last of fewer) is held out to measure the loss; the rest calibrate. A super-resolution
-model is judged as the papers judge it: each held-out crop is the reference, its bicubic downscale
-(MATLAB's) the input; the shipped crops calibrate downscaled too, the job's own images as they are.
+Every ``HELD_OUT_EVERY``-th image (the last of fewer) is held out to measure the loss; the rest calibrate.
+Every model sees the crops as they are: a photo is what an upscaler is given.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import torch
 
 from pixbatch.io.decode import decode_rgb8
 from pixbatch.models import LoadedModel, ModelInfo
-from pixbatch.ops.imresize import imresize_uint8
 from pixbatch.runtime.int8 import Int8Data, Int8Model, int8_model
 from pixbatch.tasks.planes import model_planes
 
@@ -29,13 +27,14 @@ MAX_INPUTS = 12  # --calibrate-on-input reads at most this many of the job's ima
 
 
 def int8_for(loaded: LoadedModel, calibrate_on: tuple[str, ...], dtype: torch.dtype, *,
-             log=lambda message: None) -> Int8Model:
+             log=lambda message: None, **recipe) -> Int8Model:
     """The int8 model of ``loaded`` (runtime/int8.py), calibrated on the images ``calibrate_on`` names, else on
-    the shipped set; its floating-point layers in ``dtype`` (bf16 or fp32). ValueError (Int8Refused among
-    them) when it cannot be made or measures beyond its bound."""
+    the shipped set; its floating-point layers in ``dtype`` (bf16 or fp32); ``recipe``: int8_model's
+    ``recipe`` and ``bound``. ValueError (Int8Refused among them) when it cannot be made or measures beyond
+    its bound."""
     data = calibration_data(loaded.info, [Path(p) for p in calibrate_on] or None)
     source = loaded.module.eval().float().cpu()
-    return int8_model(source, loaded.info, data, "bf16" if dtype == torch.bfloat16 else "f32", log=log)
+    return int8_model(source, loaded.info, data, "bf16" if dtype == torch.bfloat16 else "f32", log=log, **recipe)
 
 
 def shipped_images(task: str) -> list[Path]:
@@ -55,20 +54,13 @@ def calibration_data(info: ModelInfo, inputs: list[Path] | None = None) -> Int8D
     if len(crops) < 2:
         raise ValueError("--calibrate-on-input needs at least two readable images among the job's first "
                          f"{MAX_INPUTS}" if inputs else f"the calibration set in {SHIPPED} is missing")
-    m = info.size_multiple * (info.scale if info.task == "sr" else 1)  # sizes the model takes (as references)
+    m = info.size_multiple
     crops = [c[: c.shape[0] // m * m, : c.shape[1] // m * m] for c in crops]
     held_out = {i for i in range(len(crops)) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1} or {len(crops) - 1}
-    held = [c for i, c in enumerate(crops) if i in held_out]
-    calib = [c for i, c in enumerate(crops) if i not in held_out]
     where = f"{len(crops)} of your images" if inputs else f"the {SETS[info.task]} shipped with pixbatch"
-    where += f" ({len(calib)} calibrate, {len(held)} held out)"
-    if info.task != "sr":
-        return Int8Data([planes(c, info) for c in calib], [planes(c, info) for c in held], [None] * len(held),
-                        where, from_input=bool(inputs))
-    s = info.scale
-    calib = calib if inputs else [imresize_uint8(c, 1 / s) for c in calib]
-    return Int8Data([planes(c, info) for c in calib], [planes(imresize_uint8(c, 1 / s), info) for c in held],
-                    held, where, from_input=bool(inputs))
+    where += f" ({len(crops) - len(held_out)} calibrate, {len(held_out)} held out)"
+    return Int8Data([planes(c, info) for i, c in enumerate(crops) if i not in held_out],
+                    [planes(c, info) for i, c in enumerate(crops) if i in held_out], where, from_input=bool(inputs))
 
 
 def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
