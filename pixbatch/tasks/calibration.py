@@ -16,7 +16,8 @@ import torch
 
 from pixbatch.io.decode import decode_rgb8
 from pixbatch.models import LoadedModel, ModelInfo
-from pixbatch.runtime.int8 import Int8Data, Int8Model, int8_model
+from pixbatch.runtime.int8 import int8_model
+from pixbatch.runtime.int8_quantize import Int8Data, Int8Model
 from pixbatch.tasks.planes import model_planes
 
 SHIPPED = Path(__file__).resolve().parent.parent / "calibration"

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(not int8_available(), reason="the int8 extra (NN
 from pixbatch.eval.metrics import sr_metrics  # noqa: E402
 from pixbatch.models import create_model  # noqa: E402
 from pixbatch.runtime import int8  # noqa: E402
+from pixbatch.runtime.int8_quantize import BOUNDS, Int8Data, Int8Model, compile_for  # noqa: E402
 from pixbatch.tasks import calibration  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def tiny():
 def agreement_db(model, loaded, data) -> float:
     """Y-PSNR of ``model``'s outputs against fp32's on the held-out crops, computed here independently, with the
     evaluation's own metric on 8-bit images."""
-    compiled = int8.compile_for(model, "f32")
+    compiled = compile_for(model, "f32")
     scores = []
     for x in data.held_out:
         with torch.no_grad():
@@ -54,7 +55,7 @@ def test_accuracy_control_keeps_int8_within_the_bound_where_plain_int8_is_not_an
                                                                                                      monkeypatch):
     loaded, data = tiny
     source = loaded.module.eval()
-    bound = int8.BOUNDS["sr"][1]
+    bound = BOUNDS["sr"][1]
     plain = int8.int8_model(source, loaded.info, data, "f32", recipe="plain", bound=99.0)  # NNCF's defaults
     made = int8.int8_model(source, loaded.info, data, "f32")
     e = made.entry
@@ -77,7 +78,7 @@ def test_accuracy_control_keeps_int8_within_the_bound_where_plain_int8_is_not_an
     again = int8.int8_model(source, loaded.info, data, "f32")
     assert again.entry["key"] == e["key"] and again.entry["loss"] == e["loss"]
     x = data.held_out[0]
-    np.testing.assert_allclose(int8.compile_for(again.model, "f32")(x)[0], int8.compile_for(made.model, "f32")(x)[0],
+    np.testing.assert_allclose(compile_for(again.model, "f32")(x)[0], compile_for(made.model, "f32")(x)[0],
                                atol=1e-6)
     assert sorted(entry["recipe"] for entry in int8.cached_entries("edsr_tiny_x2")) == ["controlled", "plain"]
 
@@ -102,7 +103,7 @@ def test_concurrent_runs_make_one_entry_and_both_use_it(tiny, cache, monkeypatch
     def slow_refusal(folder, source, info, data, *args):
         made.append(1)
         threading.Event().wait(0.5)  # the second run arrives while the first is making the entry
-        int8._write(folder, int8.Int8Model(None, {"model": info.name, "task": "sr", "loss": 9.0, "bound": 8.0,
+        int8.write_entry(folder, Int8Model(None, {"model": info.name, "task": "sr", "loss": 9.0, "bound": 8.0,
                                                   "accepted": False, "held_out": 3, "calibration": data.source}))
 
     monkeypatch.setattr(int8, "make_in_worker", slow_refusal)
@@ -131,39 +132,12 @@ def test_the_cache_key_follows_the_weights_the_data_and_the_precision(tiny):
     key = int8.cache_key(source, loaded.info, data, "bf16")
     assert key == int8.cache_key(source, loaded.info, data, "bf16")
     assert key != int8.cache_key(source, loaded.info, data, "f32")
-    other = int8.Int8Data(data.calibration[1:], data.held_out, data.source)
+    other = Int8Data(data.calibration[1:], data.held_out, data.source)
     assert key != int8.cache_key(source, loaded.info, other, "bf16")
     changed = create_model("edsr_tiny_x2").module.eval()
     with torch.no_grad():
         changed.head.weight[0, 0, 0, 0] += 1e-3
     assert key != int8.cache_key(changed, loaded.info, data, "bf16")
-
-
-def test_scores_of_each_task():
-    sr, seg, style = (create_model(n).info for n in ("edsr_tiny_x2", "unet_drive", "edsr_tiny_x2"))
-    # segmentation: Dice of the masks against fp32's; one logit thresholded at 0, several by their arg max
-    ref = np.full((1, 1, 4, 4), -1.0)
-    ref[0, 0, :2] = 1.0  # 8 foreground pixels
-    y = ref.copy()
-    y[0, 0, 0, 0] = -1.0  # one of them lost
-    assert int8.score(seg, ref, ref) == 1.0
-    assert int8.score(seg, y, ref) == pytest.approx(2 * 7 / 15)
-    three = np.zeros((1, 3, 2, 2))
-    three[0, 0] = 1.0
-    moved = three.copy()
-    moved[0, 1, 0, 0] = 2.0  # one pixel of class 0 becomes class 1
-    assert int8.score(seg, moved, three) == pytest.approx(np.mean([2 * 3 / 7, 0.0]))
-    # style: PSNR against the reference output, capped
-    style = type(style)(**{**style.as_dict(), "task": "style"})
-    img = np.full((1, 3, 8, 8), 0.5)
-    assert int8.score(style, img, img) == int8.PSNR_CAP
-    assert int8.score(style, img + 0.01, img) == pytest.approx(40.0)
-    # super-resolution: PSNR of the Y channels, scale px shaved
-    out = np.full((1, 3, 32, 32), 0.5)
-    other = out.copy()
-    other[..., 2:-2, 2:-2] += 1 / 255  # one level of R, G and B: 219/255 of a level of Y
-    other[..., :2, :] = 0  # inside the shaved border: not counted
-    assert int8.score(sr, other, out) == pytest.approx(20 * np.log10(255 / (219 / 255)))
 
 
 def test_layers_that_int8_damages_go_back_to_floating_point_until_the_loss_is_within_the_bound(tiny, cache):
@@ -173,11 +147,3 @@ def test_layers_that_int8_damages_go_back_to_floating_point_until_the_loss_is_wi
     assert e["accepted"] and e["loss"] <= 3.0 and e["bound"] == 3.0
     assert 0 < len(e["float_convolutions"]) < e["convolutions"]
     assert agreement_db(made.model, loaded, data) > 57 - 1
-
-
-def test_int8_with_every_layer_returned_to_floating_point_is_refused():
-    assert int8.accepted(1.0, 8.0, 19, 20) and not int8.accepted(9.0, 8.0, 0, 20)
-    assert not int8.accepted(0.0, 8.0, 20, 20)  # within the bound only with no int8 left: nothing gained
-    entry = {"task": "sr", "loss": 0.0, "bound": 8.0, "accepted": False, "held_out": 3, "convolutions": 20}
-    assert int8.quality_line(entry) == ("within its bound only with all 20 convolutions returned to floating point, "
-                                        "on 3 held-out images")
