@@ -81,10 +81,10 @@ def cache_root() -> Path:
 def quality_line(entry: dict) -> str:
     """The measured loss in words, with its bound."""
     task, loss, n = entry["task"], entry["loss"], entry["held_out"]
-    if loss <= entry.get("bound", BOUNDS[task][1]) and not entry["accepted"]:  # within it only with no int8 left
+    bound = entry.get("bound", BOUNDS[task][1])  # the one it was judged by
+    if loss <= bound and not entry["accepted"]:  # within it only with no int8 left
         return (f"within its bound only with all {entry['convolutions']} convolutions returned to floating point, "
                 f"on {n} held-out images")
-    bound = BOUNDS[task][1]
     if task == "sr":
         text = f"Y-PSNR {PSNR_CAP - loss:.1f} dB against fp32's output (bound {PSNR_CAP - bound:g} dB)"
     elif task == "seg":
