@@ -339,6 +339,10 @@ class VideoReader:
                              f"(cut short after frame {n - 1})")
 
     def close(self) -> None:
+        """Close the file, first letting the decoder's threads finish what they hold (without the GIL, so
+        that they can log): freeing a decoder whose threads are still busy waits for them while holding the
+        GIL, and one that logs needs the GIL, a deadlock (seen when a damaged video's decoder was freed)."""
+        self.stream.codec_context.flush_buffers()
         self.container.close()
 
 

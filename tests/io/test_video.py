@@ -127,3 +127,27 @@ def test_damage_ffmpeg_only_logs_fails_the_video_unless_the_log_is_off(tmp_path)
                                    env=env, timeout=120).stdout.strip()
     assert seen["on"].startswith("error: damaged data by frame") and "ffv1" in seen["on"], seen
     assert seen["off"] == "6", seen
+
+
+def test_a_reader_closed_mid_video_frees_its_busy_decoder_threads(tmp_path):
+    """A damaged H.264 clip read a frame or two, then closed and dropped while its frame threads still
+    decode (and log): 300 times in a child process, which must end. Freeing a decoder whose threads wait
+    to log deadlocked within ~50 such readers before ``close`` let them finish."""
+    import subprocess
+    import sys
+
+    make_clip(tmp_path / "long.mp4", frames=90, size=(240, 320))
+    data = bytearray((tmp_path / "long.mp4").read_bytes())
+    for offset in range(2000, len(data) - 2000, 3000):
+        data[offset:offset + 300] = bytes(300)
+    (tmp_path / "damaged.mp4").write_bytes(bytes(data))
+    read = ("import gc, sys; from pathlib import Path; from pixbatch.io.video import VideoReader, VideoError\n"
+            "for i in range(300):\n"
+            "    reader = VideoReader(Path(sys.argv[1])); frames = reader.frames()\n"
+            "    try:\n        for _ in range(1 + i % 3): next(frames)\n"
+            "    except (VideoError, StopIteration) as exc:\n        exc.cycle = exc  # freed later, by gc\n"
+            "    reader.close(); del frames, reader\n"
+            "gc.collect(); print('ended')")
+    done = subprocess.run([sys.executable, "-c", read, str(tmp_path / "damaged.mp4")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.strip() == "ended", done.stderr[-2000:]
