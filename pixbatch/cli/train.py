@@ -24,6 +24,21 @@ def train_group() -> None:
     """
 
 
+def _every(ctx, param, value: str) -> tuple[int | None, float | None]:
+    """--save-every: steps (1000) or minutes (10m, 10min): (steps, None) or (None, minutes)."""
+    text = str(value).strip().lower()
+    try:
+        if text.endswith(("m", "min")):
+            minutes = float(text.removesuffix("min").removesuffix("m"))
+            if minutes > 0 and minutes < float("inf"):
+                return None, minutes
+        elif int(text) >= 1:
+            return int(text), None
+    except ValueError:
+        pass
+    raise click.BadParameter(f"expected steps (1000) or minutes (10m), got {value!r}")
+
+
 @train_group.command(name="sr", short_help="Train a super-resolution model.")
 @click.option("--data", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of training images (repeatable); LR/HR pairs are cut from them.")
@@ -42,8 +57,9 @@ def train_group() -> None:
 @click.option("--pixel-weight", type=FiniteFloat(min=0), default=0.1, show_default=True, help="Pixel L1 weight in the perceptual loss.")
 @click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="torchvision VGG16 weights for --loss perceptual (default: the torch hub cache; never downloaded).")
-@click.option("--init", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Progressive resizing: start from this checkpoint (e.g. the x2 model for x4).")
+@click.option("--init", default=None, metavar="FILE|MODEL",
+              help="Start from this checkpoint or built-in model, of any scale (e.g. rlfn_x4 for an x2 model): "
+                   "every tensor of matching name and shape is copied; new upsampler layers start fresh.")
 @click.option("--freeze-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --init: train only the new upsampler for this many steps first.")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (default: on a GPU or a CPU with native bf16).")
@@ -52,12 +68,17 @@ def train_group() -> None:
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0 = torch's default).")
 @click.option("--val-every", type=click.IntRange(min=1), default=250, show_default=True,
               help="Validate (PSNR on held-out images) every this many steps.")
-@click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Write OUT.state (for --resume) this often.")
+@click.option("--save-every", default="1000", show_default=True, callback=_every, metavar="STEPS|MINm",
+              help="Write OUT.state (for --resume) every this many steps, or minutes with m (10m).")
+@click.option("--holdout", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A list of image file names (one per line) in --data: left out of training and validated whole "
+                   "(Y-PSNR, scale px shaved, MATLAB-bicubic LR), as `pixbatch eval sr` measures.")
+@click.option("--ema", type=FiniteFloat(0, 1, max_open=True), default=0.999, show_default=True,
+              help="Decay of the weights' moving average, which validation and the saved model use (0: off).")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state if it exists.")
 @click.pass_obj
 def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_size, patch, lr, loss, pixel_weight, vgg_weights,
-                     init, freeze_steps, amp, seed, threads, val_every, save_every, resume) -> None:
+                     init, freeze_steps, amp, seed, threads, val_every, save_every, holdout, ema, resume) -> None:
     """Train on self-supervised pairs: random HR crops, MATLAB-bicubic LR, random dihedral
     augmentation; Adam with a one-cycle schedule, gradient clipping, ICNR-initialised upsamplers.
 
@@ -77,12 +98,12 @@ def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_siz
     cfg = SrTrainConfig(
         data=list(data), arch=name, out=out, model_kwargs=kwargs, steps=steps, batch_size=batch_size, patch=patch, lr=lr, loss=loss,
         pixel_weight=pixel_weight, vgg_weights=vgg_weights, init=init, freeze_steps=freeze_steps, amp=amp,
-        seed=seed, threads=threads, val_every=val_every, save_every=save_every, resume=resume,
-        command="pixbatch train sr " + shlex.join(argv),
+        seed=seed, threads=threads, val_every=val_every, save_every=save_every[0], save_minutes=save_every[1],
+        holdout=holdout, ema=ema, resume=resume, command="pixbatch train sr " + shlex.join(argv),
     )
     recipe = _train(app, train_sr, cfg)
-    click.echo(f"saved {out}: validation PSNR {recipe['val_psnr_rgb']} dB (bicubic {recipe['val_bicubic']}) "
-               f"after {recipe['seconds']} s")
+    which = f"held-out Y-PSNR {recipe['val_psnr_y']}" if holdout else f"validation PSNR {recipe['val_psnr_rgb']}"
+    click.echo(f"saved {out}: {which} dB (bicubic {recipe['val_bicubic']}) after {recipe['seconds']} s")
     app.exit_for_file_errors()
 
 
@@ -172,8 +193,8 @@ def _sizes(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Random seed (initialisation, sampling, augmentation): the same seed trains the same model.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0 = torch's default).")
-@click.option("--save-every", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Write OUT.state (for --resume) this often.")
+@click.option("--save-every", default="500", show_default=True, callback=_every, metavar="STEPS|MINm",
+              help="Write OUT.state (for --resume) every this many steps, or minutes with m (10m).")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state if it exists (the best weights so far included).")
 @click.pass_obj
 def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_index, loss, sizes, steps, batch_size,
@@ -200,7 +221,7 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
         val_fraction=val_fraction, val_images=val_images, val_masks=val_masks, val_every=val_every,
         encoder_weights=encoder_weights, tune_threshold=tune_threshold, class_weights=class_weights,
         class_names=class_names.split(",") if class_names else None, amp=amp, seed=seed, threads=threads,
-        save_every=save_every, resume=resume,
+        save_every=save_every[0], save_minutes=save_every[1], resume=resume,
         command="pixbatch train seg " + shlex.join(_args_after("seg")),
     )
     recipe = _train(app, train_seg, cfg)
@@ -243,8 +264,8 @@ def train_seg_command(app, images, masks, arch, model_kwargs, classes, ignore_in
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Random seed (initialisation, sampling, augmentation): the same seed trains the same model.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads (0 = torch's default).")
-@click.option("--save-every", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Write OUT.state (for --resume) this often.")
+@click.option("--save-every", default="1000", show_default=True, callback=_every, metavar="STEPS|MINm",
+              help="Write OUT.state (for --resume) every this many steps, or minutes with m (10m).")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state if it exists.")
 @click.pass_obj
 def train_style_command(app, style, content, vgg_weights, out, arch, model_kwargs, steps, batch_size, size,
@@ -265,7 +286,8 @@ def train_style_command(app, style, content, vgg_weights, out, arch, model_kwarg
         style=style, content=list(content), out=out, arch=arch, model_kwargs=_json_object(app, model_kwargs),
         vgg_weights=vgg_weights, steps=steps, batch_size=batch_size, size=size, style_size=style_size, lr=lr,
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, preview=preview,
-        preview_every=preview_every, amp=amp, seed=seed, threads=threads, save_every=save_every, resume=resume,
+        preview_every=preview_every, amp=amp, seed=seed, threads=threads, save_every=save_every[0],
+        save_minutes=save_every[1], resume=resume,
         command="pixbatch train style " + shlex.join(_args_after("style")),
     )
     recipe = _train(app, train_style, cfg)

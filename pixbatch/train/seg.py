@@ -38,7 +38,8 @@ class SegTrainConfig:
     val_images: Path | None = None
     val_masks: Path | None = None
     val_every: int = 100
-    save_every: int = 500
+    save_every: int | None = 500
+    save_minutes: float | None = None  # or every this many minutes
     resume: bool = False
     encoder_weights: Path | None = None  # resnet34_unet: local ImageNet weights
     tune_threshold: bool = False  # binary: store the validation-best threshold instead of 0.5
@@ -213,8 +214,10 @@ def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress:
         load_encoder_weights(net, cfg.encoder_weights)
     net = net.to(device).train()
     loop = TrainLoop(net, LoopOptions(steps=cfg.steps, lr=cfg.lr, clip=5.0, amp=cfg.amp, val_every=cfg.val_every,
-                                      save_every=cfg.save_every, resume=cfg.resume),
-                     device, Path(str(cfg.out) + ".state"), rng, progress=progress)
+                                      save_every=cfg.save_every,
+                                      save_minutes=cfg.save_minutes, resume=cfg.resume),
+                     device, Path(str(cfg.out) + ".state"), rng, progress=progress,
+                     curve_path=cfg.out.with_suffix(".curve.csv"))
     stage_len = cfg.steps / len(cfg.sizes)
     best = loop.extra.setdefault("best", {"dice": -1.0, "step": 0, "weights": None})  # kept across a resume
 
@@ -226,11 +229,12 @@ def train_seg(cfg: SegTrainConfig, device: torch.device | None = None, progress:
         x, y = sample(train_data, size, batch_size_for(cfg, size), rng)
         return x.to(device), y.to(device)
 
-    def validate_step(step: int) -> str:
+    def validate_step(step: int) -> tuple[str, dict[str, float]]:
         dice = validate(net, val_data, cfg.classes, device, cfg.ignore_index)
         if dice > best["dice"]:
             best.update(dice=dice, step=step, weights={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
-        return f"size {size_at(step)} val {metric} {dice:.4f} (best {best['dice']:.4f} at {best['step']})"
+        return (f"size {size_at(step)} val {metric} {dice:.4f} (best {best['dice']:.4f} at {best['step']})",
+                {f"val_{metric.lower()}": dice})
 
     loop.run(batch, loss_fn, validate_step if val_data else None)
     best_step = cfg.steps

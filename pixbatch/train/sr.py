@@ -1,9 +1,9 @@
 """Train a super-resolution model on self-supervised pairs cut from any folder of images.
 
-HR crops are degraded with MATLAB-compatible bicubic downscaling (rounded to 8 bits like a saved LR
-image) and augmented with the 8 dihedral transforms. L1, MSE or perceptual loss; Adam with a
-one-cycle schedule; AMP; gradient clipping; checkpoint/resume (the shared loop, train/loop.py);
-progressive resizing from a model of a smaller scale (``--init``). CLI: ``pixbatch train sr``.
+Pairs and validation: train/sr_data.py. L1, MSE or perceptual loss; Adam with a one-cycle schedule; AMP;
+gradient clipping; a moving average of the weights; checkpoint/resume (the shared loop, train/loop.py);
+starting from another model, of another scale too (``--init``: a file or a built-in model's name), with
+fresh upsampler layers. CLI: ``pixbatch train sr``.
 """
 
 from __future__ import annotations
@@ -31,65 +31,18 @@ class SrTrainConfig:
     loss: str = "l1"  # l1 | mse | perceptual
     pixel_weight: float = 0.1  # perceptual loss: weight of the pixel L1 term
     vgg_weights: Path | None = None
-    init: Path | None = None  # progressive resizing: start from this (smaller-scale) checkpoint
+    init: Path | str | None = None  # start from this checkpoint or built-in model (of any scale)
     freeze_steps: int = 0  # with --init: train only the new upsampler for this many steps
+    holdout: Path | None = None  # list of images in ``data`` left out of training and validated whole
+    ema: float = 0.999  # decay of the weights' moving average, validated and saved (0: off)
     amp: bool | None = None  # None: bf16 where it is fast (GPU, or a CPU with native bf16)
     seed: int = 0
     threads: int = 0
     val_every: int = 250
-    save_every: int = 1000
+    save_every: int | None = 1000
+    save_minutes: float | None = None  # or every this many minutes
     resume: bool = False
     command: str = field(default="", repr=False)
-
-
-def load_images(folders: list[Path], min_side: int,
-                on_error: Callable[[Path, str], None] | None = None) -> list[torch.Tensor]:
-    """All images of the folders as upright 8-bit RGB, uint8 CHW tensors (small sets fit in memory).
-    A file that cannot be decoded is reported to ``on_error`` and left out (raised without it)."""
-    from pixbatch.io.decode import DecodeError, decode_rgb8
-    from pixbatch.io.discover import IMAGE_SUFFIXES
-
-    images = []
-    for folder in folders:
-        for path in sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-            try:
-                arr = decode_rgb8(path)
-            except DecodeError as exc:
-                if on_error is None:
-                    raise
-                on_error(path, str(exc))
-                continue
-            if min(arr.shape[:2]) >= min_side:
-                images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
-    if not images:
-        raise ValueError(f"no training images of at least {min_side} px in {', '.join(map(str, folders))}")
-    return images
-
-
-def degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """MATLAB-compatible bicubic downscaling (HR in [0, 1], NCHW), rounded to 8-bit levels like the
-    LR images of the standard benchmarks."""
-    from pixbatch.ops.imresize import imresize
-
-    return imresize(hr, 1 / scale).mul_(255).round_().clamp_(0, 255).div_(255)
-
-
-def random_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """One of the 8 symmetries of the square (rotations by 90 degrees, with or without a flip)."""
-    x = torch.rot90(x, k % 4, dims=(-2, -1))
-    return x.flip(-1) if k >= 4 else x
-
-
-def sample_batch(images: list[torch.Tensor], batch: int, hr_patch: int, scale: int,
-                 rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-    crops = []
-    for _ in range(batch):
-        img = images[rng.randrange(len(images))]
-        _, h, w = img.shape
-        y, x = rng.randrange(h - hr_patch + 1), rng.randrange(w - hr_patch + 1)
-        crops.append(random_dihedral(img[:, y:y + hr_patch, x:x + hr_patch], rng.randrange(8)))
-    hr = torch.stack(crops).float().div_(255)
-    return degrade(hr, scale), hr
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -131,13 +84,27 @@ def make_loss(cfg: SrTrainConfig) -> nn.Module:
     raise ValueError(f"unknown loss {cfg.loss!r}; use l1, mse or perceptual")
 
 
-def init_from_smaller_scale(net: nn.Module, path: Path) -> list[str]:
-    """Progressive resizing: copy every tensor whose name and shape match (strict=False semantics),
-    then re-apply ICNR to the upsampler convs that did not come from the checkpoint. Returns their names."""
+def init_source(init: Path | str) -> Path:
+    """--init's checkpoint: a file, else the shipped weights of the built-in model of that name."""
+    from pixbatch.models import builtin_weights, list_models
+
+    if Path(init).is_file():
+        return Path(init)
+    if str(init) in list_models():
+        if (path := builtin_weights(str(init))) is None:
+            raise ValueError(f"--init {init}: that built-in model has no shipped weights")
+        return path
+    raise ValueError(f"--init {init}: no such file, and no built-in model of that name (see `pixbatch models`)")
+
+
+def init_from_smaller_scale(net: nn.Module, init: Path | str) -> list[str]:
+    """Start from another model (a smaller scale's, for progressive resizing, or a larger one's body):
+    copy every tensor whose name and shape match (strict=False semantics), then re-apply ICNR to the
+    upsampler convs that did not come from the checkpoint. Returns their names."""
     from pixbatch.models.checkpoint import read_state_dict
     from pixbatch.models.layers import icnr_
 
-    source, _ = read_state_dict(Path(path))
+    source, _ = read_state_dict(init_source(init))
     own = net.state_dict()
     copied = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     net.load_state_dict(copied, strict=False)
@@ -152,11 +119,20 @@ def init_from_smaller_scale(net: nn.Module, path: Path) -> list[str]:
 
 def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: bool = True,
              on_error: Callable[[Path, str], None] | None = None) -> dict:
-    """Train and save ``cfg.out`` (safetensors with the recipe in its metadata). Returns the recipe.
-    Unreadable training images go to ``on_error`` and are left out."""
+    """Train and save ``cfg.out`` (safetensors with the recipe in its metadata; the validation curve beside
+    it as OUT-without-suffix.curve.csv). Returns the recipe. Unreadable training images go to
+    ``on_error`` and are left out."""
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
     from pixbatch.train.loop import LoopOptions, TrainLoop, seed_everything
+    from pixbatch.train.sr_data import (
+        HeldOut,
+        image_paths,
+        load_images,
+        read_names,
+        sample_batch,
+        split_holdout,
+    )
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rng = seed_everything(cfg.seed, cfg.threads)
@@ -164,12 +140,22 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     net, scale = model.module.to(device).train(), model.info.scale
     fresh = init_from_smaller_scale(net, cfg.init) if cfg.init else []
     hr_patch = cfg.patch * scale
-    images = load_images(cfg.data, hr_patch, on_error)
-    val_lr, val_hr = (t.to(device) for t in sample_batch(images, 32, hr_patch, scale, random.Random(cfg.seed + 1)))
+    paths = image_paths(cfg.data)
+    held = None
+    if cfg.holdout is not None:
+        paths, held_paths = split_holdout(paths, read_names(cfg.holdout))
+        held = HeldOut(held_paths, scale, on_error)
+    images = load_images(paths, hr_patch, on_error)
+    if not images:
+        raise ValueError(f"no training images of at least {hr_patch} px in {', '.join(map(str, cfg.data))}")
+    if held is None:  # no held-out images named: 32 crops of the training images
+        val_lr, val_hr = (t.to(device) for t in sample_batch(images, 32, hr_patch, scale, random.Random(cfg.seed + 1)))
     loss_fn = make_loss(cfg).to(device)
     loop = TrainLoop(net, LoopOptions(steps=cfg.steps, lr=cfg.lr, betas=(0.9, 0.99), clip=1.0, amp=cfg.amp,
-                                      val_every=cfg.val_every, save_every=cfg.save_every, resume=cfg.resume),
-                     device, Path(str(cfg.out) + ".state"), rng, progress=progress)
+                                      val_every=cfg.val_every, save_every=cfg.save_every,
+                                      save_minutes=cfg.save_minutes, ema=cfg.ema, resume=cfg.resume),
+                     device, Path(str(cfg.out) + ".state"), rng, progress=progress,
+                     curve_path=cfg.out.with_suffix(".curve.csv"))
     scores = {"val": float("nan"), "bicubic": float("nan")}
 
     def set_frozen(step: int) -> None:  # progressive resizing: only the new upsampler at first
@@ -180,13 +166,19 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(t.to(device) for t in sample_batch(images, cfg.batch_size, hr_patch, scale, rng))
 
-    def validate(step: int) -> str:
-        scores["val"] = psnr(net(val_lr), val_hr)
+    def validate(step: int) -> tuple[str, dict[str, float]]:
+        if held is not None:
+            scores.update(val=held.psnr_y(loop.eval_net, device), bicubic=held.bicubic)
+            return (f"held-out Y-PSNR {scores['val']:.3f} dB (bicubic {scores['bicubic']:.2f})",
+                    {"val_psnr_y": scores["val"]})
+        scores["val"] = psnr(loop.eval_net(val_lr), val_hr)
         scores["bicubic"] = psnr(F.interpolate(val_lr, scale_factor=scale, mode="bicubic"), val_hr)
-        return f"val PSNR {scores['val']:.2f} dB (bicubic {scores['bicubic']:.2f})"
+        return f"val PSNR {scores['val']:.2f} dB (bicubic {scores['bicubic']:.2f})", {"val_psnr_rgb": scores["val"]}
 
     loop.run(batch, loss_fn, validate, before_step=set_frozen)
-    recipe = loop.recipe(cfg, val_psnr_rgb=round(scores["val"], 2), val_bicubic=round(scores["bicubic"], 2))
-    save_checkpoint(net.eval(), cfg.out, name=cfg.arch, kwargs=cfg.model_kwargs, training=recipe)
+    metric = "val_psnr_y" if held is not None else "val_psnr_rgb"
+    recipe = loop.recipe(cfg, **{metric: round(scores["val"], 3 if held else 2)}, val_bicubic=round(scores["bicubic"], 2),
+                         holdout_images=None if held is None else len(held.pairs), train_images=len(images))
+    save_checkpoint(loop.eval_net.eval(), cfg.out, name=cfg.arch, kwargs=cfg.model_kwargs, training=recipe)
     loop.finish()
     return recipe

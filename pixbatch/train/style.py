@@ -44,7 +44,8 @@ class StyleTrainConfig:
     amp: bool | None = None
     seed: int = 0
     threads: int = 0
-    save_every: int = 1000
+    save_every: int | None = 1000
+    save_minutes: float | None = None  # or every this many minutes
     resume: bool = False
     command: str = field(default="", repr=False)
 
@@ -175,7 +176,8 @@ def train_style(cfg: StyleTrainConfig, device: torch.device | None = None, progr
     preview = load_rgb(cfg.preview or crops.paths[0], max_side=512).to(device)
     preview_path = cfg.out.with_name(f"{cfg.out.stem}_preview.png")
     loop = TrainLoop(net, LoopOptions(steps=cfg.steps, lr=cfg.lr, clip=10.0, amp=cfg.amp,
-                                      val_every=cfg.preview_every, save_every=cfg.save_every, resume=cfg.resume),
+                                      val_every=cfg.preview_every, save_every=cfg.save_every,
+                                      save_minutes=cfg.save_minutes, resume=cfg.resume),
                      device, Path(str(cfg.out) + ".state"), rng, progress=progress)
     style = load_rgb(cfg.style, cfg.style_size).to(device)[None]
     loss_fn = StyleLoss(vgg, style, cfg.content_weight, cfg.style_weight, cfg.tv_weight, loop.amp)
@@ -187,9 +189,9 @@ def train_style(cfg: StyleTrainConfig, device: torch.device | None = None, progr
     def status() -> str:
         return " ".join(f"{k} {v:.3g}" for k, v in loss_fn.parts.items())
 
-    def validate(step: int) -> str:
+    def validate(step: int) -> tuple[str, dict[str, float]]:
         save_preview(net, preview, preview_path)
-        return f"preview {preview_path.name}"
+        return f"preview {preview_path.name}", {}
 
     loop.run(batch, loss_fn, validate, status=status)
     recipe = loop.recipe(cfg, final_losses={k: round(v, 4) for k, v in loss_fn.parts.items()},

@@ -120,3 +120,51 @@ def test_model_kwargs_are_stored_so_the_checkpoint_rebuilds_itself(photos, tmp_p
                                                                 n_feats=8).module.parameters())
     bad = CliRunner().invoke(cli, [*args[:-1], "[1, 2]", "--out", str(tmp_path / "x.safetensors")])
     assert bad.exit_code == 1 and "--model-kwargs must be a JSON object, got '[1, 2]'" in bad.stderr
+
+
+def test_init_by_built_in_name_starts_rlfn_x2_from_rlfn_x4s_body(photos, tmp_path):
+    net = create_model("rlfn_x2", pretrained=False).module
+    fresh = init_from_smaller_scale(net, "rlfn_x4")
+    assert fresh == ["upsampler.0.weight", "upsampler.0.bias"]
+    x4 = create_model("rlfn_x4").module
+    assert torch.equal(net.block_4.c5.weight, x4.block_4.c5.weight) and torch.equal(net.conv_1.weight, x4.conv_1.weight)
+    assert net.upsampler[0].weight.shape[0] == 12
+    out = tmp_path / "m.safetensors"
+    args = ["--device", "cpu", "train", "sr", "--data", str(photos), "--arch", "rlfn_x2", "--init", "rlfn_x4",
+            "--steps", "2", "--batch-size", "2", "--patch", "16", "--no-amp", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.stderr
+    assert create_model(out).info.training["init"] == "rlfn_x4"
+    bad = CliRunner().invoke(cli, [*args[:-2], "--init", "rlfn_x9", "--out", str(out)])
+    assert bad.exit_code == 1 and "--init rlfn_x9: no such file, and no built-in model" in bad.stderr
+
+
+def test_holdout_images_are_validated_with_the_saved_moving_average_and_the_curve_is_kept(tmp_path):
+    from pixbatch.train.sr_data import HeldOut
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(5):
+        Image.fromarray(gradient_rgb(60, 64, seed=i)).save(data / f"{i}.png")
+    (tmp_path / "holdout.txt").write_text("1.png\n3.png\n")
+    out = tmp_path / "m.safetensors"
+    recipe = train_sr(_cfg(data, out, holdout=tmp_path / "holdout.txt", ema=0.9, steps=6, val_every=2),
+                      torch.device("cpu"), progress=False)
+    assert recipe["train_images"] == 3 and recipe["holdout_images"] == 2 and recipe["ema"] == 0.9
+    held = HeldOut([data / "1.png", data / "3.png"], 2)
+    saved = create_model(out).module.eval()
+    with torch.no_grad():
+        assert held.psnr_y(saved, torch.device("cpu")) == pytest.approx(recipe["val_psnr_y"], abs=1e-3)
+    rows = (tmp_path / "m.curve.csv").read_text().splitlines()
+    assert rows[0] == "step,seconds,loss,val_psnr_y" and [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
+    assert float(rows[-1].split(",")[3]) == pytest.approx(recipe["val_psnr_y"], abs=1e-3)
+
+
+@pytest.mark.parametrize(("value", "error"), [("0", True), ("10m", False), ("2.5min", False), ("m", True),
+                                              ("-1m", True), ("100", False)])
+def test_save_every_takes_steps_or_minutes(photos, tmp_path, value, error):
+    args = ["--device", "cpu", "train", "sr", "--data", str(photos), "--arch", "edsr_tiny_x2", "--steps", "1",
+            "--batch-size", "1", "--patch", "12", "--no-amp", "--save-every", value, "--out", str(tmp_path / "m.st")]
+    result = CliRunner().invoke(cli, args)
+    assert (result.exit_code == 2 and "expected steps (1000) or minutes (10m)" in result.stderr) if error else \
+        result.exit_code == 0, result.stderr

@@ -92,6 +92,18 @@ def rlfn_x4(**kw) -> RLFN:
     return RLFN(**{"scale": 4, **kw})
 
 
+@register_model
+def rlfn_x2(**kw) -> RLFN:
+    """rlfn_x4's body with an x2 upsampler (``pixbatch train sr --init rlfn_x4`` starts it from x4's)."""
+    return RLFN(**{"scale": 2, **kw})
+
+
+@register_model
+def rlfn_x3(**kw) -> RLFN:
+    """rlfn_x4's body with an x3 upsampler."""
+    return RLFN(**{"scale": 3, **kw})
+
+
 # The NTIRE 2022 release names the same tensors differently.
 _RENAMES = ((re.compile(r"^fea_conv\."), "conv_1."), (re.compile(r"^B(\d+)\."), r"block_\1."),
             (re.compile(r"^LR_conv\."), "conv_2."))
@@ -108,11 +120,11 @@ def recognise(state_dict: dict[str, torch.Tensor], scale: int | None = None) -> 
         state_dict = renamed
     needed = ("conv_1.weight", "block_1.c1_r.weight", "block_1.esa.conv_f.weight", "conv_2.weight",
               "upsampler.0.weight")
-    if not all(k in state_dict for k in needed) or conv_scale(state_dict, "upsampler.0.weight") != 4:
+    if not all(k in state_dict for k in needed) or (found := conv_scale(state_dict, "upsampler.0.weight")) not in (2, 3, 4):
         return None
     feat, in_ch = state_dict["conv_1.weight"].shape[:2]
     kwargs = {"in_channels": int(in_ch), "feature_channels": int(feat),
               "mid_channels": int(state_dict["block_1.c1_r.weight"].shape[0]),
               "n_blocks": count_keys(state_dict, r"block_\d+\.c1_r\.weight"),
               "esa_channels": int(state_dict["block_1.esa.conv1.weight"].shape[0])}
-    return "rlfn_x4", kwargs, state_dict
+    return f"rlfn_x{found}", kwargs, state_dict
