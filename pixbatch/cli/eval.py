@@ -70,14 +70,17 @@ def _renamed(old: str, new: str):
               help="Use these LR images (NAMExS.png or NAME.png) instead of MATLAB-bicubic downscaling.")
 @click.option("--lr", "lr_dir_old", default=None, hidden=True, callback=_renamed("--lr", "--lr-images"),
               type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--only", "only_list", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="LIST", help="Only the images this file names (one file name per line), e.g. the held-out "
+                                   "list `train sr --holdout` took.")
 @precision_option
 @backend_option
 @onnx_options
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
 @click.pass_obj
-def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backend, input_order, value_range, mean,
-            std, out_json) -> None:
+def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, only_list, precision, backend, input_order, value_range,
+            mean, std, out_json) -> None:
     """Y-PSNR/SSIM (BT.601, SCALE pixels shaved) and RGB PSNR per image and on average, next to
     MATLAB-bicubic upsampling. LR images are made from HR exactly as MATLAB's imresize does.
 
@@ -89,6 +92,7 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backe
     lr_dir = lr_dir or lr_dir_old
     from pixbatch.cli.session import load_runner
     from pixbatch.eval.sr import evaluate_sr, mean_metrics
+    from pixbatch.io.discover import read_names
     from pixbatch.runtime.device import StartupError, precision_name
     from pixbatch.runtime.jobs import one_line
     from pixbatch.runtime.prepare import ModelFailedError
@@ -99,13 +103,14 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, precision, backe
         model = ModelSpec(model_name, scale, task="sr", onnx=onnx_input(input_order, value_range, mean, std))
         runner = load_runner(model, compute, n_jobs=0, info=app.info)
         precision = "int8" if runner.int8 else precision_name(runner.dtype)  # what it computed in (auto resolved)
-        results = evaluate_sr(runner, hr_dir, lr_dir, on_error=app.file_error)
+        only = read_names(only_list) if only_list is not None else None
+        results = evaluate_sr(runner, hr_dir, lr_dir, on_error=app.file_error, only=only)
     except (StartupError, FileNotFoundError, ValueError, ModelFailedError) as exc:
         app.fail_start(str(exc))
     model_mean = mean_metrics([r.model for r in results])
     bicubic_mean = mean_metrics([r.bicubic for r in results])
     summary = {"model": model_label(runner.info), "arch": runner.info.name, "scale": runner.info.scale,
-               "hr": str(hr_dir),
+               "hr": str(hr_dir), **({"only": str(only_list)} if only_list is not None else {}),
                "lr": str(lr_dir) if lr_dir else "MATLAB bicubic from HR", "precision": precision, "backend": runner.backend,
                "images": [{"name": r.name, "model": r.model, "bicubic": r.bicubic} for r in results],
                "mean": {"model": model_mean, "bicubic": bicubic_mean},

@@ -52,11 +52,16 @@ def run_sr(runner: Runner, lr: np.ndarray) -> np.ndarray:
 
 
 def evaluate_sr(runner: Runner, hr_dir: Path, lr_dir: Path | None = None,
-                on_error: Callable[[Path, str], None] | None = None) -> list[SrResult]:
-    """Scores of every HR image. With ``on_error``, an image that cannot be read or run is reported
-    there (path, reason) and left out; without, its error is raised."""
+                on_error: Callable[[Path, str], None] | None = None, only: list[str] | None = None) -> list[SrResult]:
+    """Scores of every HR image (of those ``only`` names, when given: each must be there). With
+    ``on_error``, an image that cannot be read or run is reported there (path, reason) and left out;
+    without, its error is raised."""
     scale = runner.info.scale
     paths = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if only is not None:
+        if missing := sorted(set(only) - {p.name for p in paths}):
+            raise FileNotFoundError(f"--only names {len(missing)} image(s) not in {hr_dir}: {', '.join(missing[:5])}")
+        paths = [p for p in paths if p.name in set(only)]
     if not paths:
         raise FileNotFoundError(f"no images in {hr_dir}")
     results = []

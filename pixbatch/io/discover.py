@@ -280,3 +280,10 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def read_names(path: Path) -> list[str]:
+    """A list file: one image file name per line; blank lines and ``#`` comments skipped (``train sr
+    --holdout`` and ``eval sr --only`` read them)."""
+    names = [line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines()]
+    return [n for n in names if n]

@@ -23,12 +23,6 @@ def image_paths(folders: list[Path]) -> list[Path]:
     return [p for folder in folders for p in sorted(Path(folder).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def read_names(path: Path) -> list[str]:
-    """A list file: one image file name per line; blank lines and ``#`` comments skipped."""
-    names = [line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines()]
-    return [n for n in names if n]
-
-
 def split_holdout(paths: list[Path], names: list[str]) -> tuple[list[Path], list[Path]]:
     """(training paths, held-out paths): the files named in ``names`` (by file name) are held out. Every
     name must match exactly one file, so that a typo cannot leave an image in the training set."""

@@ -111,3 +111,17 @@ def test_openvino_backend_keeps_set5_scores_of_the_shipped_x4_model():
     assert summary["backend"] == "openvino (bf16)"
     assert abs(scores["openvino"]["psnr_y"] - scores["torch"]["psnr_y"]) < 0.01, scores
     assert abs(scores["openvino"]["ssim_y"] - scores["torch"]["ssim_y"]) < 0.001, scores
+
+
+def test_only_evaluates_the_images_a_list_names(tmp_path, tiny_checkpoint):
+    (tmp_path / "hr").mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(gradient_rgb(24, 32, seed=ord(name))).save(tmp_path / "hr" / f"{name}.png")
+    (tmp_path / "list.txt").write_text("# two of three\nc.png\na.png\n")
+    args = ["--json", "eval", "sr", "--model", str(tiny_checkpoint), "--hr", str(tmp_path / "hr")]
+    result = CliRunner().invoke(cli, [*args, "--only", str(tmp_path / "list.txt")])
+    assert result.exit_code == 0, result.stderr
+    assert [i["name"] for i in json.loads(result.stdout)["images"]] == ["a", "c"]
+    (tmp_path / "list.txt").write_text("a.png\nd.png\n")
+    result = CliRunner().invoke(cli, [*args, "--only", str(tmp_path / "list.txt")])
+    assert result.exit_code == 1 and "--only names 1 image(s) not in" in result.stderr and "d.png" in result.stderr
