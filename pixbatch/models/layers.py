@@ -112,6 +112,26 @@ def match_size(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), mode="replicate") if dh or dw else x
 
 
+def resample_subpixels(tensor: torch.Tensor, from_scale: int, to_scale: int, out_channels: int = 3) -> torch.Tensor:
+    """An upsampler conv's weight (or bias) for PixelShuffle(``from_scale``) turned into one for
+    ``to_scale``: each new sub-pixel is the area-weighted mean of the old sub-pixels it covers (a 4x4
+    grid onto 2x2 averages blocks of four; onto 3x3, overlaps of 4/3). The new layer then computes the old
+    model's output box-filtered to the new grid: a start for training a new scale from a trained body,
+    far closer than a random head."""
+    from fractions import Fraction
+
+    share = Fraction(from_scale, to_scale)
+    a = torch.zeros(to_scale, from_scale, dtype=torch.float64)
+    for i in range(to_scale):
+        lo, hi = i * share, (i + 1) * share
+        for k in range(from_scale):
+            a[i, k] = float(max(0, min(hi, k + 1) - max(lo, k)) / share)
+    a = a.to(tensor.dtype)
+    grid = tensor.reshape(out_channels, from_scale, from_scale, -1)
+    return torch.einsum("ik,jl,cklx->cijx", a, a, grid).reshape(out_channels * to_scale * to_scale,
+                                                                  *tensor.shape[1:])
+
+
 def shuffle_scale(conv_out_channels: int, out_channels: int = 3, scales: tuple[int, ...] = (2, 3, 4)) -> int | None:
     """The PixelShuffle factor of an upsampler conv with ``conv_out_channels`` = out_channels * r^2,
     as a recogniser reads it from a checkpoint; None when it is not one of ``scales``."""

@@ -97,20 +97,26 @@ def init_source(init: Path | str) -> Path:
     raise ValueError(f"--init {init}: no such file, and no built-in model of that name (see `pixbatch models`)")
 
 
-def init_from_smaller_scale(net: nn.Module, init: Path | str) -> list[str]:
-    """Start from another model (a smaller scale's, for progressive resizing, or a larger one's body):
-    copy every tensor whose name and shape match (strict=False semantics), then re-apply ICNR to the
-    upsampler convs that did not come from the checkpoint. Returns their names."""
+def init_from(net: nn.Module, init: Path | str) -> list[str]:
+    """Start from another model: copy every tensor whose name and shape match (strict=False semantics).
+    An upsampler conv of another scale (out channels 3 x r^2) is resampled to this one's sub-pixel grid
+    (``resample_subpixels``: x4 -> x2 starts as x4's output box-filtered); other new upsampler convs get
+    ICNR. Returns the names of the tensors that did not come from the checkpoint as they were."""
     from pixbatch.models.checkpoint import read_state_dict
-    from pixbatch.models.layers import icnr_
+    from pixbatch.models.layers import icnr_, resample_subpixels, shuffle_scale
 
     source, _ = read_state_dict(init_source(init))
     own = net.state_dict()
     copied = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    for key, value in source.items():
+        if key in own and key not in copied and "upsampler" in key and own[key].shape[1:] == value.shape[1:]:
+            old, new = shuffle_scale(value.shape[0]), shuffle_scale(own[key].shape[0])
+            if old and new:
+                copied[key] = resample_subpixels(value, old, new).to(own[key].dtype)
     net.load_state_dict(copied, strict=False)
-    fresh = [k for k in own if k not in copied]
+    fresh = [k for k in own if k not in copied or copied[k] is not source.get(k)]
     for name, module in net.named_modules():
-        if isinstance(module, nn.Conv2d) and f"{name}.weight" in fresh and "upsampler" in name:
+        if isinstance(module, nn.Conv2d) and f"{name}.weight" not in copied and "upsampler" in name:
             r = int(round((module.out_channels / module.in_channels) ** 0.5))
             icnr_(module.weight, r)
             nn.init.zeros_(module.bias)
@@ -138,7 +144,7 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     rng = seed_everything(cfg.seed, cfg.threads)
     model = create_model(cfg.arch, pretrained=False, **cfg.model_kwargs)
     net, scale = model.module.to(device).train(), model.info.scale
-    fresh = init_from_smaller_scale(net, cfg.init) if cfg.init else []
+    fresh = init_from(net, cfg.init) if cfg.init else []
     hr_patch = cfg.patch * scale
     paths = image_paths(cfg.data)
     held = None

@@ -38,3 +38,21 @@ def test_shapes_only_builds_stay_light():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False False"
+
+
+@pytest.mark.parametrize(("old", "new"), [(4, 2), (4, 3), (3, 2), (2, 2)])
+def test_resampled_subpixels_keep_each_output_channel_a_weighted_mean(old, new):
+    from pixbatch.models.layers import resample_subpixels
+
+    w = torch.randn(3 * old * old, 5, 3, 3, dtype=torch.float64)
+    out = resample_subpixels(w, old, new)
+    assert out.shape == (3 * new * new, 5, 3, 3)
+    # the sum over sub-pixels is scaled by (new / old)^2: each new sub-pixel's weights sum to one
+    for c in range(3):
+        torch.testing.assert_close(out[c * new * new:(c + 1) * new * new].sum(0) * (old / new) ** 2,
+                                   w[c * old * old:(c + 1) * old * old].sum(0))
+    if old == new:
+        assert torch.equal(out, w)
+    if old == 2 * new:  # blocks of four, averaged
+        grid = w.reshape(3, old, old, -1)
+        torch.testing.assert_close(out.reshape(3, new, new, -1)[:, 0, 1], grid[:, 0:2, 2:4].mean((1, 2)))

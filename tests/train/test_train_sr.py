@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from pixbatch.cli import cli
 from pixbatch.models import create_model
-from pixbatch.train.sr import PerceptualLoss, SrTrainConfig, init_from_smaller_scale, train_sr
+from pixbatch.train.sr import PerceptualLoss, SrTrainConfig, init_from, train_sr
 from tests.conftest import gradient_rgb
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def test_progressive_init_copies_all_but_the_new_upsampler(photos, tmp_path):
     x2 = tmp_path / "x2.safetensors"
     train_sr(_cfg(photos, x2), torch.device("cpu"), progress=False)
     net = create_model("edsr_tiny_x4", pretrained=False).module
-    fresh = init_from_smaller_scale(net, x2)
+    fresh = init_from(net, x2)
     assert fresh == ["upsampler.2.weight", "upsampler.2.bias"]  # the second x2 step is new
     src = load_file(x2)
     assert torch.equal(net.head.weight, src["head.weight"]) and torch.equal(net.tail.weight, src["tail.weight"])
@@ -122,13 +122,15 @@ def test_model_kwargs_are_stored_so_the_checkpoint_rebuilds_itself(photos, tmp_p
     assert bad.exit_code == 1 and "--model-kwargs must be a JSON object, got '[1, 2]'" in bad.stderr
 
 
-def test_init_by_built_in_name_starts_rlfn_x2_from_rlfn_x4s_body(photos, tmp_path):
-    net = create_model("rlfn_x2", pretrained=False).module
-    fresh = init_from_smaller_scale(net, "rlfn_x4")
+def test_init_by_built_in_name_starts_rlfn_x2_as_rlfn_x4_box_filtered(photos, tmp_path):
+    net = create_model("rlfn_x2", pretrained=False).module.eval()
+    fresh = init_from(net, "rlfn_x4")
     assert fresh == ["upsampler.0.weight", "upsampler.0.bias"]
-    x4 = create_model("rlfn_x4").module
+    x4 = create_model("rlfn_x4").module.eval()
     assert torch.equal(net.block_4.c5.weight, x4.block_4.c5.weight) and torch.equal(net.conv_1.weight, x4.conv_1.weight)
-    assert net.upsampler[0].weight.shape[0] == 12
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():  # the x4 head resampled to 2x2 sub-pixels: x4's output, each 2x2 block averaged
+        torch.testing.assert_close(net(x), torch.nn.functional.avg_pool2d(x4(x), 2), atol=2e-5, rtol=0)
     out = tmp_path / "m.safetensors"
     args = ["--device", "cpu", "train", "sr", "--data", str(photos), "--arch", "rlfn_x2", "--init", "rlfn_x4",
             "--steps", "2", "--batch-size", "2", "--patch", "16", "--no-amp", "--out", str(out)]
