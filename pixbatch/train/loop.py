@@ -36,6 +36,9 @@ class LoopOptions:
     resume: bool = False
 
 
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
 def seed_everything(seed: int, threads: int = 0) -> random.Random:
     """Seed torch (before the model is built, so its initialisation is reproducible) and return the
     Python generator the trainer samples with; ``threads`` > 0 sets torch's CPU threads."""
@@ -121,6 +124,19 @@ class TrainLoop:
                     "extra": self.extra, **({"ema": self.ema.state_dict()} if self.ema is not None else {})}, buf)
         write_bytes(buf.getbuffer(), self.state_path, overwrite=True)
 
+    def choose_layout(self, x: torch.Tensor) -> torch.memory_format:
+        """Channels-last weights and inputs under mixed precision, else NCHW: on a CPU with AMX, one
+        training step of RLFN (16 crops of 48 px) took 0.11 s in bf16 channels-last, 3.4 s in bf16 NCHW
+        and 8.8 s in fp32 channels-last (4.2 s NCHW). A rule, not a timing, so that a seed trains the
+        same model every time; AMP itself is on only where the hardware computes in bf16 or fp16."""
+        if "layout" not in self.extra:
+            self.extra["layout"] = "channels_last" if self.amp is not None and x.dim() == 4 else "contiguous"
+        layout = LAYOUTS[self.extra["layout"]]
+        self.net.to(memory_format=layout)
+        if self.ema is not None:
+            self.ema.to(memory_format=layout)
+        return layout
+
     def _record(self, step: int, loss: float, metrics: dict[str, float]) -> None:
         self.curve.append({"step": step, "seconds": round(self.elapsed, 1), "loss": round(loss, 6),
                            **{k: round(float(v), 4) for k, v in metrics.items()}})
@@ -141,7 +157,7 @@ class TrainLoop:
         from tqdm import tqdm
 
         opts, net = self.opts, self.net
-        shown = ""
+        shown, layout = "", None
         last_save = time.perf_counter()
         bar = tqdm(range(self.start_step + 1, opts.steps + 1), initial=self.start_step, total=opts.steps,
                    disable=not self.progress, file=sys.stderr, dynamic_ncols=True, unit="step")
@@ -149,6 +165,9 @@ class TrainLoop:
             if before_step is not None:
                 before_step(step)
             x, y = batch(step)
+            if layout is None:
+                layout = self.choose_layout(x)
+            x = x.contiguous(memory_format=layout)
             with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                 out = net(x)
             loss = loss_fn(out.float(), y)
@@ -188,6 +207,7 @@ class TrainLoop:
 
         recipe = {k: plain(v) for k, v in asdict(cfg).items() if k not in ("out", "resume", "command")}
         recipe.update(command=cfg.command, seconds=round(self.elapsed), device=str(self.device),
+                      layout=self.extra.get("layout"),
                       amp=str(self.amp).removeprefix("torch.") if self.amp else "off", **results)
         return recipe
 

@@ -170,3 +170,21 @@ def test_save_every_takes_steps_or_minutes(photos, tmp_path, value, error):
     result = CliRunner().invoke(cli, args)
     assert (result.exit_code == 2 and "expected steps (1000) or minutes (10m)" in result.stderr) if error else \
         result.exit_code == 0, result.stderr
+
+
+def test_mixed_precision_trains_channels_last_and_resumes_exactly(photos, tmp_path, monkeypatch):
+    full = tmp_path / "full.safetensors"
+    recipe = train_sr(_cfg(photos, full, amp=True), torch.device("cpu"), progress=False)
+    assert recipe["layout"] == "channels_last" and recipe["amp"] == "bfloat16"
+    assert train_sr(_cfg(photos, tmp_path / "fp32.safetensors"), torch.device("cpu"), progress=False)["layout"] \
+        == "contiguous"
+    part = tmp_path / "part.safetensors"
+    import pixbatch.models.checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train_sr(_cfg(photos, part, amp=True), torch.device("cpu"), progress=False)
+    monkeypatch.undo()
+    train_sr(_cfg(photos, part, amp=True, resume=True), torch.device("cpu"), progress=False)
+    a, b = load_file(full), load_file(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
