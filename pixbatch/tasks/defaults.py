@@ -9,7 +9,7 @@ from pixbatch.runtime.spec import TaskDefaults
 # Automatic tiles (whole images when they fit the memory budget), context = the model's receptive field,
 # cores cropped (exact), no mirroring at the borders (the model sees what it sees on the whole image).
 UPSCALE = TaskDefaults(tile=0, overlap=None, overlap_shown="the model's receptive field", mirror_borders=False,
-                       models={2: "rlfn_x2", 3: "edsr_tiny_x3", 4: "rlfn_x4"}, scale=4)
+                       models={2: "rlfn_x2", 3: "rlfn_x3", 4: "rlfn_x4"}, scale=4)
 
 # 896 px cores in 1024 px windows (64 px of context on each side, neighbouring windows share 128 px),
 # cores cropped (the shipped U-Net's output is then within 1e-4 of the whole image's), the context
