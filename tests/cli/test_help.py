@@ -53,7 +53,7 @@ def test_upscale_help_starts_with_scale_and_model_and_names_the_default_models()
     text = CliRunner().invoke(cli, ["upscale", "--help"]).stdout
     options = text.split("Options:")[1].split()
     assert options[:2] == ["-s,", "--scale"] and options.index("-m,") < options.index("--glob")
-    assert "Default for --scale: edsr_tiny_x2 (x2), edsr_tiny_x3 (x3), rlfn_x4 (x4)." in " ".join(text.split())
+    assert "Default for --scale: rlfn_x2 (x2), rlfn_x3 (x3), rlfn_x4 (x4)." in " ".join(text.split())
 
 
 def test_models_table_columns_line_up():

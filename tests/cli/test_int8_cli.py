@@ -60,17 +60,17 @@ def test_without_nncf_one_line_names_the_extra(photos, tmp_path, monkeypatch):
     from pixbatch.runtime import int8
 
     monkeypatch.setattr(int8, "int8_available", lambda: False)
-    code, _, err = run("upscale", photos, tmp_path / "out", "--scale", "2", "--precision", "int8")
+    code, _, err = run("upscale", photos, tmp_path / "out", "--model", "edsr_tiny_x2", "--precision", "int8")
     assert code == 1 and err.strip().splitlines() == ["error: --precision int8 needs OpenVINO and NNCF: pip install "
                                                       "'pixbatch[int8]'"]
 
 
 def test_upscale_in_int8_then_the_cached_model_is_listed_and_reused(photos, tmp_path, small_crops):
-    code, out, err = run("-v", "upscale", photos, tmp_path / "int8", "--scale", "2", "--precision", "int8")
+    code, out, err = run("-v", "upscale", photos, tmp_path / "int8", "--model", "edsr_tiny_x2", "--precision", "int8")
     assert code == 0, err
     assert "int8: quantizing edsr_tiny_x2 on the photos shipped with pixbatch" in err
     assert "precision=int8" in err and "backend=openvino (int8;" in err
-    assert run("upscale", photos, tmp_path / "fp32", "--scale", "2", "--precision", "fp32")[0] == 0
+    assert run("upscale", photos, tmp_path / "fp32", "--model", "edsr_tiny_x2", "--precision", "fp32")[0] == 0
     for name in ("0.png", "1.png", "2.png"):
         a = np.asarray(Image.open(tmp_path / "int8" / name), np.float64)
         b = np.asarray(Image.open(tmp_path / "fp32" / name), np.float64)
@@ -78,7 +78,7 @@ def test_upscale_in_int8_then_the_cached_model_is_listed_and_reused(photos, tmp_
         assert 10 * np.log10(255**2 / np.mean((a - b) ** 2)) > 35  # int8, close to fp32 but not it
     code, out, _ = run("models", "edsr_tiny_x2", "--precision", "int8")
     assert code == 0 and "  kept: Y-PSNR" in out and "calibrated on the photos shipped with pixbatch" in out
-    code, _, err = run("-v", "upscale", photos, tmp_path / "again", "--scale", "2", "--precision", "int8")
+    code, _, err = run("-v", "upscale", photos, tmp_path / "again", "--model", "edsr_tiny_x2", "--precision", "int8")
     assert code == 0 and "quantizing" not in err and "int8: Y-PSNR" in err  # from the cache
 
 
@@ -115,7 +115,7 @@ def test_int8_beyond_its_bound_refuses_the_job_in_one_line(photos, tmp_path, sma
 
     monkeypatch.setattr(int8, "make_in_worker", lambda folder, source, info, data, precision, recipe, bound:
                         plain(folder, source, info, data, precision, "plain", bound))
-    code, out, err = run("upscale", photos, tmp_path / "out", "--scale", "2", "--precision", "int8")
+    code, out, err = run("upscale", photos, tmp_path / "out", "--model", "edsr_tiny_x2", "--precision", "int8")
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 2 and lines[0].startswith("int8: quantizing")
     assert lines[1].startswith("error: --precision int8 refused for edsr_tiny_x2: Y-PSNR ")
