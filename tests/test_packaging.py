@@ -24,7 +24,8 @@ def test_wheel_installs_and_runs(tmp_path):
     assert {f"pixbatch/examples/{f}" for f in ("astronaut.jpg", "rocket.jpg", "coffee.png", "camera.png")} <= set(names)
     weights = sorted(n for n in names if n.startswith("pixbatch/weights/"))
     assert weights == sorted([*(f"pixbatch/weights/edsr_tiny_x{s}.safetensors" for s in (2, 3, 4)),
-                              "pixbatch/weights/rlfn_x4.safetensors", "pixbatch/weights/unet_drive.safetensors"])
+                              *(f"pixbatch/weights/rlfn_x{s}.safetensors" for s in (2, 3, 4)),
+                              "pixbatch/weights/unet_drive.safetensors"])
 
     # Install the wheel alone into a folder and run it from elsewhere: it must not need the source tree.
     target = tmp_path / "site"
