@@ -287,3 +287,9 @@ def read_names(path: Path) -> list[str]:
     --holdout`` and ``eval sr --only`` read them)."""
     names = [line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines()]
     return [n for n in names if n]
+
+
+def image_paths(folders: list[Path]) -> list[Path]:
+    """Every image file under the folders (recursively, by suffix), in a fixed order: the training sets of
+    ``train sr`` and ``train style``."""
+    return [p for folder in folders for p in sorted(Path(folder).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]

@@ -128,13 +128,12 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     """Train and save ``cfg.out`` (safetensors with the recipe in its metadata; the validation curve beside
     it as OUT-without-suffix.curve.csv). Returns the recipe. Unreadable training images go to
     ``on_error`` and are left out."""
-    from pixbatch.io.discover import read_names
+    from pixbatch.io.discover import image_paths, read_names
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
     from pixbatch.train.loop import LoopOptions, TrainLoop, seed_everything
     from pixbatch.train.sr_data import (
         HeldOut,
-        image_paths,
         load_images,
         sample_batch,
         split_holdout,

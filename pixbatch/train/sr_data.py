@@ -16,13 +16,6 @@ import numpy as np
 import torch
 
 
-def image_paths(folders: list[Path]) -> list[Path]:
-    """Every image file under the folders, in a fixed order."""
-    from pixbatch.io.discover import IMAGE_SUFFIXES
-
-    return [p for folder in folders for p in sorted(Path(folder).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
-
-
 def split_holdout(paths: list[Path], names: list[str]) -> tuple[list[Path], list[Path]]:
     """(training paths, held-out paths): the files named in ``names`` (by file name) are held out. Every
     name must match exactly one file, so that a typo cannot leave an image in the training set."""

@@ -98,9 +98,9 @@ class ContentCrops:
 
     def __init__(self, folders: list[Path], size: int, rng: random.Random,
                  on_error: Callable[[Path, str], None] | None = None) -> None:
-        from pixbatch.io.discover import IMAGE_SUFFIXES
+        from pixbatch.io.discover import image_paths
 
-        self.paths = [p for f in folders for p in sorted(Path(f).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        self.paths = image_paths(folders)
         if not self.paths:
             raise ValueError(f"no content images in {', '.join(map(str, folders))}")
         self.size, self.rng, self.on_error = size, rng, on_error

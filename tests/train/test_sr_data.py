@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from pixbatch.eval.metrics import psnr, rgb_to_y
-from pixbatch.io.discover import read_names
+from pixbatch.io.discover import image_paths, read_names
 from pixbatch.ops.imresize import imresize_uint8
-from pixbatch.train.sr_data import HeldOut, image_paths, split_holdout
+from pixbatch.train.sr_data import HeldOut, split_holdout
 from tests.conftest import gradient_rgb
 
 
