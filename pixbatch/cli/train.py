@@ -52,8 +52,15 @@ def _every(ctx, param, value: str) -> tuple[int | None, float | None]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Patch pairs per step.")
 @click.option("--patch", type=click.IntRange(min=8), default=48, show_default=True, help="LR patch size in px.")
 @click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate (one-cycle).")
-@click.option("--loss", type=click.Choice(["l1", "mse", "perceptual"]), default="l1", show_default=True,
-              help="l1 or mse on pixels, or perceptual: VGG16 features plus --pixel-weight x L1.")
+@click.option("--loss", type=click.Choice(["l1", "l1+fft", "mse", "perceptual"]), default="l1", show_default=True,
+              help="l1 or mse on pixels; l1+fft adds 0.05 x L1 of the spectra (no weights needed); perceptual: "
+                   "VGG16 features plus --pixel-weight x L1.")
+@click.option("--degrade", type=click.Choice(["bicubic", "real", "real-light"]), default="bicubic", show_default=True,
+              help="How LR is made from HR: bicubic (the papers' protocol), or for photos real: blur, resize, noise "
+                   "(Gaussian σ 1-30, Poisson) and JPEG (quality 30-95) twice, then sinc ringing; real-light: "
+                   "the same with noise σ 1-5 and JPEG 70-95.")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Processes making the --degrade real pairs while the model trains (0: in the training process).")
 @click.option("--pixel-weight", type=FiniteFloat(min=0), default=0.1, show_default=True, help="Pixel L1 weight in the perceptual loss.")
 @click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="torchvision VGG16 weights for --loss perceptual (default: the torch hub cache; never downloaded).")
@@ -77,10 +84,10 @@ def _every(ctx, param, value: str) -> tuple[int | None, float | None]:
               help="Decay of the weights' moving average, which validation and the saved model use (0: off).")
 @click.option("--resume", is_flag=True, help="Continue from OUT.state if it exists.")
 @click.pass_obj
-def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_size, patch, lr, loss, pixel_weight, vgg_weights,
-                     init, freeze_steps, amp, seed, threads, val_every, save_every, holdout, ema, resume) -> None:
-    """Train on self-supervised pairs: random HR crops, MATLAB-bicubic LR, random dihedral
-    augmentation; Adam with a one-cycle schedule, gradient clipping, ICNR-initialised upsamplers.
+def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_size, patch, lr, loss, degrade, workers,
+                     pixel_weight, vgg_weights, init, freeze_steps, amp, seed, threads, val_every, save_every, holdout, ema, resume) -> None:
+    """Train on self-supervised pairs: random HR crops, MATLAB-bicubic LR (or the real-world chain of
+    --degrade real), random dihedral augmentation; Adam with a one-cycle schedule, gradient clipping, ICNR-initialised upsamplers.
 
     \b
     Examples:
@@ -97,7 +104,7 @@ def train_sr_command(app, data, arch, scale, model_kwargs, out, steps, batch_siz
     argv = _args_after("sr")
     cfg = SrTrainConfig(
         data=list(data), arch=name, out=out, model_kwargs=kwargs, steps=steps, batch_size=batch_size, patch=patch, lr=lr, loss=loss,
-        pixel_weight=pixel_weight, vgg_weights=vgg_weights, init=init, freeze_steps=freeze_steps, amp=amp,
+        degrade=degrade, workers=workers, pixel_weight=pixel_weight, vgg_weights=vgg_weights, init=init, freeze_steps=freeze_steps, amp=amp,
         seed=seed, threads=threads, val_every=val_every, save_every=save_every[0], save_minutes=save_every[1],
         holdout=holdout, ema=ema, resume=resume, command="pixbatch train sr " + shlex.join(argv),
     )

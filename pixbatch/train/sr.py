@@ -28,7 +28,9 @@ class SrTrainConfig:
     batch_size: int = 16
     patch: int = 48  # LR patch size in px
     lr: float = 1e-3  # peak learning rate
-    loss: str = "l1"  # l1 | mse | perceptual
+    loss: str = "l1"  # l1 | l1+fft | mse | perceptual
+    degrade: str = "bicubic"  # bicubic | real | real-light (train/degradations.py)
+    workers: int = 1  # DataLoader workers making the real-world LR (0: in the training process)
     pixel_weight: float = 0.1  # perceptual loss: weight of the pixel L1 term
     vgg_weights: Path | None = None
     init: Path | str | None = None  # start from this checkpoint or built-in model (of any scale)
@@ -74,14 +76,29 @@ class PerceptualLoss(nn.Module):
         return loss
 
 
+class L1FftLoss(nn.Module):
+    """L1 on pixels plus ``weight`` x L1 between the images' 2-D spectra (orthonormal FFT, real and
+    imaginary parts): the frequency term weighs the fine detail that plain L1 lets blur away."""
+
+    def __init__(self, weight: float = 0.05) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        a, b = (torch.view_as_real(torch.fft.rfft2(x.float(), norm="ortho")) for x in (sr, hr))
+        return F.l1_loss(sr, hr) + self.weight * F.l1_loss(a, b)
+
+
 def make_loss(cfg: SrTrainConfig) -> nn.Module:
     if cfg.loss == "l1":
         return nn.L1Loss()
+    if cfg.loss == "l1+fft":
+        return L1FftLoss()
     if cfg.loss == "mse":
         return nn.MSELoss()
     if cfg.loss == "perceptual":
         return PerceptualLoss(cfg.vgg_weights, cfg.pixel_weight)
-    raise ValueError(f"unknown loss {cfg.loss!r}; use l1, mse or perceptual")
+    raise ValueError(f"unknown loss {cfg.loss!r}; use l1, l1+fft, mse or perceptual")
 
 
 def init_source(init: Path | str) -> Path:
@@ -135,6 +152,8 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     from pixbatch.train.sr_data import (
         HeldOut,
         load_images,
+        real_batches,
+        real_lr,
         sample_batch,
         split_holdout,
     )
@@ -145,16 +164,21 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     net, scale = model.module.to(device).train(), model.info.scale
     fresh = init_from(net, cfg.init) if cfg.init else []
     hr_patch = cfg.patch * scale
+    if cfg.degrade not in ("bicubic", "real", "real-light"):
+        raise ValueError(f"unknown degradation {cfg.degrade!r}; use bicubic, real or real-light")
+    real = None if cfg.degrade == "bicubic" else cfg.degrade
     paths = image_paths(cfg.data)
     held = None
     if cfg.holdout is not None:
         paths, held_paths = split_holdout(paths, read_names(cfg.holdout))
-        held = HeldOut(held_paths, scale, on_error)
+        held = HeldOut(held_paths, scale, on_error, degradation=None if real is None else cfg.degrade)
     images = load_images(paths, hr_patch, on_error)
     if not images:
         raise ValueError(f"no training images of at least {hr_patch} px in {', '.join(map(str, cfg.data))}")
     if held is None:  # no held-out images named: 32 crops of the training images
         val_lr, val_hr = (t.to(device) for t in sample_batch(images, 32, hr_patch, scale, random.Random(cfg.seed + 1)))
+        if real is not None:
+            val_lr = torch.stack([real_lr(hr, scale, real, i) for i, hr in enumerate(val_hr.cpu())]).to(device)
     loss_fn = make_loss(cfg).to(device)
     loop = TrainLoop(net, LoopOptions(steps=cfg.steps, lr=cfg.lr, betas=(0.9, 0.99), clip=1.0, amp=cfg.amp,
                                       val_every=cfg.val_every, save_every=cfg.save_every,
@@ -168,8 +192,15 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
         for name, p in net.named_parameters():
             p.requires_grad_(not frozen or name in fresh)
 
+    stream = []  # the real-world pairs' iterator, started at the first step (after a resume: its own seed)
+
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(t.to(device) for t in sample_batch(images, cfg.batch_size, hr_patch, scale, rng))
+        if real is None:
+            return tuple(t.to(device) for t in sample_batch(images, cfg.batch_size, hr_patch, scale, rng))
+        if not stream:
+            stream.append(real_batches(images, cfg.batch_size, hr_patch, scale, real, cfg.seed * 1_000_003 + step,
+                                       cfg.workers))
+        return tuple(t.to(device) for t in next(stream[0]))
 
     def validate(step: int) -> tuple[str, dict[str, float]]:
         if held is not None:
@@ -180,7 +211,10 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
         scores["bicubic"] = psnr(F.interpolate(val_lr, scale_factor=scale, mode="bicubic"), val_hr)
         return f"val PSNR {scores['val']:.2f} dB (bicubic {scores['bicubic']:.2f})", {"val_psnr_rgb": scores["val"]}
 
-    loop.run(batch, loss_fn, validate, before_step=set_frozen)
+    try:
+        loop.run(batch, loss_fn, validate, before_step=set_frozen)
+    finally:
+        stream.clear()  # stops the workers
     metric = "val_psnr_y" if held is not None else "val_psnr_rgb"
     recipe = loop.recipe(cfg, **{metric: round(scores["val"], 3 if held else 2)}, val_bicubic=round(scores["bicubic"], 2),
                          holdout_images=None if held is None else len(held.pairs), train_images=len(images))

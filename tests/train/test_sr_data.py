@@ -52,3 +52,18 @@ def test_held_out_psnr_is_the_protocol_of_eval_sr(tmp_path):
                                                    2)).permute(2, 0, 1)[None].float() / 255
 
     assert held.psnr_y(Bicubic(), torch.device("cpu")) == pytest.approx(held.bicubic, abs=1e-9)
+
+
+def test_real_pairs_are_the_same_stream_in_a_worker_and_here():
+    from pixbatch.train.sr_data import real_batches
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8, generator=g) for _ in range(3)]
+    here = real_batches(images, 3, 32, 4, "real", seed=7, workers=0)
+    there = real_batches(images, 3, 32, 4, "real", seed=7, workers=1)
+    for _ in range(2):
+        (lr_a, hr_a), (lr_b, hr_b) = next(here), next(there)
+        assert lr_a.shape == (3, 3, 8, 8) and hr_a.shape == (3, 3, 32, 32)
+        assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b)
+    other = next(real_batches(images, 3, 32, 4, "real", seed=8, workers=0))
+    assert not torch.equal(other[1], hr_a)

@@ -188,3 +188,28 @@ def test_mixed_precision_trains_channels_last_and_resumes_exactly(photos, tmp_pa
     train_sr(_cfg(photos, part, amp=True, resume=True), torch.device("cpu"), progress=False)
     a, b = load_file(full), load_file(part)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_real_degradation_trains_in_a_worker_from_a_seed_with_the_fft_loss(photos, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.safetensors"
+        args = ["--device", "cpu", "train", "sr", "--data", str(photos), "--arch", "edsr_tiny_x2", "--steps", "3",
+                "--batch-size", "2", "--patch", "16", "--val-every", "3", "--no-amp", "--degrade", "real",
+                "--loss", "l1+fft", "--workers", "1", "--threads", "1", "--out", str(out)]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.stderr
+        outs.append(load_file(out))
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])  # the workers' stream comes from the seed
+    training = create_model(tmp_path / "a.safetensors").info.training
+    assert training["degrade"] == "real" and training["loss"] == "l1+fft"
+
+
+def test_fft_loss_adds_the_spectrum_difference_to_l1():
+    from pixbatch.train.sr import L1FftLoss
+
+    a, b = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    spectrum = (torch.view_as_real(torch.fft.rfft2(a, norm="ortho")) - torch.view_as_real(torch.fft.rfft2(b, norm="ortho")))
+    expected = (a - b).abs().mean() + 0.05 * spectrum.abs().mean()
+    assert torch.allclose(L1FftLoss()(a, b), expected)
+    assert L1FftLoss()(a, a).item() == 0
