@@ -25,6 +25,7 @@ def test_wheel_installs_and_runs(tmp_path):
     weights = sorted(n for n in names if n.startswith("pixbatch/weights/"))
     assert weights == sorted([*(f"pixbatch/weights/edsr_tiny_x{s}.safetensors" for s in (2, 3, 4)),
                               *(f"pixbatch/weights/rlfn_x{s}.safetensors" for s in (2, 3, 4)),
+                              *(f"pixbatch/weights/real_x{s}{end}.safetensors" for s in (2, 4) for end in ("", ".denoise0")),
                               "pixbatch/weights/unet_drive.safetensors"])
 
     # Install the wheel alone into a folder and run it from elsewhere: it must not need the source tree.

@@ -73,14 +73,16 @@ def _renamed(old: str, new: str):
 @click.option("--only", "only_list", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               metavar="LIST", help="Only the images this file names (one file name per line), e.g. the held-out "
                                    "list `train sr --holdout` took.")
+@click.option("--denoise", type=FiniteFloat(min=0, max=1), default=None, metavar="0..1",
+              help="With real_x2/real_x4: between keeping grain (0) and cleaning (1), as in upscale (default 0.5).")
 @precision_option
 @backend_option
 @onnx_options
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON to this file.")
 @click.pass_obj
-def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, only_list, precision, backend, input_order, value_range,
-            mean, std, out_json) -> None:
+def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, only_list, denoise, precision, backend, input_order,
+            value_range, mean, std, out_json) -> None:
     """Y-PSNR/SSIM (BT.601, SCALE pixels shaved) and RGB PSNR per image and on average, next to
     MATLAB-bicubic upsampling. LR images are made from HR exactly as MATLAB's imresize does.
 
@@ -100,7 +102,8 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, only_list, preci
     try:
         compute = replace(EVAL_COMPUTE, device=app.device, precision=precision,
                           backend=eval_backend(model_name, backend, precision))
-        model = ModelSpec(model_name, scale, task="sr", onnx=onnx_input(input_order, value_range, mean, std))
+        model = ModelSpec(model_name, scale, task="sr", onnx=onnx_input(input_order, value_range, mean, std),
+                          denoise=denoise)
         runner = load_runner(model, compute, n_jobs=0, info=app.info)
         precision = "int8" if runner.int8 else precision_name(runner.dtype)  # what it computed in (auto resolved)
         only = read_names(only_list) if only_list is not None else None
@@ -110,6 +113,7 @@ def eval_sr(app, model_name, hr_dir, scale, lr_dir, lr_dir_old, only_list, preci
     model_mean = mean_metrics([r.model for r in results])
     bicubic_mean = mean_metrics([r.bicubic for r in results])
     summary = {"model": model_label(runner.info), "arch": runner.info.name, "scale": runner.info.scale,
+               **({"denoise": runner.info.denoise} if runner.info.denoise is not None else {}),
                "hr": str(hr_dir), **({"only": str(only_list)} if only_list is not None else {}),
                "lr": str(lr_dir) if lr_dir else "MATLAB bicubic from HR", "precision": precision, "backend": runner.backend,
                "images": [{"name": r.name, "model": r.model, "bicubic": r.bicubic} for r in results],

@@ -39,6 +39,7 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
         UnknownModelError,
         UnsupportedModelError,
         create_model,
+        denoisable_models,
         list_models,
         model_entry,
     )
@@ -79,6 +80,8 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
             *([("input size", f"{info.max_size} x {info.max_size} px only (larger images: windows of it)")]
               if info.max_size else []),
             ("receptive field", f"{info.receptive_field} px" if info.receptive_field is not None else "unbounded"),
+            *([("denoise", f"{info.denoise:g} (for real photos: --denoise 0 keeps grain, 1 cleans)")]
+              if info.denoise is not None else []),
         ]
         onnx = (info.training or {}).get("onnx")
         if onnx:  # what an ONNX file's description rests on
@@ -98,6 +101,7 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
     from pixbatch.tasks.defaults import SEGMENT, UPSCALE
 
     defaults = {v: k for k, v in UPSCALE.models.items()}
+    real = set(denoisable_models())
     entries = []
     for name in list_models(pattern):  # as the registry describes each
         entry = model_entry(name)
@@ -105,7 +109,7 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
         entries.append({"name": name, "family": entry.family, "arch": info.arch, "task": entry.task,
                         "scale": info.scale, "classes": info.out_channels if entry.task == "seg" else None,
                         "params": info.params, "weights": entry.weights is not None,
-                        "default_for_scale": defaults.get(name)})
+                        "default_for_scale": defaults.get(name), "for_real_photos": name in real})
     entries.sort(key=lambda e: not e["weights"])  # shipped weights first, then by name
     if app.as_json:
         click.echo(json.dumps(entries, indent=2))
@@ -119,6 +123,8 @@ def models(app, checkpoint: Path | None, pattern: str, save: Path | None, origin
             note += f" (default for --scale {e['default_for_scale']})"
         elif e["name"] == SEGMENT.model_for(None):
             note += " (default for segment)"
+        elif e["for_real_photos"]:
+            note += " (for real photos: blur, noise, JPEG; --denoise 0..1)"
         task = {"sr": f"x{e['scale']}", "style": "style"}.get(e["task"], "segment")
         click.echo(f"{e['name']:<{name_w}}  {e['arch']:<{arch_w}}  {task:>7} {e['params']:>12,}  {note}")
     click.echo("\nStyle nets for `pixbatch stylize` are not shipped: pass a file with --style (a PyTorch "

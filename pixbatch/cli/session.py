@@ -33,7 +33,7 @@ def load_model(spec: ModelSpec):
     model_name, scale, task = spec.name, spec.scale, spec.task
     try:
         name = model_name or TASK_DEFAULTS[task].model_for(scale)
-        loaded = create_model(name, scale=scale, onnx=spec.onnx)  # scale: a multi-scale file's branch
+        loaded = create_model(name, scale=scale, onnx=spec.onnx, denoise=spec.denoise)  # scale: a multi-scale file's branch
     except (UnknownModelError, UnsupportedModelError, NoDefaultModelError, FileNotFoundError) as exc:
         raise StartupError(str(exc)) from None
     info = loaded.info
@@ -71,6 +71,8 @@ def load_runner(model: ModelSpec, compute: ComputeSpec, *, n_jobs: int, job_pixe
         torch.backends.cudnn.benchmark = True
     what = {"sr": f"x{loaded.info.scale}", "style": "style"}.get(loaded.info.task,
                                                            f"{loaded.info.out_channels} output channel(s)")
+    if loaded.info.denoise is not None:
+        what += f", denoise {loaded.info.denoise:g}"
     (info or (lambda message: None))(f"model {loaded.info.name} ({loaded.info.arch}, {what}, {loaded.info.params:,} "
              f"parameters) on {device}, {str(dtype).removeprefix('torch.')}, compile={compile_}")
     int8 = quantized(loaded, compute, device, dtype, info, notice) if compute.precision == Precision.INT8 else None

@@ -43,12 +43,15 @@ from pixbatch.tasks.defaults import UPSCALE
               help="Output size / input size when it should differ from the model's scale (e.g. 2 or 3 with an "
                    "x4 model): the model's output is resized with antialiased bicubic before rounding, on the "
                    "device, streamed row by row. Sizes are int(input x FACTOR), as in Real-ESRGAN.")
+@click.option("--denoise", type=FiniteFloat(min=0, max=1), default=None, metavar="0..1",
+              help="With real_x2/real_x4 (photos): how much noise and JPEG to clean, 0 keeps grain, 1 cleans "
+                   "(default 0.5); blends two trained models' weights, so it costs nothing.")
 @click.pass_obj
 def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compression, suffix, skip_existing,
             workers, writers, max_pixels, tile, overlap, blend, batch_size, precision, calibrate_on_input, compile_,
             channels_last, backend, kernels, scale, outscale, model_name, codec, crf, bitrate, preset,
             pix_fmt, untagged_matrix, video_start, video_duration, segment_frames, input_order, value_range,
-            mean, std) -> None:
+            mean, std, denoise) -> None:
     """Upscale every image in SRC (files and/or folders, searched recursively) into DST.
 
     DST mirrors each folder's tree. Existing outputs are skipped, so an interrupted run resumes
@@ -62,12 +65,14 @@ def upscale(app, src: tuple[Path, ...], dst: Path, glob, fmt, quality, png_compr
       pixbatch upscale scan.tif out/ --scale 2 --tile 512
       pixbatch upscale in/ out/ --model realesr-animevideov3.pth
       pixbatch upscale in/ out/ --scale 4 --outscale 2
+      pixbatch upscale phone_photos/ out/ --model real_x4 --denoise 0.7
     """
 
     if model_name is None and scale is not None and scale not in UPSCALE.models:
         raise click.BadParameter(f"the built-in models upscale by {', '.join(map(str, UPSCALE.models))}; "
                                  f"x{scale} needs --model PATH of such a model", param_hint="'-s' / '--scale'")
-    model = ModelSpec(model_name, scale, task="sr", onnx=onnx_input(input_order, value_range, mean, std))
+    model = ModelSpec(model_name, scale, task="sr", onnx=onnx_input(input_order, value_range, mean, std),
+                      denoise=denoise)
     # outputs too large for memory go to tiled BigTIFFs: the output size needs the model's scale, read
     # (once, and only if there are inputs to plan) from the spec, the registry or the checkpoint
     huge = app.huge_outputs(fmt, max_pixels, lambda: outscale or app.model_scale(model))

@@ -14,6 +14,7 @@ from pixbatch.models._registry import (
     UnsupportedModelError,
     build_registered,
     builtin_weights,
+    denoise_endpoint,
     list_models,
     model_entry,
     register_model,
@@ -33,6 +34,8 @@ __all__ = [
     "UnsupportedModelError",
     "build_registered",
     "builtin_weights",
+    "denoise_endpoint",
+    "denoisable_models",
     "count_params",
     "create_model",
     "list_models",
@@ -47,13 +50,29 @@ def looks_like_path(name_or_path: str) -> bool:
     return Path(name_or_path).suffix.lower() in CHECKPOINT_SUFFIXES or Path(name_or_path).exists()
 
 
+DEFAULT_DENOISE = 0.5
+
+
+def denoisable_models() -> list[str]:
+    """The built-in models with a ``--denoise`` range (two shipped endpoints)."""
+    return [n for n in list_models() if denoise_endpoint(n)]
+
+
 def create_model(name_or_path: str | Path, *, pretrained: bool = True, scale: int | None = None,
-                 onnx: dict | None = None, **kwargs) -> LoadedModel:
+                 onnx: dict | None = None, denoise: float | None = None, **kwargs) -> LoadedModel:
     """Build a registered model (with its shipped weights when there are some) or load a checkpoint file.
-    ``scale`` chooses the branch of a multi-scale checkpoint (CARN-M); other files ignore it."""
+    ``scale`` chooses the branch of a multi-scale checkpoint (CARN-M); other files ignore it. ``denoise``
+    (0..1; default 0.5 for the models that have it) blends the two endpoints of a built-in real-photo
+    model, weight by weight; for any other model it is an UnsupportedModelError."""
     from pixbatch.models import checkpoint
 
     name = str(name_or_path)
+    if denoise is not None and not (pretrained and not kwargs and denoise_endpoint(name)):
+        raise UnsupportedModelError(f"--denoise works with the built-in models trained for it "
+                                    f"({', '.join(denoisable_models())}), not {name}")
+    if pretrained and not kwargs and denoise_endpoint(name):
+        return checkpoint.load_blend(name, builtin_weights(name), denoise_endpoint(name),
+                                     DEFAULT_DENOISE if denoise is None else denoise)
     if name.lower().endswith(".onnx"):
         from pixbatch.models.onnx_model import load_onnx
 

@@ -109,6 +109,13 @@ def builtin_weights(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def denoise_endpoint(name: str) -> Path | None:
+    """The other end of a built-in model's ``--denoise`` range: ``NAME.safetensors`` is denoise 1 (trained
+    on strong noise and JPEG), ``NAME.denoise0.safetensors`` denoise 0 (trained on weak ones)."""
+    path = WEIGHTS_DIR / f"{name}.denoise0.safetensors"
+    return path if path.is_file() and builtin_weights(name) else None
+
+
 def build_registered(name: str, **kwargs) -> nn.Module:
     """Build a registered architecture with fresh (initialised) weights."""
     return model_entry(name).build(**kwargs)

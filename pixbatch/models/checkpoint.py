@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pixbatch.models._registry import UnsupportedModelError, build_registered
-from pixbatch.models.info import LoadedModel, describe_native
+from pixbatch.models.info import LoadedModel, ModelInfo, describe_native
 from pixbatch.models.recognisers import RECOGNISERS
 
 METADATA_KEY = "pixbatch.config"
@@ -219,3 +219,19 @@ def _recognise_native(tensors: dict, scale: int | None = None) -> tuple[str, dic
             if found is not None:  # a recogniser may hand back the tensors renamed to our layout
                 return found[0], found[1], found[2] if len(found) > 2 else stripped
     return None
+
+
+def load_blend(name: str, one: Path, zero: Path, t: float) -> LoadedModel:
+    """A built-in model whose weights are ``t`` x those of ``one`` + (1 - t) x those of ``zero`` (two
+    trainings of one architecture from one start: the network interpolation of ``--denoise``)."""
+    if not 0 <= t <= 1:
+        raise UnsupportedModelError(f"--denoise must be between 0 and 1, not {t}")
+    loaded = load_checkpoint(one)
+    other, _ = read_state_dict(zero)
+    own = loaded.module.state_dict()
+    if set(other) != set(own) or any(other[k].shape != v.shape for k, v in own.items()):
+        raise UnsupportedModelError(f"{zero}: its tensors do not match those of {one}")
+    loaded.module.load_state_dict({k: torch.lerp(other[k].to(v.dtype), v, t) if v.is_floating_point() else v
+                                   for k, v in own.items()})
+    info = {**loaded.info.as_dict(), "name": name, "source": "builtin", "denoise": t}
+    return LoadedModel(loaded.module, ModelInfo(**info))

@@ -50,6 +50,7 @@ class ModelInfo:
     builder: dict | None = None  # {"name": registered architecture, "kwargs": ...} when pixbatch implements it
     min_size: int = 1  # smaller inputs are padded up to this many px (pooling attention needs a few pixels)
     max_size: int = 0  # larger inputs are tiled to fit (0: any size); an ONNX file of one fixed size has both
+    denoise: float | None = None  # where a real-photo model sits between its two endpoints (0 grain, 1 clean)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -63,6 +63,7 @@ class ModelSpec:
     scale: int | None = None
     task: str = "sr"
     onnx: dict | None = None  # what an ONNX file without metadata cannot say: input_order, value_range, mean, std
+    denoise: float | None = None  # a real-photo model's place between its endpoints (None: its default)
 
 
 @dataclass(frozen=True)

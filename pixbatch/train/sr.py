@@ -171,7 +171,7 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     held = None
     if cfg.holdout is not None:
         paths, held_paths = split_holdout(paths, read_names(cfg.holdout))
-        held = HeldOut(held_paths, scale, on_error, degradation=None if real is None else cfg.degrade)
+        held = HeldOut(held_paths, scale, on_error, degradation=real)
     images = load_images(paths, hr_patch, on_error)
     if not images:
         raise ValueError(f"no training images of at least {hr_patch} px in {', '.join(map(str, cfg.data))}")
@@ -192,7 +192,9 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
         for name, p in net.named_parameters():
             p.requires_grad_(not frozen or name in fresh)
 
-    stream = []  # the real-world pairs' iterator, started at the first step (after a resume: its own seed)
+    # the real-world pairs' iterator, started at the first step from the seed and that step: a resumed run
+    # draws its own stream (reproducible, though not the uninterrupted run's batches)
+    stream = []
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if real is None:

@@ -364,3 +364,20 @@ def test_a_job_is_planned_once_and_its_checkpoint_loaded_once(tmp_path, tiny_che
     assert code == 0 and json.loads(stdout)["big_outputs"] == 1, stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "b.png"]
     assert calls == {"plan": 1, "load": 1}
+
+
+def test_denoise_moves_a_real_photo_model_between_its_endpoints(tmp_path):
+    src = tmp_path / "a.png"
+    Image.fromarray(gradient_rgb(20, 24)).save(src)
+    outs = {}
+    for t in ("0", "1"):
+        code, _, stderr = run("-v", "--device", "cpu", "upscale", src, tmp_path / t, "--model", "real_x2", "--denoise", t)
+        assert code == 0, stderr
+        assert f"real_x2 (RLFN, x2, denoise {t}," in stderr
+        outs[t] = decode_image(tmp_path / t / "a.png")[0]
+    assert outs["0"].shape == (40, 48, 3) and not np.array_equal(outs["0"], outs["1"])
+    code, _, stderr = run("upscale", src, tmp_path / "x", "--scale", "2", "--denoise", "0.5")
+    assert code == 1 and stderr.startswith("error: --denoise works with the built-in models trained for it")
+    assert run("upscale", src, tmp_path / "x", "--model", "real_x2", "--denoise", "2")[0] == 2
+    code, stdout, _ = run("models")
+    assert any(line.startswith("real_x4") and "for real photos" in line for line in stdout.splitlines())

@@ -9,6 +9,7 @@ from pixbatch.models import (
     build_registered,
     create_model,
     list_models,
+    model_entry,
 )
 from pixbatch.models.checkpoint import save_checkpoint
 from pixbatch.models.foreign.spandrel_loader import probe_receptive_field
@@ -25,7 +26,8 @@ SMALL = {"imdn": {"nf": 64, "num_modules": 1}, "carn": {"channels": 16},  # per 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_runs_and_trains(name):
     torch.manual_seed(0)
-    small = SMALL.get(name.split("_")[0], {"n_resblocks": 1, "n_feats": 8})  # every code path, at test size
+    default = SMALL.get(model_entry(name).family, {"n_resblocks": 1, "n_feats": 8})  # real_x4: an rlfn
+    small = SMALL.get(name.split("_")[0], default)  # every code path, at test size
     model = build_registered(name, **small)
     h, w = (8, 12) if getattr(model, "task", "sr") == "style" else (7, 9)  # style nets need multiples of their two strides
     h, w = max(h, getattr(model, "min_size", 1)), max(w, getattr(model, "min_size", 1) + 2)  # pooling attention

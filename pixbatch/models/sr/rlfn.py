@@ -104,6 +104,18 @@ def rlfn_x3(**kw) -> RLFN:
     return RLFN(**{"scale": 3, **kw})
 
 
+@register_model
+def real_x4(**kw) -> RLFN:
+    """rlfn_x4 fine-tuned for real photos (``--degrade real``): blur, noise and JPEG removed, ``--denoise``."""
+    return RLFN(**{"scale": 4, **kw})
+
+
+@register_model
+def real_x2(**kw) -> RLFN:
+    """rlfn_x2 fine-tuned for real photos (``--degrade real``): blur, noise and JPEG removed, ``--denoise``."""
+    return RLFN(**{"scale": 2, **kw})
+
+
 # The NTIRE 2022 release names the same tensors differently.
 _RENAMES = ((re.compile(r"^fea_conv\."), "conv_1."), (re.compile(r"^B(\d+)\."), r"block_\1."),
             (re.compile(r"^LR_conv\."), "conv_2."))
