@@ -87,6 +87,7 @@ def vgg_features(path):
 ENTRIES = {
     "pixbatch upscale photos/ out/ --scale 4": (False, [], ["out/astronaut.jpg"]),
     "pixbatch upscale scan.tif out/ --scale 2 --tile 512": (False, [], ["out/scan.tif"]),
+    "pixbatch upscale phone_photos/ out/ --model real_x4 --denoise 0.5": (False, [], ["out/astronaut.jpg"]),
     "pixbatch upscale in/ out/ --model path/to/realesr-animevideov3.pth": (True, [], ["out/astronaut.jpg"]),
     "pixbatch upscale clip.mp4 out/ --scale 2": (False, [], ["out/clip.mp4"]),
     "pixbatch segment fundus/ masks/": (False, [], ["masks/astronaut.png"]),
@@ -123,7 +124,8 @@ def workspace(tmp_path_factory, seg_checkpoint):
     root = tmp_path_factory.mktemp("readme")
     paths = {
         "photos/": images_folder(root / "photos"), "in/": images_folder(root / "in"),
-        "fundus/": images_folder(root / "fundus"), "slides/": images_folder(root / "slides"), "examples/": EXAMPLES,
+        "fundus/": images_folder(root / "fundus"),
+        "phone_photos/": images_folder(root / "phone_photos"), "slides/": images_folder(root / "slides"), "examples/": EXAMPLES,
         "scan.tif": tiled_tiff(root / "scan.tif"), "slide.tif": tiled_tiff(root / "slide.tif"),
         "clip.mp4": video_clip(root / "clip.mp4"),
         "my_unet.safetensors": seg_checkpoint, "path/to/realesr-animevideov3.pth": COMPACT,
