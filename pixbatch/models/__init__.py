@@ -67,12 +67,12 @@ def create_model(name_or_path: str | Path, *, pretrained: bool = True, scale: in
     from pixbatch.models import checkpoint
 
     name = str(name_or_path)
-    if denoise is not None and not (pretrained and not kwargs and denoise_endpoint(name)):
+    zero = denoise_endpoint(name) if pretrained and not kwargs else None
+    if denoise is not None and zero is None:
         raise UnsupportedModelError(f"--denoise works with the built-in models trained for it "
                                     f"({', '.join(denoisable_models())}), not {name}")
-    if pretrained and not kwargs and denoise_endpoint(name):
-        return checkpoint.load_blend(name, builtin_weights(name), denoise_endpoint(name),
-                                     DEFAULT_DENOISE if denoise is None else denoise)
+    if zero is not None:
+        return checkpoint.load_blend(name, builtin_weights(name), zero, DEFAULT_DENOISE if denoise is None else denoise)
     if name.lower().endswith(".onnx"):
         from pixbatch.models.onnx_model import load_onnx
 
