@@ -233,6 +233,7 @@ class VideoReader:
         self.path = path
         self.log = ffmpeg_errors()
         self.mark = self.log.count
+        self.closed = False
         try:
             self.container = av.open(str(path), metadata_errors="ignore")
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
@@ -304,15 +305,19 @@ class VideoReader:
                                              "it again (it starts over)")
                         continue
                     yield frame.to_ndarray(format=fmt, src_colorspace=src, src_color_range=info.colour.range), pts
+            self._check_log(n)
+            if n == 0:
+                raise VideoError("no frames in --start/--duration's range" if cut else "its video stream has no frames")
+            if info.frames and n < info.frames and not cut:  # the index counts frames the data did not hold
+                raise VideoError(f"only {n} of its {info.frames} frames could be decoded (damaged or cut short)")
+            if not info.frames and not cut and last is not None:
+                self._check_duration(n, last)
         except av.FFmpegError as exc:
+            self.close()
             raise VideoError(f"cannot decode frame {n} ({reason(exc)})") from None
-        self._check_log(n)
-        if n == 0:
-            raise VideoError("no frames in --start/--duration's range" if cut else "its video stream has no frames")
-        if info.frames and n < info.frames and not cut:  # the container's index counts frames the data did not hold
-            raise VideoError(f"only {n} of its {info.frames} frames could be decoded (damaged or cut short)")
-        if not info.frames and not cut and last is not None:
-            self._check_duration(n, last)
+        except VideoError:
+            self.close()  # a damaged video's decoder threads may still be busy: let them finish now (see close)
+            raise
 
     def _check_log(self, n: int) -> None:
         """VideoError when the demuxer or the decoder logged an error since this reader opened the file."""
@@ -341,9 +346,20 @@ class VideoReader:
     def close(self) -> None:
         """Close the file, first letting the decoder's threads finish what they hold (without the GIL, so
         that they can log): freeing a decoder whose threads are still busy waits for them while holding the
-        GIL, and one that logs needs the GIL, a deadlock (seen when a damaged video's decoder was freed)."""
+        GIL, and one that logs needs the GIL, a deadlock (seen when a damaged video's decoder was freed, also
+        at the exit of a process that never closed its reader). ``frames`` closes the reader when it raises
+        VideoError; closing twice is harmless."""
+        if self.closed:
+            return
+        self.closed = True
         self.stream.codec_context.flush_buffers()
         self.container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class VideoWriter:
