@@ -4,12 +4,14 @@ Eager PyTorch runs a CPU convolution through oneDNN but re-lays-out its weight o
 runs the activation after it as a second pass over memory. ``OneDNNConv2d`` packs the weight once
 per dtype (``mkldnn._reorder_convolution_weight``, what inductor's freezing does at compile time) and
 calls ``mkldnn._convolution_pointwise`` with the activation as a post-op, so the output is written
-once. Everything else (other devices and dtypes, NCHW inputs, autograd, a PyTorch without oneDNN)
-takes the module's plain conv + activation path, which computes the same function; a PyTorch without
-oneDNN cannot build one (``pack_convolutions`` checks first).
+once. Everything else (other devices and dtypes, NCHW inputs, autograd, bf16 on a CPU whose oneDNN has
+no bf16) takes the module's plain conv + activation path, which computes the same function; a PyTorch
+without oneDNN cannot build one (``pack_convolutions`` checks first).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -20,6 +22,14 @@ POST_OPS = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu", nn.SiL
 
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+@functools.cache
+def bf16_packable() -> bool:
+    """oneDNN packs and runs bf16 convolutions on this CPU (it needs AVX512BW/VL/DQ or AVX-NE-CONVERT: an
+    AVX2-only CPU has neither, and bf16 then takes the module's plain path)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
 
 
 def fusable_activation(module: nn.Module) -> bool:
@@ -63,7 +73,8 @@ class OneDNNConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         if (x.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) or torch.is_grad_enabled()
-                or not x.is_contiguous(memory_format=torch.channels_last)):
+                or not x.is_contiguous(memory_format=torch.channels_last)
+                or dtype == torch.bfloat16 and not bf16_packable()):
             return self.act(super().forward(x))
         w, b = self._weights(dtype, x)
         return torch.ops.mkldnn._convolution_pointwise(x.to(dtype), w, b, list(self.padding), list(self.stride),
