@@ -107,7 +107,7 @@ def test_a_killed_worker_loses_nothing(cluster, tmp_path, tiny_checkpoint):
             return super().post(y, meta, rows)
 
     spec = JobSpec(model=ModelSpec(str(tiny_checkpoint)), windowing=UpscaleTask.windowing(),
-                   compute=ComputeSpec(device="cpu", compile=False, kernels="torch"))
+                   compute=ComputeSpec(device="cpu"))  # as the command's defaults: compared with its bytes
     load = partial(load_runner, spec.model, spec.compute, n_jobs=8)
     make = partial(DiesOnce)
     plan = plan_jobs([src], tmp_path / "ray")
@@ -244,3 +244,4 @@ def test_an_onnx_model_on_ray_gives_the_bytes_of_one_process(cluster, tmp_path):
     code2, out2, _ = run(*common, tmp_path / "ray", *options, "--ray", "auto")
     assert code1 == code2 == 123 and json.loads(out2)["settings"]["executor"] == "ray"
     assert files(tmp_path / "local") == files(tmp_path / "ray") and len(files(tmp_path / "ray")) == 4
+
