@@ -180,7 +180,8 @@ def clip_frame(i: int, height: int, width: int, bits: int = 8) -> np.ndarray:
 
 def make_clip(path: Path, frames: int = 12, size: tuple[int, int] = (48, 64), *, vfr: bool = False,
               audio: bool = False, subtitles: bool = False, bits: int = 8, codec: str = "libx264",
-              chapters: bool = False, colorspace: int | None = 1, rotation: int = 0) -> list[int]:
+              chapters: bool = False, colorspace: int | None = 1, rotation: int = 0, gop: int = 6,
+              bframes: int = 0) -> list[int]:
     """A short clip made with PyAV (tests make their own videos): ``frames`` frames of ``clip_frame``,
     1 ms time base (VFR: every third frame lasts 50 ms instead of 33), optionally an AAC track, a
     subtitle track and chapters; returns the frames' pts."""
@@ -198,7 +199,7 @@ def make_clip(path: Path, frames: int = 12, size: tuple[int, int] = (48, 64), *,
         cc = vs.codec_context
         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = colorspace, colorspace, colorspace, 1
     if codec == "libx264":
-        vs.options = {"crf": "12", "preset": "ultrafast", "g": "6"}
+        vs.options = {"crf": "12", "preset": "ultrafast", "g": str(gop), "bf": str(bframes)}
     elif codec == "libx265":
         vs.options = {"crf": "12", "preset": "ultrafast", "x265-params": "log-level=error"}
     aus = out.add_stream("aac", rate=48000) if audio else None

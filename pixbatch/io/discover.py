@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixbatch.io.atomic import FOREIGN_TEMP_TTL, HOST_ID, TEMP_MARK, remove
-from pixbatch.io.video import VIDEO_SUFFIXES, VideoEncoding, main_suffix, sniff_video
+from pixbatch.io.video import VIDEO_SUFFIXES, Span, VideoEncoding, main_suffix, sniff_video
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm",
                             ".pgm", ".pnm", ".tga"})
@@ -26,6 +26,7 @@ SAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"}
 class Job:
     src: Path
     dst: Path
+    span: Span | None = None  # a video split at keyframes (--ray): the part of its frames this job runs
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,20 @@ class VideoEncoding:
     frames: str = ""  # --format png|tiff|jpg|webp: the frames as image files of this suffix in a folder, not a video
 
 
+@dataclass(frozen=True)
+class Span:
+    """Part ``index`` of ``count`` of a video split at keyframes (--ray runs the parts on several workers): its
+    ``frames`` frames have pts in [lo, hi) (hi None: to the end), the first being frame ``first`` of the
+    video. Each part starts on a keyframe that no later frame needs an earlier picture to decode."""
+
+    index: int
+    count: int
+    first: int
+    frames: int
+    lo: int
+    hi: int | None
+
+
 def output_suffix(src_suffix: str, codec: str) -> str:
     """The container of an output: the input's when ``codec`` can be written into it, else Matroska."""
     suffix = src_suffix.lower()
@@ -261,12 +275,12 @@ class VideoReader:
             self.container.close()
             raise
 
-    def frames(self, skip: int = 0, last_pts: int | None = None,
-               window: VideoEncoding | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    def frames(self, skip: int = 0, last_pts: int | None = None, window: VideoEncoding | None = None,
+               span: Span | None = None) -> Iterator[tuple[np.ndarray, int]]:
         """(RGB pixels, pts) of every frame in presentation order after the first ``skip`` (decoded, not
         converted; the last of them must have pts ``last_pts``, when given); VideoError on corrupt data, a
         change of size or an interlaced frame (the frame number said). With ``window`` (--start/--duration),
-        only the frames in it, their pts moved back by ``shift``."""
+        only the frames in it, their pts moved back by ``shift``; with ``span``, only that part's frames."""
         av = require_av()
         info, n, last = self.info, 0, None
         cut = window is not None and (window.start or window.duration is not None)
@@ -274,26 +288,36 @@ class VideoReader:
         if cut and window.start:  # from the keyframe before --start, not from the beginning
             self.container.seek(int(Fraction(str(window.start)) / info.time_base) + (self.stream.start_time or 0),
                                 stream=self.stream, backward=True)
+        if span is not None and span.index:
+            self.container.seek(span.lo, stream=self.stream, backward=True)
+        ended = False  # the span's last frame is out
+        at = span.first if span is not None else 0  # frame numbers in messages are the video's
         fmt = "rgb24" if info.bits == 8 else "rgb48le"
         src = MATRIX_NAMES[info.colour.matrix]
         end = None if not cut or window.duration is None else (Fraction(str(window.start))
                                                                 + Fraction(str(window.duration)))
         try:
             for packet in self.container.demux(self.stream):
-                if end is not None and last is not None and last * info.time_base >= end:
-                    break  # past --duration: nothing later is kept
+                if ended or end is not None and last is not None and last * info.time_base >= end:
+                    break  # past --duration or the span: nothing later is kept
                 for frame in packet.decode():
                     if (frame.width, frame.height) != (info.width, info.height):
-                        raise VideoError(f"frame {n} is {frame.width}x{frame.height}, not {info.width}x"
+                        raise VideoError(f"frame {at + n} is {frame.width}x{frame.height}, not {info.width}x"
                                          f"{info.height}: resolution changes are not supported")
                     if frame.is_corrupt:
-                        raise VideoError(f"frame {n} is damaged (its data could not be decoded whole)")
+                        raise VideoError(f"frame {at + n} is damaged (its data could not be decoded whole)")
                     if self.log.count != self.mark:
-                        self._check_log(n)
+                        self._check_log(at + n)
                     if frame.interlaced_frame:
-                        raise VideoError(f"frame {n} is interlaced: deinterlace it first (pixbatch does not)")
+                        raise VideoError(f"frame {at + n} is interlaced: deinterlace it first (pixbatch does not)")
                     pts = frame.pts if frame.pts is not None else (last + 1 if last is not None else 0)
                     last = pts
+                    if span is not None:
+                        if span.hi is not None and pts >= span.hi:
+                            ended = True
+                            break
+                        if pts < span.lo:  # a seek lands on the keyframe before
+                            continue
                     if cut:
                         if not in_window(pts, info.time_base, window):
                             continue
@@ -301,11 +325,16 @@ class VideoReader:
                     n += 1
                     if n <= skip:
                         if n == skip and last_pts is not None and pts != last_pts:
-                            raise VideoError(f"frame {n - 1} is not the one its finished segments end with: run "
+                            raise VideoError(f"frame {at + n - 1} is not the one its finished segments end with: run "
                                              "it again (it starts over)")
                         continue
                     yield frame.to_ndarray(format=fmt, src_colorspace=src, src_color_range=info.colour.range), pts
-            self._check_log(n)
+            self._check_log(at + n)
+            if span is not None:
+                if n != span.frames:
+                    raise VideoError(f"part {span.index + 1} of {span.count} has {n} frames, not {span.frames} "
+                                     "(damaged or cut short)")
+                return
             if n == 0:
                 raise VideoError("no frames in --start/--duration's range" if cut else "its video stream has no frames")
             if info.frames and n < info.frames and not cut:  # the index counts frames the data did not hold
@@ -314,7 +343,7 @@ class VideoReader:
                 self._check_duration(n, last)
         except av.FFmpegError as exc:
             self.close()
-            raise VideoError(f"cannot decode frame {n} ({reason(exc)})") from None
+            raise VideoError(f"cannot decode frame {at + n} ({reason(exc)})") from None
         except VideoError:
             self.close()  # a damaged video's decoder threads may still be busy: let them finish now (see close)
             raise

@@ -16,21 +16,37 @@ import itertools
 import json
 import os
 import shutil
+from bisect import bisect_left
+from dataclasses import asdict
 from pathlib import Path
 
 from pixbatch.io.atomic import remove, write_bytes
 from pixbatch.io.decode import ImageMeta
 from pixbatch.io.encode import FORMATS, encode_image
-from pixbatch.io.video import VideoEncoding, VideoError, in_window, reason, require_av, shift
+from pixbatch.io.video import Span, VideoEncoding, VideoError, in_window, reason, require_av, shift
 
 MANIFEST = "manifest.json"
 
 
+def parts_folder(dst: Path) -> Path:
+    return dst.parent / f".{dst.name}.pixbatch-parts"
+
+
+def remove_parts(dst: Path) -> None:
+    """Remove every finished segment of ``dst``'s video, its spans' included."""
+    shutil.rmtree(parts_folder(dst), ignore_errors=True)
+
+
 class Parts:
-    def __init__(self, dst: Path, source: Path, settings: dict) -> None:
-        self.folder = dst.parent / f".{dst.name}.pixbatch-parts"
+    """The finished segments of a video's outputs, or of one ``span`` of them (then in a folder of its own
+    inside the video's, so that the spans of a split video run at once)."""
+
+    def __init__(self, dst: Path, source: Path, settings: dict, span: Span | None = None) -> None:
+        self.folder = parts_folder(dst) / f"span-{span.index:04d}" if span else parts_folder(dst)
+        self.first = span.first if span else 0  # the video's number of the first frame here
         st = os.stat(source)
-        self.key = {"source": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}, "settings": settings}
+        self.key = {"source": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}, "settings": settings,
+                    **({"span": asdict(span)} if span else {})}
         self.segments: list[dict] = []
 
     def resume(self) -> int:
@@ -49,6 +65,17 @@ class Parts:
         for path in self.folder.iterdir():  # a segment the killed run had not finished
             if path.name not in listed:
                 remove(path)
+        return self.frames
+
+    def load(self) -> int:
+        """Load the segments listed in the folder, whatever settings made them (a split video's spans, once
+        all have run); the frames they cover. VideoError when a listed file is missing."""
+        try:
+            self.segments = json.loads((self.folder / MANIFEST).read_text())["segments"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise VideoError(f"the finished segments in {self.folder} cannot be read") from None
+        if not all((self.folder / f).exists() for s in self.segments for f in s["files"].values()):
+            raise VideoError(f"a finished segment in {self.folder} is missing")
         return self.frames
 
     @property
@@ -76,6 +103,42 @@ class Parts:
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.segments = []
+
+
+def split_at_keyframes(path: Path, count: int, min_frames: int) -> list[Span]:
+    """``split_packets`` on the packets of ``path``'s first video stream (read, not decoded)."""
+    av = require_av()
+    with av.open(str(path), metadata_errors="ignore") as container:
+        packets = [(p.pts, p.is_keyframe) for p in container.demux(container.streams.video[0]) if p.size]
+    return split_packets(packets, count, min_frames)
+
+
+def split_packets(packets: list[tuple[int | None, bool]], count: int, min_frames: int) -> list[Span]:
+    """Up to ``count`` spans of about equal length, each starting on a keyframe and at least ``min_frames``
+    long, that together hold every frame of a stream whose packets (pts, keyframe or not) are ``packets``
+    in decode order; [] when it cannot be split (one span, packets without timestamps, no keyframe where
+    one is needed). A keyframe is a start only when no packet after it (decode order) shows an earlier
+    frame: the frames of a span then decode from it alone, as they do in a whole run (open-GOP leading
+    pictures would not)."""
+    pts = [t for t, _ in packets]
+    if count < 2 or len(packets) < 2 * min_frames or None in pts or len(set(pts)) != len(pts):
+        return []
+    order = sorted(pts)  # presentation order
+    later_min = list(itertools.accumulate(reversed(pts), min))[::-1]  # the earliest pts from each packet on
+    starts = sorted({bisect_left(order, t) for i, (t, key) in enumerate(packets) if key and later_min[i] >= t})
+    bounds = [0]
+    for k in range(1, count):
+        target = k * len(order) / count
+        fits = [b for b in starts if b - bounds[-1] >= min_frames and len(order) - b >= min_frames]
+        if fits:
+            best = min(fits, key=lambda b: abs(b - target))
+            if abs(best - target) < len(order) / count:  # not a second cut near the last one
+                bounds.append(best)
+    if len(bounds) < 2:
+        return []
+    ends = bounds[1:] + [len(order)]
+    return [Span(index=i, count=len(bounds), first=a, frames=b - a, lo=order[a],
+                 hi=order[b] if b < len(order) else None) for i, (a, b) in enumerate(zip(bounds, ends))]
 
 
 class FramesWriter:

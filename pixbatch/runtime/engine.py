@@ -155,7 +155,9 @@ def run_job(task: Task, plan: Plan, spec: JobSpec, *, progress: bool = False,
             if book.claim(job, spec.encode.overwrite):
                 run_streamed(job)
         for job in videos:
-            if book.claim(job, spec.encode.overwrite):
+            if job.span is not None:  # a part of a split video: the run that split it holds the claim
+                run_video(task, job, engine, book, spec, progress=progress)
+            elif book.claim(job, spec.encode.overwrite):
                 try:
                     run_video(task, job, engine, book, spec, progress=progress)
                 finally:

@@ -178,6 +178,12 @@ class JobBook:
             self.bar.set_postfix_str(f"{self.report.output_mp / max(elapsed, 1e-9):.1f} MP/s out", refresh=False)
             self.bar.update(1)
 
+    def progressed(self, input_mp: float, output_mp: float) -> None:
+        """Part of an input is done (a span of a split video): its megapixels count, the input not yet."""
+        with self.lock:
+            self.report.input_mp += input_mp
+            self.report.output_mp += output_mp
+
     def write(self, src: Path, dst: Path, encode: Callable[[], tuple[float, float]]) -> None:
         """Run ``encode`` (returns input and output MP) in the writer pool, waiting for a free slot."""
         self.slots.acquire()

@@ -24,10 +24,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pixbatch.io.discover import Job, Plan
+from pixbatch.io.video import Span
 from pixbatch.runtime.device import StartupError
 from pixbatch.runtime.engine import split_jobs
 from pixbatch.runtime.jobs import Report, begin_run, error_line, one_line
@@ -146,6 +147,53 @@ def connect(settings: RaySettings) -> dict:
     return ray.cluster_resources()
 
 
+def split_videos(videos: list[Job], workers: int, spec: JobSpec, owner: str) -> dict[Job, list[Span]]:
+    """The videos to split at keyframes, each into up to one part per worker (``split_at_keyframes``; parts
+    of at least --segment-frames frames), and claimed here: the run holds a split video's claim until its
+    parts are joined. Not split: a clip (--start/--duration), or a video whose claim is not ours."""
+    from pixbatch.io import claims
+    from pixbatch.io.video_parts import split_at_keyframes
+
+    if workers < 2 or spec.video.start or spec.video.duration is not None:
+        return {}
+    split = {}
+    for job in videos:
+        try:
+            spans = split_at_keyframes(job.src, workers, spec.video.segment_frames)
+        except Exception:  # unreadable: run whole, by an actor that says why
+            continue
+        if spans and claims.claim(job.dst, owner):
+            split[job] = spans
+    return split
+
+
+def join_split(task: Task, job: Job, spans: list[Span], spec: JobSpec, *, failed: bool, report: Report,
+               log: Callable[[str], None], info: Callable[[str], None]) -> None:
+    """Book a split video once its parts have run: joined and committed (``join_spans``), or, when a part
+    failed (its error line is out), its finished parts removed."""
+    from pixbatch.io.atomic import OutputExistsError
+    from pixbatch.io.video import VideoError
+    from pixbatch.io.video_parts import remove_parts
+    from pixbatch.runtime.video import join_spans
+
+    if failed:
+        remove_parts(job.dst)
+        return
+    try:
+        notes = join_spans(task, job, spec, spans)
+    except OutputExistsError:
+        report.skipped += 1
+        info(f"note: {job.src}: another run wrote its output first; it is kept")
+        return
+    except (VideoError, OSError) as exc:
+        report.failed.append((str(job.src), f"cannot join its parts ({exc})"))
+        log(error_line(job.src, f"cannot join its parts ({exc})"))
+        return
+    report.done += 1
+    for note in dict.fromkeys(notes):
+        info(f"note: {job.src}: {note}")
+
+
 def decode_row(row: dict, max_pixels: int, owner: str, overwrite: bool) -> dict:
     """A Ray task: claim the output and decode the input (a streamed TIFF is left to its actor)."""
     job = Job(Path(row["src"]), Path(row["dst"]))
@@ -170,7 +218,9 @@ class EngineActor:
     def __call__(self, batch: dict) -> dict:
         from pixbatch.runtime.engine import run_job
 
-        jobs = [Job(Path(s), Path(d)) for s, d in zip(batch["src"], batch["dst"])]
+        spans = batch["span"] if "span" in batch else [""] * len(batch["src"])
+        jobs = [Job(Path(s), Path(d), Span(**json.loads(span)) if span else None)
+                for s, d, span in zip(batch["src"], batch["dst"], spans)]
         in_memory, _, _ = split_jobs(self.task, jobs)
         by_job = {Job(Path(s), Path(d)): (p, e) for s, d, p, e in
                   zip(batch["src"], batch["dst"], batch["payload"], batch["error"])}
@@ -220,45 +270,72 @@ def _run(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, spe
     info(f"ray: {workers} model worker(s) on {int(resources.get('CPU', 0))} CPU(s) and "
          f"{int(resources.get('GPU', 0))} GPU(s) of the cluster")
     _, streamed, videos = split_jobs(task, plan.todo)
+    split = split_videos(videos, workers, spec, owner)
     streamed_set = set(streamed) | set(videos)  # read by the actor that runs them (a video: frame by frame)
     # absolute paths: workers do not share the driver's working directory
     rows = [{"src": os.path.abspath(j.src), "dst": os.path.abspath(j.dst), "streamed": j in streamed_set}
-            for j in plan.todo]
+            for j in plan.todo if j not in split]
+    span_rows = [{"src": os.path.abspath(j.src), "dst": os.path.abspath(j.dst), "streamed": True,
+                  "span": json.dumps(asdict(span))} for j, spans in split.items() for span in spans]
+    for job, spans in split.items():
+        info(f"ray: {job.src}: split at keyframes into {len(spans)} parts of "
+             f"{', '.join(str(s.frames) for s in spans)} frames")
     given_paths = {os.path.abspath(j.src): j.src for j in plan.todo}
+    failed_videos: set[str] = set()  # a split video's first failed part says why; the others do not repeat it
     cpus = int(resources.get("CPU", 2))
     threads = 0 if gpus else max(1, cpus // workers)
     # CPU reservations leave room for the decode tasks (the actors' threads are set apart)
     actor_cpus = 1.0 if gpus else min(1.0, 0.75 * cpus / workers)
-    bar = tqdm(total=len(rows), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=len(rows) + len(span_rows), unit="img", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
     settings_seen: dict = {}
+
+    def absorb(out: dict) -> None:
+        nonlocal settings_seen
+        part = json.loads(out["report"])
+        for error in part["errors"]:  # paths as the user named them, as in one process
+            if error["path"] in failed_videos:
+                continue
+            if any(error["path"] == os.path.abspath(j.src) for j in split):
+                failed_videos.add(error["path"])
+            given = str(given_paths.get(error["path"], error["path"]))
+            report.failed.append((given, error["reason"]))
+            log(error_line(given, error["reason"]))
+        report.done += part["done"]
+        report.skipped += part["skipped"]
+        report.input_mp += part["input_mp"]
+        report.output_mp += part["output_mp"]
+        for key in ("fp32_reruns", "oom_retries", "multi_frame", "big_outputs"):
+            setattr(report, key, getattr(report, key) + part[key])
+        settings_seen = settings_seen or part["settings"]
+        bar.update(int(out["jobs"]))
+
+    def stream(items: list[dict], batch_size: int, one_each: bool) -> None:
+        """Run ``items`` through the actor pool; ``one_each``: one item per actor at a time (the parts of a
+        split video go to different actors)."""
+        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 200))
+        ds = ds.map(decode_row, fn_kwargs={"max_pixels": spec.max_pixels, "owner": owner,
+                                            "overwrite": spec.encode.overwrite}, num_cpus=0.25)
+        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1 if one_each else None)
+        ds = ds.map_batches(
+            EngineActor, batch_size=batch_size, compute=pool, num_gpus=gpus or None, num_cpus=actor_cpus,
+            fn_constructor_kwargs={"make_runner": make_runner, "make_task": make_task, "spec": spec,
+                                   "owner": owner, "threads": threads})
+        results = iter(ds.iter_rows())  # a generator: closed below
+        try:
+            for out in results:
+                absorb(out)
+        finally:  # interrupted: Ray's iterator is closed while the cluster is up (collected after
+            results.close()  # ray.shutdown, its clean-up printed a traceback and Ray's log lines)
+
     try:
         if rows:
-            ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 200))
-            ds = ds.map(decode_row, fn_kwargs={"max_pixels": spec.max_pixels, "owner": owner,
-                                                "overwrite": spec.encode.overwrite}, num_cpus=0.25)
-            ds = ds.map_batches(
-                EngineActor, batch_size=settings.batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
-                num_gpus=gpus or None, num_cpus=actor_cpus,
-                fn_constructor_kwargs={"make_runner": make_runner, "make_task": make_task, "spec": spec,
-                                       "owner": owner, "threads": threads})
-            results = iter(ds.iter_rows())  # a generator: closed below
-            try:
-                for out in results:
-                    part = json.loads(out["report"])
-                    for error in part["errors"]:  # paths as the user named them, as in one process
-                        given = str(given_paths.get(error["path"], error["path"]))
-                        report.failed.append((given, error["reason"]))
-                        log(error_line(given, error["reason"]))
-                    report.done += part["done"]
-                    report.skipped += part["skipped"]
-                    report.input_mp += part["input_mp"]
-                    report.output_mp += part["output_mp"]
-                    for key in ("fp32_reruns", "oom_retries", "multi_frame", "big_outputs"):
-                        setattr(report, key, getattr(report, key) + part[key])
-                    settings_seen = settings_seen or part["settings"]
-                    bar.update(int(out["jobs"]))
-            finally:  # interrupted: Ray's iterator is closed while the cluster is up (collected after
-                results.close()  # ray.shutdown, its clean-up printed a traceback and Ray's log lines)
+            stream(rows, settings.batch_size, False)
+        if span_rows:
+            stream(span_rows, 1, True)
+        for job, spans in split.items():
+            join_split(task, job, spans, spec, failed=os.path.abspath(job.src) in failed_videos, report=report,
+                       log=log, info=info)
     finally:
         bar.close()
         for job in plan.todo:

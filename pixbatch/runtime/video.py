@@ -27,6 +27,7 @@ from pixbatch.io.encode import EncodeOptions
 from pixbatch.io.regions import RegionSource
 from pixbatch.io.video import (
     FORMATS,
+    Span,
     VideoEncoding,
     VideoError,
     VideoInfo,
@@ -36,7 +37,7 @@ from pixbatch.io.video import (
     output_suffix,
     picture_codec,
 )
-from pixbatch.io.video_parts import FramesWriter, Parts, assemble, join_frames
+from pixbatch.io.video_parts import FramesWriter, Parts, assemble, join_frames, remove_parts
 from pixbatch.runtime.batcher import WindowEngine
 from pixbatch.runtime.canvas import Canvas
 from pixbatch.runtime.jobs import JobBook
@@ -114,7 +115,8 @@ class VideoSink:
         path, codec = self.targets[name]
         if codec == FRAMES:
             final = self.parts.path(name, len(self.parts.segments), "")
-            return FramesWriter(temp_path(final), path.name, self.parts.frames, self.encoding.frames, self.image_options)
+            return FramesWriter(temp_path(final), path.name, self.parts.first + self.parts.frames, self.encoding.frames,
+                                self.image_options)
         if arr.dtype not in (np.uint8, np.uint16) or arr.shape[2] not in (1, 3, 4):
             raise VideoError(f"its {name} output ({arr.shape[2]} channel(s) of {arr.dtype}) cannot be a video")
         if arr.shape[2] == 4:
@@ -144,31 +146,23 @@ class VideoSink:
             self.queue.put(None)
             self.thread.join()
 
-    def commit(self) -> tuple[float, float]:
-        """Finish every output: the last segment, then each output assembled from its segments and the
-        input's other streams, renamed into place (the main output last). Input and output MP."""
+    def finish(self) -> tuple[float, float]:
+        """Encode the last segment and keep it with the others (a span of a split video: the driver joins
+        the spans). Input and output MP."""
         self._stop()
         if self.error is not None:
             raise VideoError(f"cannot encode it ({self.error})")
         self._close_segment()
-        assembled: dict[str, Path] = {}
+        return self.input_mp, self.output_mp
+
+    def commit(self) -> tuple[float, float]:
+        """Finish every output: the last segment, then each output assembled from its segments and the
+        input's other streams, renamed into place (the main output last). Input and output MP."""
         try:
-            for name, (path, codec) in self.targets.items():
-                if not self.parts.files(name):
-                    continue
-                assembled[name] = temp_path(path)
-                if codec == FRAMES:
-                    join_frames(self.parts.files(name), assembled[name], frames=self.parts.frames)
-                    continue
-                self.notes += assemble(self.parts.files(name), self.job.src, assembled[name],
-                                       FORMATS.get(path.suffix.lower(), "matroska"), frames=self.parts.frames,
-                                       window=self.encoding)
-            for name in [k for k in assembled if k != self.task.main] + [self.task.main]:
-                place = commit_folder if self.targets[name][1] == FRAMES else commit
-                place(assembled.pop(name), self.targets[name][0], self.overwrite)
+            self.finish()
+            self.notes += place_outputs(self.task.main, self.targets, [self.parts], self.job.src, self.encoding,
+                                        self.overwrite)
         finally:
-            for tmp in assembled.values():
-                remove(tmp)
             self.discard()
         self.parts.remove()
         return self.input_mp, self.output_mp
@@ -181,6 +175,50 @@ class VideoSink:
         self.writers.clear()
 
 
+def place_outputs(main: str, targets: dict[str, tuple[Path, str]], parts: list[Parts], src: Path,
+                  encoding: VideoEncoding, overwrite: bool) -> list[str]:
+    """Each output (``targets``: name to path and codec) assembled from the segments of ``parts`` (in order)
+    and ``src``'s other streams into a temporary file, then all renamed into place, the ``main`` one last;
+    notes on streams left out."""
+    frames = sum(p.frames for p in parts)
+    assembled: dict[str, Path] = {}
+    notes: list[str] = []
+    try:
+        for name, (path, codec) in targets.items():
+            files = [f for p in parts for f in p.files(name)]
+            if not files:
+                continue
+            assembled[name] = temp_path(path)
+            if codec == FRAMES:
+                join_frames(files, assembled[name], frames=frames)
+                continue
+            notes += assemble(files, src, assembled[name], FORMATS.get(path.suffix.lower(), "matroska"),
+                              frames=frames, window=encoding)
+        for name in [k for k in assembled if k != main] + [main]:
+            place = commit_folder if targets[name][1] == FRAMES else commit
+            place(assembled.pop(name), targets[name][0], overwrite)
+    finally:
+        for tmp in assembled.values():
+            remove(tmp)
+    return notes
+
+
+def join_spans(task: Task, job: Job, spec: JobSpec, spans: list[Span]) -> list[str]:
+    """A split video's outputs, once each of its ``spans`` has run (``run_video`` on ``job`` with the span):
+    the spans' segments joined in order and committed as one run's would be; notes. VideoError when a span
+    is not whole; OutputExistsError when an output appeared meanwhile. The segments go in every case."""
+    try:
+        parts = [Parts(job.dst, job.src, {}, span) for span in spans]
+        for part, span in zip(parts, spans):
+            if part.load() != span.frames:
+                raise VideoError(f"part {span.index + 1} of {span.count} holds {part.frames} of its {span.frames} "
+                                 "frames")
+        return place_outputs(task.main, video_outputs(task, job.dst, job.src.suffix, spec.video), parts, job.src,
+                             spec.video, spec.encode.overwrite)
+    finally:
+        remove_parts(job.dst)
+
+
 def _settings(task: Task, spec: JobSpec) -> dict:
     """What decides a video's output frames: a resumed run continues only when these are the same."""
     info, runner = task.runner.info, task.runner
@@ -191,11 +229,11 @@ def _settings(task: Task, spec: JobSpec) -> dict:
 
 
 def _read_ahead(reader: VideoReader, out: queue.Queue, stop: threading.Event, skip: int,
-                last_pts: int | None, window: VideoEncoding) -> None:
+                last_pts: int | None, window: VideoEncoding, span: Span | None) -> None:
     """Decode frames into ``out`` (then None), or put the exception that ended decoding; the first
     ``skip`` are decoded only to reach the rest."""
     try:
-        for item in reader.frames(skip, last_pts, window):
+        for item in reader.frames(skip, last_pts, window, span):
             while not stop.is_set():
                 try:
                     out.put(item, timeout=0.1)
@@ -211,7 +249,8 @@ def _read_ahead(reader: VideoReader, out: queue.Queue, stop: threading.Event, sk
 
 def run_video(task: Task, job: Job, engine: WindowEngine, book: JobBook, spec: JobSpec, *,
               progress: bool = False) -> None:
-    """Run one claimed video job through ``engine`` and book its outcome (done, skipped or failed)."""
+    """Run one claimed video job through ``engine`` and book its outcome (done, skipped or failed). A job
+    with a span runs that part of the video only, and keeps its segments for ``join_spans``."""
     import sys
 
     from tqdm import tqdm
@@ -226,7 +265,7 @@ def run_video(task: Task, job: Job, engine: WindowEngine, book: JobBook, spec: J
     stop = threading.Event()
     frames: queue.Queue = queue.Queue(READ_AHEAD)
     thread = None
-    parts = Parts(job.dst, job.src, _settings(task, spec))
+    parts = Parts(job.dst, job.src, _settings(task, spec), job.span)
     unsupported = sorted(set(task.outputs(job.dst, False)) - task.video_outputs())
     if unsupported:
         reader.close()
@@ -235,16 +274,17 @@ def run_video(task: Task, job: Job, engine: WindowEngine, book: JobBook, spec: J
     try:
         resumed = parts.resume()
         if resumed:
-            book.info(f"note: {job.src}: resuming after frame {resumed - 1} ({len(parts.segments)} segment(s) "
-                      "finished by an earlier run)")
+            book.info(f"note: {job.src}: resuming after frame {parts.first + resumed - 1} ({len(parts.segments)} "
+                      "segment(s) finished by an earlier run)")
         sink = VideoSink(task, job, reader.info, spec.video, spec.encode, parts)
         meta = ImageMeta("RGB", reader.info.bits, "VIDEO")
-        thread = threading.Thread(target=_read_ahead, args=(reader, frames, stop, resumed, parts.last_pts, spec.video),
-                                  name="pixbatch-video-reader", daemon=True)
+        thread = threading.Thread(target=_read_ahead, name="pixbatch-video-reader", daemon=True,
+                                  args=(reader, frames, stop, resumed, parts.last_pts, spec.video, job.span))
         thread.start()
-        with tqdm(total=reader.info.frames or None, initial=resumed, unit="frame", desc=job.src.name, leave=False,
+        total = job.span.frames if job.span else reader.info.frames or None
+        with tqdm(total=total, initial=resumed, unit="frame", desc=job.src.name, leave=False,
                   disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-            index = resumed
+            index = parts.first + resumed  # the video's frame number, in messages
             while not failure:
                 item = frames.get()
                 if item is None:
@@ -258,6 +298,9 @@ def run_video(task: Task, job: Job, engine: WindowEngine, book: JobBook, spec: J
             engine.flush()
         if failure:
             raise VideoError(failure[0])
+        if job.span is not None:
+            book.progressed(*sink.finish())
+            return
         try:
             book.done(*sink.commit())
         except OutputExistsError:

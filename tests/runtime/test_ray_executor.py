@@ -245,3 +245,48 @@ def test_an_onnx_model_on_ray_gives_the_bytes_of_one_process(cluster, tmp_path):
     assert code1 == code2 == 123 and json.loads(out2)["settings"]["executor"] == "ray"
     assert files(tmp_path / "local") == files(tmp_path / "ray") and len(files(tmp_path / "ray")) == 4
 
+
+def test_a_long_video_is_split_at_keyframes_across_workers(cluster, tmp_path, tiny_checkpoint):
+    """With two workers, a video of 36 frames (B-frames, a keyframe every 6, VFR, audio) runs as parts cut at
+    keyframes, one per worker, joined in order: the frames, timestamps and audio packets of a run in one
+    process (lossless FFV1, so frame for frame), and nothing left beside the output."""
+    av = pytest.importorskip("av")
+    from tests.conftest import make_clip
+
+    src = tmp_path / "in"
+    src.mkdir()
+    make_clip(src / "long.mp4", frames=36, vfr=True, audio=True, gop=6, bframes=2)
+    outs, audio = {}, {}
+    for where, extra in (("local", []), ("ray", ["--ray", "auto", "--ray-workers", 2])):
+        code, _, stderr = run("-v", "upscale", src, tmp_path / where, "--model", tiny_checkpoint, "--codec", "ffv1",
+                              "--segment-frames", 5, *extra)
+        assert code == 0, stderr
+        with av.open(str(tmp_path / where / "long.mkv")) as c:
+            outs[where] = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(c.streams.video[0])]
+        with av.open(str(tmp_path / where / "long.mkv")) as c:
+            audio[where] = [(p.pts, bytes(p)) for p in c.demux(c.streams.audio[0]) if p.size]
+    assert "split at keyframes into 2 parts of 18, 18 frames" in stderr
+    assert len(outs["ray"]) == 36 and [p for p, _ in outs["ray"]] == [p for p, _ in outs["local"]]
+    assert all((a[1] == b[1]).all() for a, b in zip(outs["local"], outs["ray"]))
+    assert audio["ray"] == audio["local"] and audio["ray"]
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == ["long.mkv"]
+
+
+def test_a_split_video_with_a_damaged_part_fails_once_and_leaves_nothing(cluster, tmp_path, tiny_checkpoint):
+    """Zeroed bytes in the second half of a split video: one error line for the video, exit code 123, and
+    neither an output nor finished parts are left."""
+    pytest.importorskip("av")
+    from tests.conftest import make_clip
+
+    src = tmp_path / "in"
+    src.mkdir()
+    make_clip(src / "long.mp4", frames=36, size=(96, 128), gop=6)
+    data = bytearray((src / "long.mp4").read_bytes())
+    data[len(data) * 3 // 4: len(data) * 3 // 4 + 400] = bytes(400)
+    (src / "long.mp4").write_bytes(bytes(data))
+    code, _, stderr = run("-v", "upscale", src, tmp_path / "out", "--model", tiny_checkpoint, "--codec", "ffv1",
+                          "--segment-frames", 5, "--ray", "auto", "--ray-workers", 2)
+    assert code == 123, stderr
+    assert "split at keyframes into 2 parts" in stderr
+    assert stderr.count("error:") == 1 and "long.mp4" in stderr, stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
