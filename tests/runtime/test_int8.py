@@ -16,7 +16,6 @@ from pixbatch.runtime.int8 import int8_available  # noqa: E402
 # NNCF is never imported here: it runs in int8's worker process
 pytestmark = pytest.mark.skipif(not int8_available(), reason="the int8 extra (NNCF, OpenVINO) is not installed")
 
-from pixbatch.eval.metrics import sr_metrics  # noqa: E402
 from pixbatch.models import create_model  # noqa: E402
 from pixbatch.runtime import int8  # noqa: E402
 from pixbatch.runtime.int8_quantize import BOUNDS, Int8Data, Int8Model, compile_for  # noqa: E402
@@ -39,15 +38,19 @@ def tiny():
 
 
 def agreement_db(model, loaded, data) -> float:
-    """Y-PSNR of ``model``'s outputs against fp32's on the held-out crops, computed here independently, with the
-    evaluation's own metric on 8-bit images."""
+    """Y-PSNR of ``model``'s outputs against fp32's on the held-out crops (BT.601 luma in 8-bit levels, 2 px
+    shaved, uncapped), computed here independently of the worker's score: the quantity the bound is on. Not
+    on 8-bit images: near 57 dB, rounding both outputs to 8 bits alone lowers it by several dB (55.9 dB for
+    a model the worker measured at 57.0 on an AVX2-only EPYC)."""
     compiled = compile_for(model, "f32")
+    weights = np.array([65.481, 128.553, 24.966])[:, None, None]
     scores = []
     for x in data.held_out:
         with torch.no_grad():
             ref = loaded.module(torch.from_numpy(x)).numpy()
-        to8 = lambda y: np.rint(np.clip(y[0], 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)  # noqa: E731
-        scores.append(sr_metrics(to8(compiled(x)[0]), to8(ref), 2)["psnr_y"])
+        luma = lambda y: (np.clip(y[0], 0, 1) * weights).sum(0)[2:-2, 2:-2]  # noqa: E731
+        mse = np.mean((luma(compiled(x)[0]) - luma(ref)) ** 2)
+        scores.append(10 * np.log10(255.0**2 / mse))
     return float(np.mean(scores))
 
 
@@ -62,9 +65,9 @@ def test_accuracy_control_keeps_int8_within_the_bound_where_plain_int8_is_not_an
     # plain int8 is beyond the bound (52 dB) on these images; what the recipe keeps is within it, by the entry's
     # own measurement and by the evaluation's metric computed here (on 8-bit images: within rounding), with
     # int8 layers in it
-    assert plain.entry["loss"] > bound and agreement_db(plain.model, loaded, data) < 52 - 1
+    assert plain.entry["loss"] > bound and agreement_db(plain.model, loaded, data) < 52
     assert e["accepted"] and e["loss"] <= bound and e["bound"] == bound == 8 and e["recipe"] == "controlled"
-    assert agreement_db(made.model, loaded, data) > 52 - 1
+    assert agreement_db(made.model, loaded, data) > 52 - 0.05
     assert len(e["float_convolutions"]) < e["convolutions"] == 20
     assert e["int8_ms"] > 0 and e["float_ms"] > 0 and e["held_out"] == 3
     folder = Path(e["path"])
@@ -146,4 +149,4 @@ def test_layers_that_int8_damages_go_back_to_floating_point_until_the_loss_is_wi
     e = made.entry
     assert e["accepted"] and e["loss"] <= 3.0 and e["bound"] == 3.0
     assert 0 < len(e["float_convolutions"]) < e["convolutions"]
-    assert agreement_db(made.model, loaded, data) > 57 - 1
+    assert agreement_db(made.model, loaded, data) > 57 - 0.05

@@ -8,7 +8,7 @@ import pytest
 
 from pixbatch.models import create_model
 from pixbatch.runtime.int8 import quality_line
-from pixbatch.runtime.int8_quantize import PSNR_CAP, accepted, score
+from pixbatch.runtime.int8_quantize import PSNR_CAP, accepted, overflow_fix, score
 
 
 def test_scores_of_each_task():
@@ -44,3 +44,11 @@ def test_int8_with_every_layer_returned_to_floating_point_is_refused():
     entry = {"task": "sr", "loss": 0.0, "bound": 8.0, "accepted": False, "held_out": 3, "convolutions": 20}
     assert quality_line(entry) == ("within its bound only with all 20 convolutions returned to floating point, "
                                         "on 3 held-out images")
+
+
+def test_the_overflow_fix_follows_the_cpus_int8_dot_product():
+    """Half-range weights everywhere where int8 sums saturate (AVX2 without VNNI), NNCF's first-layer fix
+    where VNNI or AMX sum into 32 bits; NNCF's own names, which its OverflowFix takes."""
+    assert overflow_fix(["avx2"]) == overflow_fix(["avx2", "avx512f"]) == "enable"
+    assert overflow_fix(["avx2", "avx_vnni"]) == overflow_fix(["avx2", "avx512f", "avx512_vnni"]) == "first_layer_only"
+    assert overflow_fix(["avx2", "amx_tile", "amx_int8"]) == "first_layer_only"
