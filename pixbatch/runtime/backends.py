@@ -30,6 +30,16 @@ OPENVINO_MIN_PIXELS = 64 * 2**20
 # checked on held-out images when it is made), far above what a size branch frozen by the trace gives
 INT8_AGREEMENT_DB = 25.0
 OPENVINO_PRECISION = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def openvino_precision(dtype: torch.dtype) -> str:
+    """OpenVINO's inference precision for a runner of ``dtype``: bf16 only where the CPU computes it natively
+    (AVX512-BF16 or AMX). Elsewhere OpenVINO's CPU plugin computes f32 whatever it is asked (an AVX2-only EPYC:
+    the same output as fp32), so it is asked for f32 and the report says f32."""
+    from pixbatch.runtime.device import cpu_has_native_bf16
+
+    precision = OPENVINO_PRECISION[dtype]
+    return "f32" if precision == "bf16" and not cpu_has_native_bf16() else precision
 TORCH_THREADS = torch.get_num_threads()  # PyTorch's own count, before a job on OpenVINO sets it to one
 
 
@@ -99,7 +109,7 @@ def attach_onnx(runner, choice: str, compile: bool, job_pixels: int | None) -> N
         if runner.device.type != "cpu" or not openvino_available():
             raise ValueError(f"{'--precision bf16' if bf16 else '--backend openvino'} runs an ONNX file on "
                              "OpenVINO, on the CPU: pip install 'pixbatch[openvino]' and use --device cpu")
-        runner.compiled = OnnxOpenVINO(runner.module, OPENVINO_PRECISION[runner.dtype])
+        runner.compiled = OnnxOpenVINO(runner.module, openvino_precision(runner.dtype))
         torch.set_num_threads(1)
         return
     runner.compiled = OnnxRuntime(runner.module)
@@ -157,7 +167,7 @@ def attach_backend(runner, choice: str, compile: bool, source: nn.Module | None,
         return
     from pixbatch.runtime.openvino_backend import OpenVINOModel
 
-    precision = OPENVINO_PRECISION[runner.dtype]
+    precision = openvino_precision(runner.dtype)
     if int8 is not None:
         kept = len(int8.entry["float_convolutions"])
         runner.compiled = OpenVINOModel(source, runner.module, precision, task=runner.info.task,

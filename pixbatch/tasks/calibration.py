@@ -16,7 +16,7 @@ import torch
 
 from pixbatch.io.decode import decode_rgb8
 from pixbatch.models import LoadedModel, ModelInfo
-from pixbatch.runtime.backends import OPENVINO_PRECISION
+from pixbatch.runtime.backends import openvino_precision
 from pixbatch.runtime.int8 import int8_model
 from pixbatch.runtime.int8_quantize import Int8Data, Int8Model
 from pixbatch.tasks.planes import model_planes
@@ -36,7 +36,7 @@ def int8_for(loaded: LoadedModel, calibrate_on: tuple[str, ...], dtype: torch.dt
     its bound."""
     data = calibration_data(loaded.info, [Path(p) for p in calibrate_on] or None)
     source = loaded.module.eval().float().cpu()
-    return int8_model(source, loaded.info, data, OPENVINO_PRECISION[dtype], log=log, **recipe)
+    return int8_model(source, loaded.info, data, openvino_precision(dtype), log=log, **recipe)
 
 
 def shipped_images(task: str) -> list[Path]:
