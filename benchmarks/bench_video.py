@@ -1,6 +1,6 @@
 """Video upscaling: pixbatch's pipeline next to a plain per-frame loop and each stage alone, one clip, one run.
 
-    python benchmarks/bench_video.py [--frames 48] [--width 640 --height 360] [--model edsr_tiny_x2]
+    python benchmarks/bench_video.py [--frames 48] [--width 640 --height 360] [--model rlfn_x2]
 
 The clip is made here with PyAV: a slow pan over the repo's example photo (camera.png), H.264 (x264 crf 18),
 --width x --height. Every measurement upscales it with the same prepared model (the default x2 model, the
@@ -51,7 +51,7 @@ def make_clip(path: Path, frames: int, width: int, height: int, gop: int | None 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="edsr_tiny_x2")
+    p.add_argument("--model", default="rlfn_x2")  # the default x2 model
     p.add_argument("--frames", type=int, default=48)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
