@@ -218,7 +218,8 @@ video_options = _apply([
     click.option("--segment-frames", type=click.IntRange(min=1), default=VideoEncoding.segment_frames,
                  show_default=True,
                  help="Video outputs are encoded in segments of this many frames, kept until the video is "
-                      "whole: an interrupted run resumes after the last finished one."),
+                      "whole: an interrupted run resumes after the last finished one. With --ray, a video of "
+                      "at least two such lengths is split at keyframes, one part per worker."),
 ])
 
 

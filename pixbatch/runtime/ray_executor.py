@@ -162,8 +162,11 @@ def split_videos(videos: list[Job], workers: int, spec: JobSpec, owner: str) -> 
             spans = split_at_keyframes(job.src, workers, spec.video.segment_frames)
         except Exception:  # unreadable: run whole, by an actor that says why
             continue
-        if spans and claims.claim(job.dst, owner):
-            split[job] = spans
+        try:
+            if spans and claims.claim(job.dst, owner):
+                split[job] = spans
+        except OSError:  # the claim cannot be written: run whole, by an actor that books why
+            continue
     return split
 
 
@@ -281,6 +284,7 @@ def _run(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, spe
         info(f"ray: {job.src}: split at keyframes into {len(spans)} parts of "
              f"{', '.join(str(s.frames) for s in spans)} frames")
     given_paths = {os.path.abspath(j.src): j.src for j in plan.todo}
+    split_sources = {os.path.abspath(j.src) for j in split}
     failed_videos: set[str] = set()  # a split video's first failed part says why; the others do not repeat it
     cpus = int(resources.get("CPU", 2))
     threads = 0 if gpus else max(1, cpus // workers)
@@ -296,7 +300,7 @@ def _run(make_task: Callable, task: Task, make_runner: Callable, plan: Plan, spe
         for error in part["errors"]:  # paths as the user named them, as in one process
             if error["path"] in failed_videos:
                 continue
-            if any(error["path"] == os.path.abspath(j.src) for j in split):
+            if error["path"] in split_sources:
                 failed_videos.add(error["path"])
             given = str(given_paths.get(error["path"], error["path"]))
             report.failed.append((given, error["reason"]))
