@@ -5,13 +5,16 @@ Naive post-training int8 visibly damages super-resolution: NNCF's default quanti
 presets or activation-range estimators brought the output within 36 dB of fp32's. So nothing here
 is naive:
 
-- **Quantization**: NNCF's accuracy-aware quantization. It first quantizes every layer it can (for image
-  outputs the MIXED preset: asymmetric activations, so an image in [0, 1] is exact at 8 bits; activation
-  ranges from histograms; for masks NNCF's faster defaults; per-channel weight scales and fast bias
-  correction for both: ``_quantize_with_accuracy_control``), then ranks each quantized layer
-  group by how much its int8 moves the held-out images' score, and returns groups to floating point
-  (bf16 where the CPU computes it natively), worst first, until the loss is within the task's bound.
-  Which layers stayed in floating point is measured per model, and written in the cache entry.
+- **Quantization**: two ways, each measured, the fastest one within the bound kept
+  (``_quantize_with_accuracy_control``). NNCF's accuracy-aware quantization first quantizes every layer it can
+  (for image outputs the MIXED preset: asymmetric activations, so an image in [0, 1] is exact at 8 bits;
+  activation ranges from histograms; for masks NNCF's faster defaults; per-channel weight scales and fast
+  bias correction for both), then ranks each quantized layer group by how much its int8 moves the held-out
+  images' score, and returns groups to floating point (bf16 where the CPU computes it natively), worst
+  first, until the loss is within the task's bound. For image outputs also pixbatch's own: weights rounded
+  by their effect on the output (runtime/int8_rounding.py), only convolutions quantized, and only those int8
+  costs least per FLOP kept in it (runtime/int8_select.py). Which layers stayed in floating point, and which
+  way won, is measured per model and written in the cache entry.
 - **Data**: ``Int8Data`` (runtime/int8_quantize.py, built by the task: pixbatch/tasks/calibration.py): calibration inputs and
   held-out inputs. The held-out inputs measure the loss at the end, in this module, against the fp32
   PyTorch model's outputs; that measurement decides.
