@@ -154,7 +154,7 @@ def main() -> None:
                    "output_mp_per_s": out_mp / seconds, "setup_seconds": setup,
                    "shapes_left_to_pytorch": [list(shape) for shape in fell_back]}
             if label == "pixbatch int8":
-                row["int8"] = {k: made.entry[k] for k in ("loss", "bound", "float_convolutions", "convolutions",
+                row["int8"] = {k: made.entry.get(k) for k in ("loss", "bound", "float_convolutions", "convolutions", "selection", "ways",
                                                           "calibration", "held_out")}
                 row["held_out_line"] = quality_line(made.entry)
             if label == "NNCF default int8":
