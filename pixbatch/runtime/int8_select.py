@@ -28,6 +28,7 @@ CONVOLUTIONS = ("Convolution", "GroupConvolution")
 NOT_QUANTIZED = ("Add", "Multiply", "Subtract", "Divide", "Interpolate", "Sigmoid", "MaxPool", "AvgPool",
                  "DepthToSpace", "Concat", "MVN")
 MARGIN = 0.25  # dB the predicted score keeps above the bound: noise from separate layers adds only nearly
+MARGIN_SHARE = 10 ** (MARGIN / 10) - 1  # MARGIN dB as a share of each group's noise
 
 
 def quantize_convolutions(nncf, model, calibration: list, overflow_fix: str):
@@ -72,8 +73,6 @@ def select(quantized, model, noise: Callable[[object], np.ndarray], bound_noise:
         chosen.pop()
     return restored(quantized, model, set())
 
-
-MARGIN_SHARE = 10 ** (MARGIN / 10) - 1  # MARGIN dB as a share of each group's noise
 
 
 def conv_groups(quantized) -> list[tuple[str, ...]]:
