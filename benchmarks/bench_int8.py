@@ -13,7 +13,12 @@ Quality, on data no calibration saw: super-resolution, Y-PSNR on Set5 (MATLAB bi
 `pixbatch eval sr`'s protocol); segmentation, Dice on DRIVE's 20 test images inside the FOV (`pixbatch eval
 seg`'s); style (udnie, Engstrom's net from the shared data), PSNR of the output against the default's on the
 style content photo. Speed: output MP/s of the model alone on one real image of SIZE px (``probe``), the
-four ways timed in alternation, ROUNDS rounds, the median of the rounds' medians; and the ratio to the default. Writes benchmarks/results/int8_cpu.json.
+four ways timed in alternation, ROUNDS rounds, the median of the rounds' medians; and the ratio to the default.
+End to end (``--e2e-images``, 0 to skip): the default and pixbatch int8 each running the command's whole job
+(decode workers, the engine, the writers; run_job, as `pixbatch upscale/segment/stylize` runs it) over one
+folder of real images: for super-resolution and style E2E_IMAGES crops of SIZE px of the photos shipped with
+pixbatch's examples (`pixbatch bench`'s images), for segmentation DRIVE's 20 test images (565 x 584); the
+two timed in alternation, E2E_ROUNDS rounds, the median kept. Writes benchmarks/results/int8_cpu.json.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from benchlib import SHARED_DATA, environment, median_seconds, write_result
 UDNIE = SHARED_DATA / "style_weights" / "ml5_lengstrom" / "udnie"
 CONTENT = SHARED_DATA / "style" / "content"
 ROUNDS = 5
+E2E_ROUNDS = 3
 
 
 def load(name: str):
@@ -88,11 +94,51 @@ def quality(runner, task: str, default_runner) -> tuple[str, float]:
     return "PSNR against the default (dB)", psnr(a, b, max_val=1.0)
 
 
+def e2e_folder(task: str, dst: Path, images: int, size: int) -> Path:
+    """The real images the end-to-end rows run on (module docstring)."""
+    if task == "seg":
+        return SHARED_DATA / "seg" / "drive" / "test" / "images"
+    from pixbatch.bench.pipeline import make_photo_folder
+    from pixbatch.cli.bench import shipped_examples
+
+    make_photo_folder(dst, [shipped_examples()], images, size)
+    return dst
+
+
+def end_to_end(runners: dict, task: str, folder: Path, work: Path) -> dict[str, float]:
+    """Images per second of each runner's whole job over ``folder`` (module docstring), by label."""
+    from pixbatch.io.discover import plan_jobs
+    from pixbatch.runtime.backends import TORCH_THREADS
+    from pixbatch.runtime.engine import run_job
+    from pixbatch.runtime.spec import JobSpec
+    from pixbatch.tasks.segment import SegmentTask
+    from pixbatch.tasks.stylize import StylizeTask
+    from pixbatch.tasks.upscale import UpscaleTask
+
+    kind = {"sr": UpscaleTask, "seg": SegmentTask, "style": StylizeTask}[task]
+    rates: dict[str, list[float]] = {label: [] for label in runners}
+    for r in range(E2E_ROUNDS):
+        for label, runner in runners.items():
+            torch.set_num_threads(1 if runner.backend.startswith("openvino") else TORCH_THREADS)
+            out = work / f"{label.replace(' ', '_')}-{r}"
+            # masks as PNG, as `pixbatch segment` writes them for DRIVE's (untiled) TIFFs
+            plan = plan_jobs([folder], out, suffix_of=(lambda p: ".png") if task == "seg" else None)
+            t = time.perf_counter()
+            report = run_job(kind(runner), plan, JobSpec(windowing=kind.windowing()), log=lambda line: None)
+            seconds = time.perf_counter() - t
+            if report.failed or report.done != len(plan.todo):
+                raise RuntimeError(f"{label}: {report.done} of {len(plan.todo)} images written: {report.failed}")
+            rates[label].append(len(plan.todo) / seconds)
+            shutil.rmtree(out)
+    return {label: float(np.median(v)) for label, v in rates.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="rlfn_x4,edsr_tiny_x4,unet_drive,udnie")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--min-time", type=float, default=5.0, help="seconds of timing per row, over ROUNDS rounds")
+    p.add_argument("--e2e-images", type=int, default=24, help="images of the end-to-end rows (0: none)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
@@ -169,6 +215,16 @@ def main() -> None:
                   f"{r['output_mp_per_s']:6.2f} MP/s  {r['speed_vs_default']:4.2f}x default  [{r['backend']}]"
                   + (f"  (PyTorch ran {len(r['shapes_left_to_pytorch'])} of its shapes)" if r["shapes_left_to_pytorch"]
                      else ""), flush=True)
+        if made is not None and args.e2e_images:
+            with tempfile.TemporaryDirectory() as work:
+                folder = e2e_folder(info.task, Path(work) / "in", args.e2e_images, args.size)
+                rates = end_to_end({k: runners[k] for k in ("default", "pixbatch int8")}, info.task, folder, Path(work))
+            row = {"model": name, "task": info.task, "way": "end to end", "folder": str(folder.relative_to(work))
+                   if folder.is_relative_to(work) else str(folder), "images_per_s": rates,
+                   "int8_vs_default": rates["pixbatch int8"] / rates["default"]}
+            rows.append(row)
+            print(f"{name:<13} end to end (run_job): default {rates['default']:.2f} img/s, pixbatch int8 "
+                  f"{rates['pixbatch int8']:.2f} img/s, {row['int8_vs_default']:.2f}x", flush=True)
         if made is not None:
             print(f"{'':<13} pixbatch int8 on its held-out calibration images: {quality_line(made.entry)}; "
                   f"{len(made.entry['float_convolutions'])} of {made.entry['convolutions']} convolutions in floating "

@@ -167,9 +167,9 @@ def _quantize_with_accuracy_control(nncf, source: nn.Module, model, data: Int8Da
     from 33.4 to 36.3 dB against fp32's). Images also: "selected", weights rounded by their effect on the
     output (runtime/int8_rounding.py), every convolution quantized, and only those int8 costs least per FLOP
     kept in it within ``bound`` (runtime/int8_select.py). Neither wins everywhere (an AVX2-only EPYC,
-    results/int8_cpu_epyc_avx2.json): rlfn_x4 is within 52 dB only "selected" (1.51x the f32 default);
-    edsr_tiny_x4 "restored", which keeps NNCF's quantizers on its residual adds, ran 230 ms at 256 px against
-    "selected"'s 293 (f32: 335)."""
+    results/int8_cpu_epyc_avx2.json): rlfn_x4 is within 52 dB only "selected" (1.35x the f32 default; the
+    restorer 50.5 dB); edsr_tiny_x4 "restored", which keeps NNCF's quantizers on its residual adds, ran 373 ms
+    at 256 px against "selected"'s 403."""
     from nncf.quantization.advanced_parameters import (
         AdvancedAccuracyRestorerParameters,
         AdvancedQuantizationParameters,

@@ -14,8 +14,11 @@ from tests.conftest import gradient_rgb
 
 def test_the_shipped_sets_split_into_calibration_and_held_out_images():
     sr = calibration.calibration_data(create_model("edsr_tiny_x2").info)
-    assert (len(sr.calibration), len(sr.held_out)) == (9, 3) and not sr.from_input
-    assert "photos shipped with pixbatch" in sr.source
+    # 9 photos and the drawings calibrate; only photos are held out
+    assert (len(sr.calibration), len(sr.held_out)) == (9 + calibration.GRAPHICS, 3) and not sr.from_input
+    assert "photos shipped with pixbatch (9 calibrate, 3 held out) and 3 drawings (calibrate)" in sr.source
+    np.testing.assert_allclose(sr.calibration[-1][0].transpose(1, 2, 0) * 255,
+                               calibration.drawing(calibration.GRAPHICS - 1, 256), atol=1e-3)
     photos = calibration.shipped_images("sr")
     assert len(photos) == 12 and all(decode_rgb8(p).shape == (256, 256, 3) for p in photos)
     # every fourth image held out; each as it is, in [0, 1]
@@ -25,6 +28,29 @@ def test_the_shipped_sets_split_into_calibration_and_held_out_images():
     seg = calibration.calibration_data(create_model("unet_drive").info)
     assert (len(seg.calibration), len(seg.held_out)) == (6, 2)
     assert seg.calibration[0].shape == (1, 3, 160, 160) and "fundus" in seg.source
+
+
+def test_drawings_are_the_same_each_run_and_have_what_the_photos_lack():
+    a, b = calibration.drawing(0, 128), calibration.drawing(0, 128)
+    assert a.shape == (128, 128, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, calibration.drawing(1, 128))
+    # saturated colours: a large share of pixels far from grey (0.59 of the three), unlike the shipped photos'
+    # (0.21 at most)
+    chroma = lambda img: ((img.max(axis=2).astype(int) - img.min(axis=2)) > 150).mean()  # noqa: E731
+    assert np.mean([chroma(calibration.drawing(seed, 128)) for seed in range(calibration.GRAPHICS)]) > 0.4
+    assert max(chroma(decode_rgb8(p)) for p in calibration.shipped_images("sr")) < 0.25
+    # hard edges: neighbouring pixels often differ by most of the range
+    assert (np.abs(np.diff(a.astype(int), axis=1)).max(axis=2) > 128).mean() > 0.005
+
+
+def test_the_job_images_come_without_drawings(tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(gradient_rgb(64, 64, seed=i)).save(paths[-1])
+    data = calibration.calibration_data(create_model("edsr_tiny_x2").info, paths)
+    assert len(data.calibration) == 2 and "drawings" not in data.source
 
 
 def test_calibrating_on_the_job_uses_its_images_and_skips_unreadable_ones(tmp_path):
