@@ -66,16 +66,14 @@ def calibration_data(info: ModelInfo, inputs: list[Path] | None = None) -> Int8D
     if len(crops) < 2:
         raise ValueError("--calibrate-on-input needs at least two readable images among the job's first "
                          f"{MAX_INPUTS}" if inputs else f"the calibration set in {SHIPPED} is missing")
+    drawn = [drawing(seed, CROP) for seed in range(GRAPHICS)] if not inputs and info.task != "seg" else []
     m = info.size_multiple
-    crops = [c[: c.shape[0] // m * m, : c.shape[1] // m * m] for c in crops]
+    crops, drawn = ([c[: c.shape[0] // m * m, : c.shape[1] // m * m] for c in group] for group in (crops, drawn))
     held_out = {i for i in range(len(crops)) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1} or {len(crops) - 1}
     where = f"{len(crops)} of your images" if inputs else f"the {SETS[info.task]} shipped with pixbatch"
     where += f" ({len(crops) - len(held_out)} calibrate, {len(held_out)} held out)"
-    drawn = []
-    if not inputs and info.task != "seg":
-        drawn = [drawing(seed, CROP) for seed in range(GRAPHICS)]
-        drawn = [c[: c.shape[0] // m * m, : c.shape[1] // m * m] for c in drawn]
-        where += f" and {GRAPHICS} drawings (calibrate)"
+    if drawn:
+        where += f" and {len(drawn)} drawings (calibrate)"
     calibration = [planes(c, info) for i, c in enumerate(crops) if i not in held_out] + [planes(c, info) for c in drawn]
     return Int8Data(calibration, [planes(c, info) for i, c in enumerate(crops) if i in held_out], where,
                     from_input=bool(inputs))
