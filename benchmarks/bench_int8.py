@@ -94,6 +94,13 @@ def quality(runner, task: str, default_runner) -> tuple[str, float]:
     return "PSNR against the default (dB)", psnr(a, b, max_val=1.0)
 
 
+def use_threads_of(runner) -> None:
+    """PyTorch's threads as the command sets them for ``runner``: one beside OpenVINO, else its own count."""
+    from pixbatch.runtime.backends import TORCH_THREADS
+
+    torch.set_num_threads(1 if runner.backend.startswith("openvino") else TORCH_THREADS)
+
+
 def e2e_folder(task: str, dst: Path, images: int, size: int) -> Path:
     """The real images the end-to-end rows run on (module docstring)."""
     if task == "seg":
@@ -108,7 +115,6 @@ def e2e_folder(task: str, dst: Path, images: int, size: int) -> Path:
 def end_to_end(runners: dict, task: str, folder: Path, work: Path) -> dict[str, float]:
     """Images per second of each runner's whole job over ``folder`` (module docstring), by label."""
     from pixbatch.io.discover import plan_jobs
-    from pixbatch.runtime.backends import TORCH_THREADS
     from pixbatch.runtime.engine import run_job
     from pixbatch.runtime.spec import JobSpec
     from pixbatch.tasks.segment import SegmentTask
@@ -119,7 +125,7 @@ def end_to_end(runners: dict, task: str, folder: Path, work: Path) -> dict[str, 
     rates: dict[str, list[float]] = {label: [] for label in runners}
     for r in range(E2E_ROUNDS):
         for label, runner in runners.items():
-            torch.set_num_threads(1 if runner.backend.startswith("openvino") else TORCH_THREADS)
+            use_threads_of(runner)
             out = work / f"{label.replace(' ', '_')}-{r}"
             # masks as PNG, as `pixbatch segment` writes them for DRIVE's (untiled) TIFFs
             plan = plan_jobs([folder], out, suffix_of=(lambda p: ".png") if task == "seg" else None)
@@ -186,11 +192,11 @@ def main() -> None:
         times = {label: [] for label in runners}
         for _ in range(ROUNDS):
             for label, runner in runners.items():
-                torch.set_num_threads(1 if runner.backend.startswith("openvino") else TORCH_THREADS)
+                use_threads_of(runner)
                 times[label].append(median_seconds(lambda runner=runner, x=x: runner(x), cpu, args.min_time / ROUNDS))
         for label, runner in runners.items():
             setup = {"pixbatch int8": made_s, "NNCF default int8": plain_s}.get(label)
-            torch.set_num_threads(1 if runner.backend.startswith("openvino") else TORCH_THREADS)
+            use_threads_of(runner)
             metric, value = quality(runner, info.task, runners["default"])
             seconds = float(np.median(times[label]))
             # shapes where an int8 model's first batch was too far from PyTorch's, which then ran them
@@ -219,8 +225,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as work:
                 folder = e2e_folder(info.task, Path(work) / "in", args.e2e_images, args.size)
                 rates = end_to_end({k: runners[k] for k in ("default", "pixbatch int8")}, info.task, folder, Path(work))
-            row = {"model": name, "task": info.task, "way": "end to end", "folder": str(folder.relative_to(work))
-                   if folder.is_relative_to(work) else str(folder), "images_per_s": rates,
+            row = {"model": name, "task": info.task, "way": "end to end", "images_per_s": rates,
+                   "folder": str(folder) if info.task == "seg" else f"{args.e2e_images} example photo crops",
                    "int8_vs_default": rates["pixbatch int8"] / rates["default"]}
             rows.append(row)
             print(f"{name:<13} end to end (run_job): default {rates['default']:.2f} img/s, pixbatch int8 "

@@ -74,7 +74,6 @@ def select(quantized, model, noise: Callable[[object], np.ndarray], bound_noise:
     return restored(quantized, model, set())
 
 
-
 def conv_groups(quantized) -> list[tuple[str, ...]]:
     """Convolutions (friendly names) that share an input quantizer, as groups; a convolution whose input has
     no quantizer is in none."""
