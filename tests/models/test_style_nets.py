@@ -158,6 +158,23 @@ def test_tensorflow_same_padding_and_transposed_conv_follow_tensorflow():
     torch.testing.assert_close(got[0, 0], expected[:6, :8], rtol=1e-5, atol=1e-5)
 
 
+def test_engstrom_net_converted_once_computes_every_size():
+    """OpenVINO's conversion (a trace) at one size, run at others, odd ones among them: the padding and the
+    transposed convs' crop follow the size (an int8 model is converted once, at its calibration size)."""
+    pytest.importorskip("openvino")
+    from pixbatch.runtime.openvino_backend import convert_module, shared_core
+
+    torch.manual_seed(0)
+    net = build_registered("engstrom_style").eval()
+    model = convert_module(net, torch.rand(1, 3, 64, 64))
+    for h, w in ((96, 128), (70, 54)):
+        x = torch.rand(1, 3, h, w)
+        static = model.clone()
+        static.reshape({0: list(x.shape)})
+        got = shared_core().compile_model(static, "CPU")(x.numpy())[0]
+        torch.testing.assert_close(torch.from_numpy(got), run(net, x), rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("problem", ["traversal", "short", "missing", "not json"])
 def test_a_bad_variables_folder_is_one_clear_error(tmp_path, problem):
     folder = tmp_path / "bad"

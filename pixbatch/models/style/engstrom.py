@@ -21,8 +21,11 @@ EPS = 1e-3
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's "SAME" padding along one axis: (before, after); the odd pixel goes after."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    """TensorFlow's "SAME" padding along one axis: (before, after); the odd pixel goes after. TensorFlow's
+    max((ceil(size / stride) - 1) * stride + kernel - size, 0), for kernel >= stride, in integer operations
+    only: a trace (OpenVINO's conversion, torch's exporter) keeps them as functions of the size, where
+    ``math.ceil`` froze its term at the traced size and made every output that size."""
+    total = kernel - 1 - (size - 1) % stride
     return total // 2, total - total // 2
 
 
@@ -55,10 +58,11 @@ class ConvTransposeNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # "SAME" for an even output of 2n puts no padding before: out[2i + k] += x[i] w[k]; the last of
-        # the 2n + 1 rows a plain transposed conv makes lies beyond the output
-        h, w = x.shape[-2:]
+        # the 2n + 1 rows a plain transposed conv makes lies beyond the output. Cut as "all but the last"
+        # (not ": 2 * h", which a trace freezes at the traced size: OpenVINO's model, int8's above all, then
+        # computed another size at every other shape)
         y = F.conv_transpose2d(x, self.weight, stride=2)
-        return self.norm(y[..., : 2 * h, : 2 * w])
+        return self.norm(y[..., :-1, :-1])
 
 
 class ResidualBlock(nn.Module):
