@@ -5,8 +5,8 @@ Naive post-training int8 visibly damages super-resolution: NNCF's default quanti
 presets or activation-range estimators brought the output within 36 dB of fp32's. So nothing here
 is naive:
 
-- **Quantization**: two ways, each measured, the fastest one within the bound kept
-  (``_quantize_with_accuracy_control``). NNCF's accuracy-aware quantization first quantizes every layer it can
+- **Quantization**: two ways (style nets: the second alone), each measured, the fastest one within the
+  bound kept (``_quantize_with_accuracy_control``). NNCF's accuracy-aware quantization first quantizes every layer it can
   (for image outputs the MIXED preset: asymmetric activations, so an image in [0, 1] is exact at 8 bits;
   activation ranges from histograms; for masks NNCF's faster defaults; per-channel weight scales and fast
   bias correction for both), then ranks each quantized layer group by how much its int8 moves the held-out
@@ -20,12 +20,12 @@ is naive:
   PyTorch model's outputs; that measurement decides.
 - **Bounds** (``BOUNDS``): super-resolution, outputs within 52 dB (Y-PSNR) of fp32's; segmentation,
   masks that agree with fp32's at Dice 0.99 or better; style, outputs within 40 dB (PSNR) of the float
-  model's as the job would otherwise run it (bf16 where native). Beyond its bound int8 is refused with
-  one line giving the loss. Why 52 dB and not the drop of PSNR against reference images: that drop
-  depends on how good the image already is, so held-out crops (textures and photos at 20-30 dB)
-  predicted 0.02 dB where Set5 (32 dB) lost 0.24 for rlfn_x4; an error 52 dB below fp32's output,
-  independent of the model's own error, costs an image at 32 dB 0.04 dB (and one at 38 dB, as Set5 at
-  x2, 0.17 dB).
+  model's as the job would otherwise run it (bf16 where native), judged on photos enlarged to 1024 px.
+  Beyond its bound int8 is refused with one line giving the loss. Why 52 dB and not the drop of PSNR
+  against reference images: that drop depends on how good the image already is, so held-out crops
+  (textures and photos at 20-30 dB) predicted 0.02 dB where Set5 (32 dB) lost 0.24 for rlfn_x4; an error
+  52 dB below fp32's output, independent of the model's own error, costs an image at 32 dB 0.04 dB (and
+  one at 38 dB, as Set5 at x2, 0.17 dB).
 - **Cache**: one folder per model content, calibration data, recipe, bound, CPU features and library
   versions under the user cache directory (``cache_root``), written atomically (a temporary folder
   renamed into place) under a file lock, so concurrent runs make it once and later runs start at once.

@@ -22,9 +22,9 @@ from torch import nn
 from pixbatch.models import ModelInfo
 from pixbatch.ops.psnr import psnr, rgb_to_y
 
-RECIPE = 4  # part of the cache key: raise it when the recipe changes what a quantized model is
-# layer groups accuracy control may return to floating point before int8 is given up (Engstrom's udnie style
-# net took 17 minutes of restoring, uncapped, to end 3.6 dB short of its bound)
+RECIPE = 5  # part of the cache key: raise it when the recipe changes what a quantized model is
+# layer groups NNCF's restorer may return to floating point before int8 is given up (Engstrom's udnie style
+# net took 17 minutes of restoring, uncapped, to end 3.6 dB short of its bound; style nets no longer use it)
 MAX_RESTORED = 16
 PSNR_CAP = 60.0  # style's score: PSNR against fp32 capped here (fp32 against itself is infinite)
 # task -> (what the loss is, the largest loss kept); the score behind it: ``score``
@@ -160,16 +160,18 @@ def accepted(loss: float, bound: float, float_convs: int, convs: int) -> bool:
 
 def _quantize_with_accuracy_control(nncf, source: nn.Module, model, data: Int8Data, samples: list, validate,
                                     bound: float, allowed: float, info: ModelInfo, precision: str) -> dict:
-    """The candidates ``quantize`` measures and keeps the fastest of, by name. All: NNCF's accuracy-aware
-    quantization (``allowed``: the drop it may allow from the float model), from its defaults for masks
-    (symmetric activations: unet_drive ran 1.36x faster than with asymmetric ones, the same DRIVE Dice within
-    0.0001), for images from asymmetric activations with histogram ranges (rlfn_x4's plain int8 output went
-    from 33.4 to 36.3 dB against fp32's). Images also: "selected", weights rounded by their effect on the
-    output (runtime/int8_rounding.py), every convolution quantized, and only those int8 costs least per FLOP
-    kept in it within ``bound`` (runtime/int8_select.py). Neither wins everywhere (an AVX2-only EPYC,
-    results/int8_cpu_epyc_avx2.json): rlfn_x4 is within 52 dB only "selected" (1.35x the f32 default; the
-    restorer 50.5 dB); edsr_tiny_x4 "restored", which keeps NNCF's quantizers on its residual adds, ran 373 ms
-    at 256 px against "selected"'s 403."""
+    """The candidates ``quantize`` measures and keeps the fastest of, by name. Masks and super-resolution:
+    "restored", NNCF's accuracy-aware quantization (``allowed``: the drop it may allow from the float model),
+    from its defaults for masks (symmetric activations: unet_drive ran 1.36x faster than with asymmetric ones,
+    the same DRIVE Dice within 0.0001), for images from asymmetric activations with histogram ranges
+    (rlfn_x4's plain int8 output went from 33.4 to 36.3 dB against fp32's). Images also: "selected", weights
+    rounded by their effect on the output (runtime/int8_rounding.py), every convolution quantized, and only
+    those int8 costs least per FLOP kept in it within ``bound`` (runtime/int8_select.py). For
+    super-resolution neither wins everywhere (an AVX2-only EPYC, results/int8_cpu_epyc_avx2.json): rlfn_x4
+    is within 52 dB only "selected" (1.35x the f32 default; the restorer 50.5 dB); edsr_tiny_x4 "restored",
+    which keeps NNCF's quantizers on its residual adds, ran 373 ms at 256 px against "selected"'s 403.
+    Style: "selected" alone; the restorer quantizes the instance norms' statistics too, and took 21 minutes
+    to refuse udnie, of which "selected" keeps 13 of 14 convolutions int8."""
     from nncf.quantization.advanced_parameters import (
         AdvancedAccuracyRestorerParameters,
         AdvancedQuantizationParameters,
@@ -181,11 +183,13 @@ def _quantize_with_accuracy_control(nncf, source: nn.Module, model, data: Int8Da
     if info.task != "seg":
         start = {"preset": nncf.QuantizationPreset.MIXED, "advanced_quantization_parameters": AdvancedQuantizationParameters(
             activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM, overflow_fix=nncf.OverflowFix(fix))}
-    candidates = {"restored": nncf.quantize_with_accuracy_control(
-        model, nncf.Dataset(data.calibration), nncf.Dataset(samples), validate, max_drop=allowed,
-        subset_size=len(data.calibration), **start,
-        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-            ranking_subset_size=len(samples), max_num_iterations=MAX_RESTORED))}
+    candidates = {}
+    if info.task != "style":
+        candidates["restored"] = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(data.calibration), nncf.Dataset(samples), validate, max_drop=allowed,
+            subset_size=len(data.calibration), **start,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                ranking_subset_size=len(samples), max_num_iterations=MAX_RESTORED))
     if info.task != "seg":
         from pixbatch.runtime.int8_rounding import round_weights
         from pixbatch.runtime.int8_select import quantize_convolutions, select

@@ -24,9 +24,12 @@ from collections.abc import Callable
 import numpy as np
 
 CONVOLUTIONS = ("Convolution", "GroupConvolution")
+PASSED = ("Pad",)  # ops between a quantizer and the convolutions it feeds (``_users``)
 # ops NNCF would put quantizers on for OpenVINO's int8 kernels; for images, only convolutions are quantized
+# and transposed convolutions: OpenVINO 2026.4 ran udnie's in f32 given int8 inputs and weights (an AVX2-only
+# EPYC), and their int8 weights cost 1 dB of its output
 NOT_QUANTIZED = ("Add", "Multiply", "Subtract", "Divide", "Interpolate", "Sigmoid", "MaxPool", "AvgPool",
-                 "DepthToSpace", "Concat", "MVN")
+                 "DepthToSpace", "Concat", "MVN", "ConvolutionBackpropData")
 MARGIN = 0.25  # dB the predicted score keeps above the bound: noise from separate layers adds only nearly
 MARGIN_SHARE = 10 ** (MARGIN / 10) - 1  # MARGIN dB as a share of each group's noise
 
@@ -42,9 +45,17 @@ def quantize_convolutions(nncf, model, calibration: list, overflow_fix: str):
         advanced_parameters=AdvancedQuantizationParameters(
             overflow_fix=nncf.OverflowFix(overflow_fix),
             activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM))
+    return convolution_inputs_only(quantized)
+
+
+def convolution_inputs_only(quantized):
+    """``quantized`` with every quantizer that feeds anything but convolutions bypassed, in place: e.g. the
+    upsampler's output, before a pixel shuffle NNCF sees as reshapes, or an instance norm's statistics.
+    A quantizer that reaches its convolutions through a Pad (udnie's reflection padding) stays: without that
+    look-through no style-net quantizer did, and udnie was refused with all 14 convolutions in f32."""
     for fq in [n for n in quantized.get_ordered_ops() if n.get_type_name() == "FakeQuantize"]:
-        if not all(t.get_node().get_type_name() in CONVOLUTIONS for t in fq.output(0).get_target_inputs()):
-            _bypass(fq)  # e.g. the upsampler's output, before a pixel shuffle NNCF sees as reshapes
+        if not all(u.get_type_name() in CONVOLUTIONS for u in _users(fq)):
+            _bypass(fq)
     return quantized
 
 
@@ -80,8 +91,7 @@ def conv_groups(quantized) -> list[tuple[str, ...]]:
     groups = []
     for fq in quantized.get_ordered_ops():
         if fq.get_type_name() == "FakeQuantize":
-            users = [t.get_node() for t in fq.output(0).get_target_inputs()]
-            groups.append(tuple(sorted(u.get_friendly_name() for u in users if u.get_type_name() in CONVOLUTIONS)))
+            groups.append(tuple(sorted(u.get_friendly_name() for u in _users(fq) if u.get_type_name() in CONVOLUTIONS)))
     return [g for g in dict.fromkeys(groups) if g]
 
 
@@ -111,14 +121,26 @@ def restored(quantized, model, keep: set[str]):
         if conv.get_type_name() not in CONVOLUTIONS or name in keep or name not in originals:
             continue
         source = conv.input_value(0).get_node()
-        if source.get_type_name() == "FakeQuantize" and not any(
-                t.get_node().get_friendly_name() in keep for t in source.output(0).get_target_inputs()):
+        while source.get_type_name() in PASSED:
+            source = source.input_value(0).get_node()
+        if source.get_type_name() == "FakeQuantize" and not any(u.get_friendly_name() in keep for u in _users(source)):
             _bypass(source)
         weights = originals[name].input_value(1).get_node()
         if weights.get_type_name() == "Constant":
             conv.input(1).replace_source_output(op.Constant(weights.get_data().copy()).output(0))
     copy.validate_nodes_and_infer_types()
     return copy
+
+
+def _users(node) -> list:
+    """The nodes reading ``node``'s output, looked through the ops in PASSED; those that read only its shape
+    (ShapeOf, where the model takes any input size) are none."""
+    out = []
+    for target in node.output(0).get_target_inputs():
+        user = target.get_node()
+        if user.get_type_name() != "ShapeOf":
+            out.extend(_users(user) if user.get_type_name() in PASSED else [user])
+    return out
 
 
 def _bypass(fq) -> None:

@@ -100,8 +100,10 @@ def test_stylize_in_int8(photos, tmp_path, small_crops, style_checkpoint, monkey
     # a random style net whose bf16 output is itself only about 40 dB from fp32's: judged at 20 dB here, so the
     # first quantization is kept (accuracy control would return its layers one by one, minutes of work)
     from pixbatch.runtime import int8
+    from pixbatch.tasks import calibration
 
     monkeypatch.setitem(int8.BOUNDS, "style", ("60 dB - PSNR", 40.0))
+    monkeypatch.setattr(calibration, "STYLE_ENLARGE", 2)  # judged at 128 px: half the test's time at 4x
     code, _, err = run("-v", "stylize", photos, tmp_path / "styled", "--model", style_checkpoint, "--precision", "int8")
     assert code == 0, err
     assert re.search(r"int8: PSNR [\d.]+ dB against the (bf16|f32) model's output \(bound 20 dB\)", err)

@@ -95,3 +95,26 @@ def test_a_choice_measured_beyond_the_bound_is_undone_and_nothing_within_it_leav
     chosen = select(quantized, model, noise_of({"big": 1e-4, "small": 1e-4}), within(52.0), [1, 2, 8, 8])
     assert int8_convs(chosen) == set()
     assert np.array_equal(weights_of(chosen, "big"), WEIGHTS["big"])
+
+
+def test_a_quantizer_reaches_its_convolution_through_padding_and_one_feeding_anything_else_is_bypassed():
+    # x -> FQ -> reflection Pad -> "padded" (its input's shape read too, as a dynamic model does) -> FQ ->
+    # Add with itself: the first quantizer is the convolution's input quantizer, the second is bypassed
+    from pixbatch.runtime.int8_select import convolution_inputs_only
+
+    def build(quantized: bool) -> ov.Model:
+        x = ops.parameter([1, 2, 8, 8], np.float32, name="x")
+        y = ops.fake_quantize(x, -4.0, 4.0, -4.0, 4.0, 256) if quantized else x
+        shape = ops.shape_of(y)
+        padded = ops.pad(y, np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1]), "reflect")
+        conv = ops.convolution(padded, ops.constant(WEIGHTS["big"]), [1, 1], [0, 0], [0, 0], [1, 1])
+        conv.set_friendly_name("padded")
+        z = ops.fake_quantize(conv, -4.0, 4.0, -4.0, 4.0, 256) if quantized else conv
+        return ov.Model([ops.add(z, z), shape], [x])
+
+    model = build(False)
+    quantized = convolution_inputs_only(build(True))
+    kinds = [n.get_type_name() for n in quantized.get_ordered_ops()]
+    assert kinds.count("FakeQuantize") == 1 and conv_groups(quantized) == [("padded",)]
+    assert conv_groups(restored(quantized, model, set())) == []  # back in float: its quantizer bypassed
+    assert conv_groups(restored(quantized, model, {"padded"})) == [("padded",)]

@@ -70,3 +70,16 @@ def test_calibrating_on_the_job_uses_its_images_and_skips_unreadable_ones(tmp_pa
     assert data.held_out[0].shape == (1, 3, 256, 256)
     with pytest.raises(ValueError, match="at least two readable images"):
         calibration.calibration_data(info, [paths[0], tmp_path / "bad.png"])
+
+
+def test_style_models_calibrate_also_and_are_judged_only_on_enlarged_photos():
+    style = calibration.calibration_data(create_model("johnson_style").info)
+    k = calibration.STYLE_ENLARGE
+    photos = calibration.shipped_images("style")
+    # 9 photos as they are, the same 9 enlarged, then the drawings; the 3 held out enlarged only
+    assert (len(style.calibration), len(style.held_out)) == (18 + calibration.GRAPHICS, 3)
+    assert [x.shape[2] for x in style.calibration] == [256] * 9 + [256 * k] * 9 + [256] * calibration.GRAPHICS
+    assert all(x.shape[2:] == (256 * k, 256 * k) for x in style.held_out)
+    np.testing.assert_allclose(style.held_out[0][0].transpose(1, 2, 0) * 255,
+                               calibration.enlarged(decode_rgb8(photos[3]), k), atol=1e-3)
+    assert style.source.endswith(f"judged at {k}x their size")
