@@ -171,7 +171,7 @@ def _quantize_with_accuracy_control(nncf, source: nn.Module, model, data: Int8Da
     is within 52 dB only "selected" (1.35x the f32 default; the restorer 50.5 dB); edsr_tiny_x4 "restored",
     which keeps NNCF's quantizers on its residual adds, ran 373 ms at 256 px against "selected"'s 403.
     Style: "selected" alone; the restorer quantizes the instance norms' statistics too, and took 21 minutes
-    to refuse udnie, of which "selected" keeps 13 of 14 convolutions int8."""
+    to refuse udnie, of which "selected" keeps 10 of 14 convolutions int8 (results/int8_cpu_epyc_avx2.json)."""
     from nncf.quantization.advanced_parameters import (
         AdvancedAccuracyRestorerParameters,
         AdvancedQuantizationParameters,

@@ -51,7 +51,7 @@ def quantize_convolutions(nncf, model, calibration: list, overflow_fix: str):
 def convolution_inputs_only(quantized):
     """``quantized`` with every quantizer that feeds anything but convolutions bypassed, in place: e.g. the
     upsampler's output, before a pixel shuffle NNCF sees as reshapes, or an instance norm's statistics.
-    A quantizer that reaches its convolutions through a Pad (udnie's reflection padding) stays: without that
+    A quantizer that reaches its convolutions through a Pad (udnie's TensorFlow-style padding) stays: without that
     look-through no style-net quantizer did, and udnie was refused with all 14 convolutions in f32."""
     for fq in [n for n in quantized.get_ordered_ops() if n.get_type_name() == "FakeQuantize"]:
         if not all(u.get_type_name() in CONVOLUTIONS for u in _users(fq)):
