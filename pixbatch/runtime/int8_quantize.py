@@ -100,7 +100,7 @@ def quantize(source: nn.Module, info: ModelInfo, data: Int8Data, precision: str,
 
     import nncf
 
-    from pixbatch.runtime.openvino_backend import convert_module, shared_core
+    from pixbatch.runtime.openvino_backend import convert_module
 
     nncf.set_log_level(logging.ERROR)
     start = time.perf_counter()
@@ -123,11 +123,8 @@ def quantize(source: nn.Module, info: ModelInfo, data: Int8Data, precision: str,
         if recipe == "plain":
             candidates = {"plain": nncf.quantize(model, nncf.Dataset(data.calibration), subset_size=len(data.calibration))}
         else:
-            # NNCF's restorer measures the drop from the float model as it compiles it (bf16 on CPUs that
-            # compute bf16 natively), not from fp32: what that loses already is not allowed again
-            allowed = max(bound - (fp32_score - validate(shared_core().compile_model(model, "CPU"), samples)[0]), 0.0)
             candidates = _quantize_with_accuracy_control(nncf, source, model, data, samples, validate, bound,
-                                                         allowed, info, precision)
+                                                         fp32_score, info, precision)
     size = max(256, info.min_size)
     size += -size % info.size_multiple
     probe = np.random.default_rng(0).random((1, info.in_channels, size, size), dtype=np.float32)
@@ -159,7 +156,7 @@ def accepted(loss: float, bound: float, float_convs: int, convs: int) -> bool:
 
 
 def _quantize_with_accuracy_control(nncf, source: nn.Module, model, data: Int8Data, samples: list, validate,
-                                    bound: float, allowed: float, info: ModelInfo, precision: str) -> dict:
+                                    bound: float, fp32_score: float, info: ModelInfo, precision: str) -> dict:
     """The candidates ``quantize`` measures and keeps the fastest of, by name. Masks and super-resolution:
     "restored", NNCF's accuracy-aware quantization (``allowed``: the drop it may allow from the float model),
     from its defaults for masks (symmetric activations: unet_drive ran 1.36x faster than with asymmetric ones,
@@ -178,6 +175,8 @@ def _quantize_with_accuracy_control(nncf, source: nn.Module, model, data: Int8Da
     )
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+    from pixbatch.runtime.openvino_backend import convert_module, shared_core
+
     fix = overflow_fix(cpu_features()["flags"])
     start = {"advanced_quantization_parameters": AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(fix))}
     if info.task != "seg":
@@ -185,6 +184,9 @@ def _quantize_with_accuracy_control(nncf, source: nn.Module, model, data: Int8Da
             activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM, overflow_fix=nncf.OverflowFix(fix))}
     candidates = {}
     if info.task != "style":
+        # NNCF's restorer measures the drop from the float model as it compiles it (bf16 on CPUs that
+        # compute bf16 natively), not from fp32: what that loses already is not allowed again
+        allowed = max(bound - (fp32_score - validate(shared_core().compile_model(model, "CPU"), samples)[0]), 0.0)
         candidates["restored"] = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(data.calibration), nncf.Dataset(samples), validate, max_drop=allowed,
             subset_size=len(data.calibration), **start,
@@ -193,7 +195,6 @@ def _quantize_with_accuracy_control(nncf, source: nn.Module, model, data: Int8Da
     if info.task != "seg":
         from pixbatch.runtime.int8_rounding import round_weights
         from pixbatch.runtime.int8_select import quantize_convolutions, select
-        from pixbatch.runtime.openvino_backend import convert_module
 
         def noise(candidate) -> np.ndarray:  # per held-out image, as a share of the peak's square
             compiled = compile_for(candidate, precision)
