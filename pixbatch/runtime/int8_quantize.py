@@ -90,7 +90,6 @@ def versions() -> dict:
     return out
 
 
-
 def quantize(source: nn.Module, info: ModelInfo, data: Int8Data, precision: str, recipe: str = "controlled",
              bound: float | None = None) -> Int8Model:
     """Quantize (recipe "controlled": under accuracy control, module docstring; "plain": NNCF's defaults),
@@ -128,31 +127,48 @@ def quantize(source: nn.Module, info: ModelInfo, data: Int8Data, precision: str,
     size = max(256, info.min_size)
     size += -size % info.size_multiple
     probe = np.random.default_rng(0).random((1, info.in_channels, size, size), dtype=np.float32)
-    made = []
-    for way, quantized in candidates.items():
-        loss = float(fp32_score - validate(compile_for(quantized, precision), samples)[0])
-        convs, kept = float_convolutions(quantized)
-        ok = accepted(loss, bound, len(kept), convs)
-        made.append((not ok, median_ms(quantized, precision, probe) if ok else loss, way, quantized, loss, convs, kept))
-    _, _, way, quantized, loss, convs, kept = min(made, key=lambda m: m[:2])  # the fastest kept, else the closest
-    entry = {"model": info.name, "task": info.task, "metric": metric, "loss": loss, "bound": bound,
-             "accepted": accepted(loss, bound, len(kept), convs), "held_out": len(samples),
-             "calibration": data.source, "recipe": recipe, "convolutions": convs, "float_convolutions": kept,
-             "precision": precision, "selection": way,
+    ways = [_measured(way, quantized, fp32_score, validate, samples, bound, precision, probe)
+            for way, quantized in candidates.items()]
+    best = min(ways, key=lambda w: (not w.accepted, w.ms if w.accepted else w.loss))  # fastest kept, else closest
+    entry = {"model": info.name, "task": info.task, "metric": metric, "loss": best.loss, "bound": bound,
+             "accepted": best.accepted, "held_out": len(samples),
+             "calibration": data.source, "recipe": recipe, "convolutions": best.convolutions,
+             "float_convolutions": best.float_convolutions, "precision": precision, "selection": best.name,
              "cpu": cpu_features(), "versions": versions(), "recipe_version": RECIPE}
-    if len(made) > 1:  # what the other ways measured
-        entry["ways"] = {m[2]: {"loss": m[4], "float_convolutions": len(m[6]), "int8_ms": None if m[0] else m[1]}
-                         for m in made}
-    if entry["accepted"]:
-        entry.update(probe=size, int8_ms=min(m[1] for m in made if not m[0]),
-                     float_ms=median_ms(model, precision, probe))
+    if len(ways) > 1:  # what the other ways measured
+        entry["ways"] = {w.name: {"loss": w.loss, "float_convolutions": len(w.float_convolutions), "int8_ms": w.ms}
+                         for w in ways}
+    if best.accepted:
+        entry.update(probe=size, int8_ms=best.ms, float_ms=median_ms(model, precision, probe))
     entry["seconds"] = round(time.perf_counter() - start, 1)
-    return Int8Model(quantized if entry["accepted"] else None, entry)
+    return Int8Model(best.model if best.accepted else None, entry)
 
 
 def accepted(loss: float, bound: float, float_convs: int, convs: int) -> bool:
     """Kept: within the bound, with int8 left in it (no convolution int8: nothing gained, refused)."""
     return bool(loss <= bound and float_convs < convs)
+
+
+@dataclass
+class Way:
+    """One candidate of ``quantize`` as measured: its loss on the held-out samples, how many convolutions it
+    has and which stayed in floating point, and when kept, its median ms at the probe size."""
+
+    name: str
+    model: object
+    loss: float
+    convolutions: int
+    float_convolutions: list[str]
+    accepted: bool
+    ms: float | None
+
+
+def _measured(name: str, quantized, fp32_score: float, validate, samples: list, bound: float, precision: str,
+              probe: np.ndarray) -> Way:
+    loss = float(fp32_score - validate(compile_for(quantized, precision), samples)[0])
+    convs, kept = float_convolutions(quantized)
+    ok = accepted(loss, bound, len(kept), convs)
+    return Way(name, quantized, loss, convs, kept, ok, median_ms(quantized, precision, probe) if ok else None)
 
 
 def _quantize_with_accuracy_control(nncf, source: nn.Module, model, data: Int8Data, samples: list, validate,
@@ -198,7 +214,7 @@ def _quantize_with_accuracy_control(nncf, source: nn.Module, model, data: Int8Da
 
         def noise(candidate) -> np.ndarray:  # per held-out image, as a share of the peak's square
             compiled = compile_for(candidate, precision)
-            return np.array([10 ** (-agreement_db(info, compiled(x)[0], r) / 10) for x, r in samples])
+            return np.array([10 ** (-output_psnr(info, compiled(x)[0], r) / 10) for x, r in samples])
 
         def within(per_image: np.ndarray) -> bool:
             with np.errstate(divide="ignore"):
@@ -212,10 +228,10 @@ def _quantize_with_accuracy_control(nncf, source: nn.Module, model, data: Int8Da
 
 def score(info: ModelInfo, y: np.ndarray, ref: np.ndarray) -> float:
     """One held-out sample's score (higher is better) of output ``y`` (NCHW) against the reference output
-    ``ref``: images, ``agreement_db`` capped at PSNR_CAP; segmentation, Dice of the masks (threshold 0 on one
+    ``ref``: images, ``output_psnr`` capped at PSNR_CAP; segmentation, Dice of the masks (threshold 0 on one
     logit, else the arg max, averaged over the classes either mask has)."""
     if info.task != "seg":
-        return min(agreement_db(info, y, ref), PSNR_CAP)
+        return min(output_psnr(info, y, ref), PSNR_CAP)
     a, b = ((y[0, 0] > 0), (ref[0, 0] > 0)) if y.shape[1] == 1 else (y[0].argmax(0), ref[0].argmax(0))
     classes = [True] if y.shape[1] == 1 else np.union1d(np.unique(a), np.unique(b))
     dice = []
@@ -226,7 +242,7 @@ def score(info: ModelInfo, y: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(dice))
 
 
-def agreement_db(info: ModelInfo, y: np.ndarray, ref: np.ndarray) -> float:
+def output_psnr(info: ModelInfo, y: np.ndarray, ref: np.ndarray) -> float:
     """PSNR of image output ``y`` (NCHW) against ``ref``, uncapped: super-resolution, of the Y channels
     (BT.601, images in [0, 1] as 8-bit levels) with ``scale`` px shaved; style, of the RGB images."""
     if info.task == "sr":
