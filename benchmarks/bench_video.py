@@ -62,7 +62,8 @@ def main() -> None:
 
     from pixbatch.cli.session import load_runner
     from pixbatch.io.discover import plan_jobs
-    from pixbatch.io.video import VideoEncoding, VideoReader, VideoWriter
+    from pixbatch.io.video import VideoReader, VideoWriter
+    from pixbatch.io.video_encoding import VideoEncoding
     from pixbatch.runtime.engine import run_job
     from pixbatch.runtime.jobs import Report
     from pixbatch.runtime.spec import ComputeSpec, JobSpec, ModelSpec

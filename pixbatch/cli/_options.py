@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from pixbatch.io.decode import DEFAULT_MAX_PIXELS
-from pixbatch.io.video import CODECS, DEFAULT_CRF, VideoEncoding
+from pixbatch.io.video_encoding import CODECS, DEFAULT_CRF, VideoEncoding
 from pixbatch.runtime.spec import (
     MAX_TILE,
     MIN_TILE,

@@ -26,7 +26,7 @@ def video_file_name(src, dst: Path, one_output: bool, masks: bool, encoding) -> 
     import os
 
     from pixbatch.io.discover import is_video_input
-    from pixbatch.io.video import FITS, main_codec
+    from pixbatch.io.video_encoding import FITS, main_codec
 
     ctx = click.get_current_context(silent=True)
     if not one_output:
@@ -109,7 +109,7 @@ class App:
         from pixbatch.runtime.jobs import Report, one_line
 
         if video is not None:
-            from pixbatch.io.video import main_suffix
+            from pixbatch.io.video_encoding import main_suffix
 
             masks, encoding = video
             kw["video_suffix"] = lambda p: main_suffix(masks, p.suffix, encoding)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixbatch.io.atomic import FOREIGN_TEMP_TTL, HOST_ID, TEMP_MARK, remove
-from pixbatch.io.video import VIDEO_SUFFIXES, Span, VideoEncoding, main_suffix, sniff_video
+from pixbatch.io.video import VIDEO_SUFFIXES, sniff_video
+from pixbatch.io.video_encoding import Span, VideoEncoding, main_suffix
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".ppm",
                             ".pgm", ".pnm", ".tga"})

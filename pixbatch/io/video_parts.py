@@ -23,7 +23,8 @@ from pathlib import Path
 from pixbatch.io.atomic import remove, write_bytes
 from pixbatch.io.decode import ImageMeta
 from pixbatch.io.encode import FORMATS, encode_image
-from pixbatch.io.video import Span, VideoEncoding, VideoError, in_window, reason, require_av, shift
+from pixbatch.io.video import VideoError, reason, require_av
+from pixbatch.io.video_encoding import Span, VideoEncoding, in_window, shift
 
 MANIFEST = "manifest.json"
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pixbatch.io.discover import Job, Plan
-from pixbatch.io.video import Span
+from pixbatch.io.video_encoding import Span
 from pixbatch.runtime.device import StartupError
 from pixbatch.runtime.engine import split_jobs
 from pixbatch.runtime.jobs import Report, begin_run, error_line, one_line

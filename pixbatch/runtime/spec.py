@@ -9,7 +9,7 @@ from enum import Enum
 
 from pixbatch.io.decode import DEFAULT_MAX_PIXELS
 from pixbatch.io.encode import EncodeOptions
-from pixbatch.io.video import VideoEncoding
+from pixbatch.io.video_encoding import VideoEncoding
 from pixbatch.runtime.windows import Windowing
 
 MIN_TILE, MAX_TILE = 16, 32768  # --tile's range (0 = automatic); the engine never cuts below MIN_TILE

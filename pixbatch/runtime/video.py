@@ -25,18 +25,8 @@ from pixbatch.io.decode import ImageMeta
 from pixbatch.io.discover import Job
 from pixbatch.io.encode import EncodeOptions
 from pixbatch.io.regions import RegionSource
-from pixbatch.io.video import (
-    FORMATS,
-    Span,
-    VideoEncoding,
-    VideoError,
-    VideoInfo,
-    VideoReader,
-    VideoWriter,
-    main_codec,
-    output_suffix,
-    picture_codec,
-)
+from pixbatch.io.video import VideoError, VideoInfo, VideoReader, VideoWriter
+from pixbatch.io.video_encoding import FORMATS, Span, VideoEncoding, main_codec, output_suffix, picture_codec
 from pixbatch.io.video_parts import FramesWriter, Parts, assemble, join_frames, remove_parts
 from pixbatch.runtime.batcher import WindowEngine
 from pixbatch.runtime.canvas import Canvas

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pixbatch.io.video import Colour, VideoEncoding, VideoError, VideoInfo, VideoReader, VideoWriter
+from pixbatch.io.video import Colour, VideoError, VideoInfo, VideoReader, VideoWriter
+from pixbatch.io.video_encoding import VideoEncoding
 from tests.conftest import make_clip
 
 av = pytest.importorskip("av")
