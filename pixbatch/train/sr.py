@@ -164,8 +164,10 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     net, scale = model.module.to(device).train(), model.info.scale
     fresh = init_from(net, cfg.init) if cfg.init else []
     hr_patch = cfg.patch * scale
-    if cfg.degrade not in ("bicubic", "real", "real-light"):
-        raise ValueError(f"unknown degradation {cfg.degrade!r}; use bicubic, real or real-light")
+    from pixbatch.train.degradations import DEGRADATIONS
+
+    if cfg.degrade != "bicubic" and cfg.degrade not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {cfg.degrade!r}; use one of: {', '.join(['bicubic', *DEGRADATIONS])}")
     real = None if cfg.degrade == "bicubic" else cfg.degrade
     paths = image_paths(cfg.data)
     held = None

@@ -97,3 +97,13 @@ def test_every_command_speaks_one_precision_and_backend_vocabulary():
         assert choices == (PRECISIONS if name == "precision" else BACKENDS), (path, name)
         if path.startswith("pixbatch eval"):
             assert default == {"precision": "fp32", "backend": "torch"}[name]
+
+
+def test_train_offers_bicubic_and_every_degradation_the_data_pipeline_knows():
+    """--degrade's words are written out in the CLI (it imports no torch); they must be the pipeline's."""
+    import click
+
+    from pixbatch.train.degradations import DEGRADATIONS
+
+    (option,) = [p for p in cli.commands["train"].commands["sr"].params if p.name == "degrade"]
+    assert isinstance(option.type, click.Choice) and tuple(option.type.choices) == ("bicubic", *DEGRADATIONS)
