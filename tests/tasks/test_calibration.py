@@ -80,6 +80,8 @@ def test_style_models_calibrate_also_and_are_judged_only_on_enlarged_photos():
     assert (len(style.calibration), len(style.held_out)) == (18 + calibration.GRAPHICS, 3)
     assert [x.shape[2] for x in style.calibration] == [256] * 9 + [256 * k] * 9 + [256] * calibration.GRAPHICS
     assert all(x.shape[2:] == (256 * k, 256 * k) for x in style.held_out)
-    np.testing.assert_allclose(style.held_out[0][0].transpose(1, 2, 0) * 255,
-                               calibration.enlarged(decode_rgb8(photos[3]), k), atol=1e-3)
+    # the fourth photo enlarged: within a level of Pillow's bicubic enlargement of it (the same kernel, other edges)
+    photo = decode_rgb8(photos[3])
+    pillow = np.asarray(Image.fromarray(photo).resize((photo.shape[1] * k, photo.shape[0] * k), Image.BICUBIC))
+    assert np.abs(style.held_out[0][0].transpose(1, 2, 0) * 255 - pillow).mean() < 0.5
     assert style.source.endswith(f"judged at {k}x their size")
