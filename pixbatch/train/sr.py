@@ -29,7 +29,7 @@ class SrTrainConfig:
     patch: int = 48  # LR patch size in px
     lr: float = 1e-3  # peak learning rate
     loss: str = "l1"  # l1 | l1+fft | mse | perceptual
-    degrade: str = "bicubic"  # bicubic | real | real-light (train/degradations.py)
+    degrade: str = "bicubic"  # bicubic, or a name in train/degradations.py's DEGRADATIONS
     workers: int = 1  # DataLoader workers making the real-world LR (0: in the training process)
     pixel_weight: float = 0.1  # perceptual loss: weight of the pixel L1 term
     vgg_weights: Path | None = None
@@ -148,6 +148,7 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     from pixbatch.io.discover import image_paths, read_names
     from pixbatch.models import create_model
     from pixbatch.models.checkpoint import save_checkpoint
+    from pixbatch.train.degradations import DEGRADATIONS
     from pixbatch.train.loop import LoopOptions, TrainLoop, seed_everything
     from pixbatch.train.sr_data import (
         HeldOut,
@@ -164,8 +165,6 @@ def train_sr(cfg: SrTrainConfig, device: torch.device | None = None, progress: b
     net, scale = model.module.to(device).train(), model.info.scale
     fresh = init_from(net, cfg.init) if cfg.init else []
     hr_patch = cfg.patch * scale
-    from pixbatch.train.degradations import DEGRADATIONS
-
     if cfg.degrade != "bicubic" and cfg.degrade not in DEGRADATIONS:
         raise ValueError(f"unknown degradation {cfg.degrade!r}; use one of: {', '.join(['bicubic', *DEGRADATIONS])}")
     real = None if cfg.degrade == "bicubic" else cfg.degrade
